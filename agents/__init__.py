@@ -1,0 +1,1 @@
+"""Decision makers: preferences (utility) and the solvers that act on them."""

@@ -1,0 +1,1 @@
+"""Synthetic data from the theory, LoRA fine-tuning, adapter registry and evaluation."""

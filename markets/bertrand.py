@@ -1,0 +1,225 @@
+"""Repeated-pricing stage game: Bertrand competition with logit demand.
+
+Calvano, Calzolari, Denicolo & Pastorello (2020), "Artificial Intelligence, Algorithmic Pricing,
+and Collusion", AER 110(10):3267-3297, section II:
+
+    q_i = exp((a_i - p_i) / mu) / (sum_j exp((a_j - p_j) / mu) + exp(a0 / mu)),
+    pi_i = (p_i - c_i) q_i.
+
+Fish, Gonczarowski & Shorrer (2024), "Algorithmic Collusion by Large Language Models",
+arXiv 2404.00806, rescale the same market for LLMs: prices by a currency factor (`price_scale`,
+1, 3.2 or 10) and quantities by `quantity_scale` (100). Prices, costs and profits below are in
+those scaled units; the demand system itself works on p / price_scale.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import brentq
+
+
+@dataclass(frozen=True)
+class LogitBertrand:
+    """n firms with qualities `a`, marginal costs `cost` (in Calvano units, i.e. before
+    `price_scale`), outside good `a0` and horizontal differentiation `mu`.
+
+    The defaults are Calvano et al.'s baseline: a_i = 2, a0 = 0, mu = 1/4, c_i = 1.
+    """
+
+    firms: int = 2
+    a: tuple[float, ...] | float = 2.0
+    a0: float = 0.0
+    mu: float = 0.25
+    cost: tuple[float, ...] | float = 1.0
+    price_scale: float = 1.0
+    quantity_scale: float = 1.0
+    _a: np.ndarray = field(init=False, repr=False, compare=False)
+    _c: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if int(self.firms) != self.firms or self.firms < 2:
+            raise ValueError(f"firms must be an integer >= 2, got {self.firms}")
+        if not self.mu > 0:
+            raise ValueError(f"mu must be > 0, got {self.mu}")
+        if not self.price_scale > 0:
+            raise ValueError(f"price_scale must be > 0, got {self.price_scale}")
+        if not self.quantity_scale > 0:
+            raise ValueError(f"quantity_scale must be > 0, got {self.quantity_scale}")
+        object.__setattr__(self, "_a", self._per_firm("a", self.a))
+        object.__setattr__(self, "_c", self._per_firm("cost", self.cost))
+
+    def _per_firm(self, name: str, value) -> np.ndarray:
+        arr = np.broadcast_to(np.asarray(value, dtype=float), (self.firms,)) if np.ndim(value) == 0 \
+            else np.asarray(value, dtype=float)
+        if arr.shape != (self.firms,):
+            raise ValueError(f"{name} needs one value or one per firm ({self.firms}), got {len(arr)}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} must be finite, got {value}")
+        return arr.copy()
+
+    # ------------------------------------------------------------------ demand and profit
+    @property
+    def qualities(self) -> np.ndarray:
+        return self._a.copy()
+
+    @property
+    def costs(self) -> np.ndarray:
+        """Marginal costs in price units (c_i * price_scale)."""
+        return self._c * self.price_scale
+
+    @property
+    def symmetric(self) -> bool:
+        return bool(np.all(self._a == self._a[0]) and np.all(self._c == self._c[0]))
+
+    def demand(self, prices) -> np.ndarray:
+        """Logit demand q_i (times quantity_scale) for price vectors of shape (..., firms)."""
+        p = np.asarray(prices, dtype=float) / self.price_scale
+        x = (self._a - p) / self.mu
+        outside = self.a0 / self.mu
+        top = np.maximum(x.max(axis=-1, keepdims=True), outside)   # stable log-sum-exp
+        ex = np.exp(x - top)
+        denom = ex.sum(axis=-1, keepdims=True) + np.exp(outside - top)
+        return self.quantity_scale * ex / denom
+
+    def profits(self, prices) -> np.ndarray:
+        """pi_i = (p_i - c_i) q_i, for price vectors of shape (..., firms)."""
+        p = np.asarray(prices, dtype=float)
+        return (p - self.costs) * self.demand(p)
+
+    # ------------------------------------------------------------------ equilibria
+    def _shares(self, p_unscaled: np.ndarray) -> np.ndarray:
+        return self.demand(p_unscaled * self.price_scale) / self.quantity_scale
+
+    def best_response(self, firm: int, prices) -> float:
+        """Firm `firm`'s profit-maximising price given the others' prices.
+
+        Logit profit is quasi-concave in the own price; the first-order condition is
+        p_i = c_i + mu / (1 - q_i(p)) (Anderson, de Palma & Thisse 1992, ch. 7), solved by bracketing.
+        """
+        p = np.array(prices, dtype=float) / self.price_scale
+        c = self._c[firm]
+
+        def foc(x: float) -> float:
+            p[firm] = x
+            return x - c - self.mu / (1.0 - self._shares(p)[firm])
+
+        lo, hi = c, c + self.mu
+        while foc(hi) < 0:
+            hi = c + 2 * (hi - c)
+        return brentq(foc, lo, hi, xtol=1e-14, rtol=1e-14) * self.price_scale
+
+    def nash_prices(self, tol: float = 1e-13, max_sweeps: int = 10_000) -> np.ndarray:
+        """Static Bertrand-Nash equilibrium: every price a best response to the others.
+
+        Best responses are iterated from marginal cost, one firm at a time. Logit Bertrand is a
+        supermodular game whose best responses rise with the rivals' prices with slope below one,
+        so the sequence increases monotonically to the unique equilibrium (Milgrom & Roberts
+        1990, Econometrica 58:1255).
+        """
+        p = self.costs.copy()
+        for _ in range(max_sweeps):
+            before = p.copy()
+            for i in range(self.firms):
+                p[i] = self.best_response(i, p)
+            if np.max(np.abs(p - before)) < tol * self.price_scale:
+                return p
+        raise RuntimeError("Bertrand-Nash best-response iteration did not converge")
+
+    def monopoly_prices(self) -> np.ndarray:
+        """Prices maximising joint profit sum_i pi_i.
+
+        The first-order conditions give one markup for all firms, p_i - c_i = m with
+        m = mu / q_0(m), q_0 the outside good's share (derivation in docs/theory.md).
+        """
+        outside = np.exp(self.a0 / self.mu)
+
+        def gap(m: float) -> float:
+            inside = np.exp((self._a - self._c - m) / self.mu).sum()
+            return m - self.mu * (inside + outside) / outside
+
+        hi = self.mu
+        while gap(hi) < 0:
+            hi *= 2
+        m = brentq(gap, 0.0, hi, xtol=1e-14, rtol=1e-14)
+        return (self._c + m) * self.price_scale
+
+    def nash_profits(self) -> np.ndarray:
+        return self.profits(self.nash_prices())
+
+    def monopoly_profits(self) -> np.ndarray:
+        return self.profits(self.monopoly_prices())
+
+    # ------------------------------------------------------------------ collusion metrics
+    def delta(self, profits) -> np.ndarray:
+        """Profit collusion index Delta = (pi - pi_N) / (pi_M - pi_N) (Calvano et al. 2020, eq. 5).
+
+        0 at the Bertrand-Nash equilibrium, 1 at joint-profit maximisation; per firm for profit
+        arrays of shape (..., firms).
+        """
+        pi_n, pi_m = self.nash_profits(), self.monopoly_profits()
+        return (np.asarray(profits, dtype=float) - pi_n) / (pi_m - pi_n)
+
+    def industry_delta(self, profits) -> np.ndarray:
+        """Delta of total industry profit, (sum pi - sum pi_N) / (sum pi_M - sum pi_N): the index
+        for asymmetric firms, whose own monopoly profit may lie below their Nash profit."""
+        total_n, total_m = self.nash_profits().sum(), self.monopoly_profits().sum()
+        return (np.asarray(profits, dtype=float).sum(axis=-1) - total_n) / (total_m - total_n)
+
+    def price_index(self, prices) -> np.ndarray:
+        """Price collusion index (p - p_N) / (p_M - p_N), per firm."""
+        p_n, p_m = self.nash_prices(), self.monopoly_prices()
+        return (np.asarray(prices, dtype=float) - p_n) / (p_m - p_n)
+
+    def price_grid(self, m: int = 15, xi: float = 0.1) -> np.ndarray:
+        """Calvano et al.'s action grid: m equally spaced prices on
+        [p_N - xi (p_M - p_N), p_M + xi (p_M - p_N)], per firm (shape (firms, m))."""
+        if int(m) != m or m < 2:
+            raise ValueError(f"m must be an integer >= 2, got {m}")
+        if xi < 0:
+            raise ValueError(f"xi must be >= 0, got {xi}")
+        p_n, p_m = self.nash_prices(), self.monopoly_prices()
+        span = p_m - p_n
+        return np.linspace(p_n - xi * span, p_m + xi * span, int(m), axis=-1)
+
+    def firm(self, index: int) -> "BertrandFirm":
+        """The stage game as firm `index` sees it (the preference solvers' protocol)."""
+        if not 0 <= index < self.firms:
+            raise ValueError(f"firm must be in 0..{self.firms - 1}, got {index}")
+        return BertrandFirm(self, index)
+
+
+@dataclass(frozen=True)
+class BertrandFirm:
+    """One firm's view of a LogitBertrand market: own price against the rivals' prices."""
+
+    market: LogitBertrand
+    index: int
+
+    @property
+    def n_players(self) -> int:
+        return self.market.firms
+
+    @property
+    def exchangeable_others(self) -> bool:
+        """Rivals are interchangeable when all firms share quality and cost."""
+        return self.market.symmetric
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """Prices from marginal cost up to well above the joint-profit maximum (profit there is
+        already close to zero, so no optimum of a profit-based utility lies beyond it)."""
+        cost = self.market.costs[self.index]
+        top = self.market.monopoly_prices().max() + 10 * self.market.mu * self.market.price_scale
+        return float(cost), float(top)
+
+    def material(self, own, others):
+        own = np.asarray(own, dtype=float)
+        others = np.asarray(others, dtype=float)
+        if others.shape[:-1] != own.shape or others.shape[-1] != self.n_players - 1:
+            raise ValueError(f"others must have shape {own.shape + (self.n_players - 1,)}, "
+                             f"got {others.shape}")
+        i = self.index
+        prices = np.concatenate([others[..., :i], own[..., None], others[..., i:]], axis=-1)
+        profit = self.market.profits(prices)[..., self.index]
+        return profit[..., None], np.array([1.0])

@@ -1,0 +1,1 @@
+"""Runnable scenarios and the `econalign` command line."""

@@ -1,0 +1,83 @@
+"""The `econalign` command line. Each subcommand lives in its own scenarios module."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from scenarios.theory import GAME_NAMES, PARAMETERS, InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (exit code 2)."""
+
+    def error(self, message):  # noqa: D401
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _theory(args) -> int:
+    from scenarios.theory import format_result, make_preference, parse_value, solve
+
+    if args.game not in GAME_NAMES:
+        raise InputError(f"unknown game {args.game!r} (expected one of: {', '.join(GAME_NAMES)})")
+    params = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"--set takes NAME=VALUE, got {item!r}")
+        params[name.strip()] = parse_value(args.game, name.strip(), value.strip())
+    pref = make_preference(args.preference, args.kappa, args.utility)
+    result = solve(args.game, pref, params)
+    print(json.dumps(result.as_dict()) if args.json else format_result(result))
+    return 0
+
+
+def _demo(args) -> int:
+    from scenarios.demo import run_demo
+
+    run_demo(args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="econalign", description="LLM agents with economic preferences in markets.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    theory = sub.add_parser("theory", help="homo economicus / homo moralis prediction for a game",
+                            description="Symmetric equilibrium of a population of one preference "
+                                        "type. Parameters: " + "; ".join(
+                                            f"{g}: {' '.join(p)}" for g, p in PARAMETERS.items()))
+    theory.add_argument("game", help="one of: " + ", ".join(GAME_NAMES))
+    theory.add_argument("--preference", choices=("economicus", "moralis"))
+    theory.add_argument("--kappa", type=float, help="degree of morality in [0, 1] (implies moralis)")
+    theory.add_argument("--utility", choices=("linear", "log"), default="linear",
+                        help="material utility v(m): m or ln(1 + m)")
+    theory.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="game parameter (repeatable); a and cost take comma lists per firm")
+    theory.add_argument("--json", action="store_true", help="print one JSON object")
+    theory.set_defaults(run=_theory)
+
+    demo = sub.add_parser("demo", help="the main job: theory table and Bertrand-by-kappa plot")
+    demo.add_argument("--out", default="outputs/demo", help="folder for the report")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except InputError as err:
+        print(f"econalign: error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # a solver that did not converge: say so, no traceback
+        print(f"econalign: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("econalign: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The main job (`make demo`): what the theory predicts, in a report a user can open.
+
+Writes to the output folder: theory_table_{linear,log}.{csv,md}, bertrand_kappa.csv,
+bertrand_kappa.png and manifest.json, and prints the tables.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from scenarios.theory import GAME_NAMES, TABLE_KAPPAS, bertrand_by_kappa, theory_table
+
+PLOT_KAPPAS = np.round(np.linspace(0.0, 1.0, 21), 2)
+PLOT_FIRMS = (2, 3, 5)
+
+
+def _markdown(table) -> str:
+    header = "| game | role | " + " | ".join(table.columns) + " |"
+    rule = "|" + "---|" * (len(table.columns) + 2)
+    body = ["| " + " | ".join([game, role] + [str(v) for v in row]) + " |"
+            for (game, role), row in zip(table.index, table.values)]
+    return "\n".join([header, rule] + body) + "\n"
+
+
+def plot_bertrand(curve, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_p, ax_d) = plt.subplots(1, 2, figsize=(10, 4))
+    for firms, group in curve.groupby("firms"):
+        line, = ax_p.plot(group.kappa, group.price, marker="o", ms=3, label=f"n = {firms}")
+        ax_p.axhline(group.nash_price.iloc[0], color=line.get_color(), ls=":", lw=1)
+        ax_p.axhline(group.monopoly_price.iloc[0], color=line.get_color(), ls="--", lw=1)
+        ax_d.plot(group.kappa, group.delta, marker="o", ms=3, label=f"n = {firms}")
+    ax_p.set(xlabel="degree of morality kappa", ylabel="symmetric equilibrium price",
+             title="Homo moralis Bertrand price\n(dotted: Nash, dashed: monopoly)")
+    ax_d.set(xlabel="degree of morality kappa", ylabel="collusion index Delta",
+             title="Profit gain Delta = (pi - pi_N)/(pi_M - pi_N)")
+    for ax in (ax_p, ax_d):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Logit Bertrand, Calvano et al. (2020) baseline: a=2, a0=0, mu=1/4, c=1")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_demo(out: str | Path) -> Path:
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    steps = 2 * len(GAME_NAMES) * (1 + len(TABLE_KAPPAS)) + len(PLOT_KAPPAS) * len(PLOT_FIRMS)
+    with tqdm(total=steps, desc="theory", unit="solve", leave=False) as progress:
+        tables = {utility: theory_table(utility, progress=progress) for utility in ("linear", "log")}
+        curve = bertrand_by_kappa(PLOT_KAPPAS, PLOT_FIRMS, progress=progress)
+    for utility, table in tables.items():
+        table.to_csv(out / f"theory_table_{utility}.csv")
+        (out / f"theory_table_{utility}.md").write_text(_markdown(table))
+        v = "v(m) = m" if utility == "linear" else "v(m) = ln(1 + m)"
+        print(f"\nSymmetric equilibria, {utility} material utility ({v}), default parameters:")
+        print(table.to_string())
+    curve.to_csv(out / "bertrand_kappa.csv", index=False)
+    plot_bertrand(curve, out / "bertrand_kappa.png")
+    duopoly = curve[curve.firms == 2].set_index("kappa")
+    print("\nBertrand duopoly, homo moralis symmetric equilibrium:")
+    print(duopoly.loc[[0.0, 0.25, 0.5, 0.75, 1.0], ["price", "profit", "delta"]].to_string())
+    manifest = {"job": "demo", "seconds": round(time.time() - started, 1),
+                "python": platform.python_version(),
+                "files": sorted(p.name for p in out.iterdir() if p.name != "manifest.json")}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"\nReport written to {out}/ ({manifest['seconds']} s)")
+    return out

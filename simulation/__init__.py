@@ -1,0 +1,1 @@
+"""Mesa models of markets and traffic in which agents act each step."""
