@@ -1,0 +1,94 @@
+"""The `econalign theory` contract: JSON shape, published numbers, one-line errors."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scenarios.cli import main
+
+ROLES = {"dictator": ["dictator"], "ultimatum": ["proposer", "responder"],
+         "trust": ["investor", "trustee"], "prisoners-dilemma": ["player"],
+         "public-goods": ["player"], "bertrand": ["firm"]}
+
+
+def _econalign():
+    exe = Path(sys.executable).parent / "econalign"
+    return [str(exe)] if exe.exists() else [shutil.which("econalign") or "econalign"]
+
+
+def run_json(capsys, *args):
+    assert main(["theory", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_console_script_gives_published_bertrand_numbers():
+    out = subprocess.run(_econalign() + ["theory", "bertrand", "--json"],
+                         capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)
+    assert result["nash_price"] == pytest.approx(1.472927, abs=1e-4)
+    assert result["monopoly_price"] == pytest.approx(1.924981, abs=1e-4)
+    assert result["strategy"]["firm"] == pytest.approx(1.472927, abs=1e-4)
+    assert result["delta"] == pytest.approx(0.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("game", list(ROLES))
+def test_every_game_reports_its_roles(capsys, game):
+    result = run_json(capsys, game, "--kappa", "0.6")
+    assert list(result["strategy"]) == ROLES[game]
+    assert result["preference"] == "moralis" and result["kappa"] == 0.6
+    assert isinstance(result["utility"], float)
+
+
+def test_moralis_kappa_one_prices_at_monopoly_in_fish_units(capsys):
+    result = run_json(capsys, "bertrand", "--kappa", "1", "--set", "price_scale=3.2",
+                      "--set", "quantity_scale=100")
+    assert result["strategy"]["firm"] == pytest.approx(1.924981 * 3.2, abs=1e-4)
+    assert result["monopoly_price"] == pytest.approx(1.924981 * 3.2, abs=1e-4)
+    assert result["delta"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_set_parameters_reach_the_game(capsys):
+    result = run_json(capsys, "public-goods", "--kappa", "0.2", "--set", "players=8",
+                      "--set", "mpcr=0.5", "--set", "endowment=30")
+    # threshold (1 - m) / (m (n - 1)) = 1/7 < 0.2: contribute everything
+    assert result["strategy"] == {"player": 30.0}
+    pd = ["prisoners-dilemma", "--set", "T=10", "--set", "R=3", "--set", "P=1", "--set", "S=0"]
+    # thresholds: against a defector (P-S)/(R-S) = 1/3, against a cooperator (T-R)/(T-P) = 7/9
+    assert run_json(capsys, *pd, "--kappa", "0.3")["strategy"] == {"player": "defect"}
+    assert run_json(capsys, *pd, "--kappa", "0.8")["strategy"] == {"player": "cooperate"}
+    between = run_json(capsys, *pd, "--kappa", "0.5")
+    assert between["status"] == "none"  # mixed: (k(T-P) - (P-S)) / ((1+k)(S+T-R-P)) = 3.5/9
+    assert between["strategy"]["player"]["cooperate"] == pytest.approx(3.5 / 9)
+
+
+def test_readable_table(capsys):
+    assert main(["theory", "trust", "--kappa", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "investor" in out and "trustee" in out and "{" not in out
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["bertrand", "--kappa", "1.5"], "kappa"),
+    (["bertrand", "--set", "mu=0"], "mu"),
+    (["chess"], "unknown game"),
+    (["dictator", "--set", "players=3"], "players"),
+    (["trust", "--set", "multiplier=-2"], "multiplier"),
+    (["public-goods", "--set", "players=2.5"], "players"),
+    (["bertrand", "--set", "a=2,3,4"], "a "),
+    (["dictator", "--set", "endowment"], "NAME=VALUE"),
+    (["dictator", "--preference", "moralis"], "kappa"),
+    (["dictator", "--preference", "economicus", "--kappa", "0.4"], "kappa"),
+    (["dictator", "--utility", "cubic"], "utility"),
+    (["dictator", "--kappa", "abc"], "kappa"),
+    (["prisoners-dilemma", "--set", "S=-2", "--utility", "log"], "> -1"),
+])
+def test_bad_input_is_one_line_exit_2(args, needle):
+    proc = subprocess.run(_econalign() + ["theory", *args], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert needle in lines[0]

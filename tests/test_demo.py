@@ -1,0 +1,32 @@
+"""The main job writes a report whose numbers are the theory's."""
+import json
+
+import pandas as pd
+import pytest
+
+from scenarios.demo import run_demo
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    return run_demo(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.mark.slow
+def test_demo_report_files_and_numbers(report):
+    manifest = json.loads((report / "manifest.json").read_text())
+    for name in ("theory_table_linear.csv", "theory_table_log.md", "bertrand_kappa.png",
+                 "bertrand_kappa.csv"):
+        assert name in manifest["files"] and (report / name).stat().st_size > 0
+    table = pd.read_csv(report / "theory_table_linear.csv", index_col=[0, 1])
+    assert list(table.columns) == ["economicus", "moralis-0.25", "moralis-0.5", "moralis-0.75", "moralis-1"]
+    # public goods n=4, mpcr=0.5: contribute all iff kappa > 1/3; PD(5,3,1,0): cooperate iff kappa > 1/2
+    assert table.loc[("public-goods", "player")].tolist() == ["0", "0", "20", "20", "20"]
+    assert table.loc[("prisoners-dilemma", "player")].tolist()[-1] == "cooperate"
+    assert float(table.loc[("bertrand", "firm"), "economicus"]) == pytest.approx(1.47293, abs=1e-4)
+    assert float(table.loc[("bertrand", "firm"), "moralis-1"]) == pytest.approx(1.92498, abs=1e-4)
+    curve = pd.read_csv(report / "bertrand_kappa.csv")
+    for _, group in curve.groupby("firms"):
+        assert group.delta.is_monotonic_increasing
+        assert group.delta.iloc[0] == pytest.approx(0, abs=1e-6)
+        assert group.delta.iloc[-1] == pytest.approx(1, abs=1e-6)
