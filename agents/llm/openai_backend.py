@@ -1,0 +1,186 @@
+"""HTTP backend for a vLLM server, or any OpenAI-compatible endpoint for `generate`.
+
+Requests of one call go out concurrently (asyncio, bounded by `concurrency`); the adapter is the
+request's `model` field (vLLM's --lora-modules names), the base model its served name. Every HTTP
+exchange has a timeout and is retried with exponential backoff on connection errors, timeouts,
+429 and 5xx; after the last attempt the call fails with a BackendError that names the server.
+
+`choose` needs vLLM's extensions: the chat template is applied by the server (`/tokenize` with
+`messages`), and the option tokens are scored from prompt log-probabilities
+(`/v1/completions` with token-id prompts and `prompt_logprobs: 0`), with the same rule as the
+in-process backend (agents.llm.backend). vLLM's guided choice (`structured_outputs.choice`) would
+force a valid option too but gives no probabilities, so it is not used.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Sequence
+
+import numpy as np
+
+from agents.llm.backend import BackendError, CallCounter, Request, check_choice_requests, softmax
+
+RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", model: str = "base",
+                 api_key: str | None = None, timeout: float = 120.0, retries: int = 3,
+                 backoff: float = 0.5, concurrency: int = 64):
+        self.base_url = base_url.rstrip("/")
+        if self.base_url.endswith("/v1"):
+            self.base_url = self.base_url[:-3]
+        self.model = model
+        self.api_key = api_key
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.concurrency = concurrency
+        self.counter = CallCounter()
+        self._end_token: int | None = None
+
+    @property
+    def calls(self) -> int:
+        return self.counter.calls
+
+    # ------------------------------------------------------------------ plumbing
+    def _run(self, coroutine):
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coroutine)
+        box: dict = {}                       # called from inside an event loop: use a thread
+
+        def target():
+            try:
+                box["value"] = asyncio.run(coroutine)
+            except BaseException as err:     # re-raised in the caller's thread
+                box["error"] = err
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    async def _post(self, client, path: str, payload: dict) -> dict:
+        import httpx
+
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                response = await client.post(self.base_url + path, json=payload)
+            except httpx.HTTPError as err:   # refused, reset, timed out
+                last = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+                continue
+            if response.status_code in RETRY_STATUS:
+                last = f"HTTP {response.status_code}: {response.text[:200]}"
+                continue
+            if response.status_code >= 400:
+                raise BackendError(f"{self.base_url}{path} refused the request (HTTP "
+                                   f"{response.status_code}): {_detail(response)}")
+            return response.json()
+        raise BackendError(f"LLM server at {self.base_url} did not answer {path} after "
+                           f"{self.retries + 1} attempts ({last})")
+
+    def _client(self):
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        limits = httpx.Limits(max_connections=self.concurrency)
+        return httpx.AsyncClient(timeout=httpx.Timeout(self.timeout, connect=10.0), headers=headers,
+                                 limits=limits)
+
+    async def _gather(self, worker, requests: Sequence[Request]) -> list:
+        gate = asyncio.Semaphore(self.concurrency)
+        async with self._client() as client:
+            async def one(request):
+                async with gate:
+                    return await worker(client, request)
+            return await asyncio.gather(*(one(r) for r in requests))
+
+    def _model_for(self, request: Request) -> str:
+        return request.adapter or self.model
+
+    # ------------------------------------------------------------------ generate
+    def generate(self, requests: Sequence[Request]) -> list[str]:
+        self.counter.record("generate", len(requests))
+        return self._run(self._gather(self._chat, requests))
+
+    async def _chat(self, client, request: Request) -> str:
+        payload = {"model": self._model_for(request), "messages": request.message_dicts(),
+                   "max_tokens": request.max_tokens, "temperature": request.temperature,
+                   "top_p": request.top_p, "seed": request.seed}
+        data = await self._post(client, "/v1/chat/completions", payload)
+        return data["choices"][0]["message"]["content"] or ""
+
+    # ------------------------------------------------------------------ choose
+    def choose(self, requests: Sequence[Request]) -> list[np.ndarray]:
+        check_choice_requests(requests)
+        self.counter.record("choose", len(requests))
+        return [softmax(s) for s in self._run(self._score_all(requests))]
+
+    def option_logprobs(self, requests: Sequence[Request]) -> list[np.ndarray]:
+        return self._run(self._score_all(requests))
+
+    async def _score_all(self, requests):
+        return await self._gather(self._score, requests)
+
+    async def _tokens(self, client, request: Request, messages: list[dict], generation: bool) -> list[int]:
+        payload = {"model": self._model_for(request), "messages": messages,
+                   "add_generation_prompt": generation}
+        return (await self._post(client, "/tokenize", payload))["tokens"]
+
+    async def _end_of_turn(self, client, request: Request) -> int:
+        """The chat template's end-of-turn token: the first token after an empty assistant turn."""
+        if self._end_token is None:
+            probe = [{"role": "user", "content": "x"}]
+            prefix = await self._tokens(client, request, probe, True)
+            full = await self._tokens(client, request, probe + [{"role": "assistant", "content": ""}], False)
+            self._end_token = full[len(prefix)]
+        return self._end_token
+
+    async def _score(self, client, request: Request) -> np.ndarray:
+        messages = request.message_dicts()
+        end = await self._end_of_turn(client, request)
+        prefix = await self._tokens(client, request, messages, True)
+        fulls = await asyncio.gather(*(self._tokens(
+            client, request, messages + [{"role": "assistant", "content": o}], False) for o in request.options))
+        sequences = []
+        for full in fulls:
+            if full[:len(prefix)] != prefix:
+                raise BackendError("the chat template does not extend the generation prompt with "
+                                   "the assistant turn; choose() cannot score options for this model")
+            tail = full[len(prefix):]
+            cut = tail.index(end) + 1 if end in tail else len(tail)
+            sequences.append(prefix + tail[:cut])
+        payload = {"model": self._model_for(request), "prompt": sequences, "max_tokens": 1,
+                   "temperature": 0.0, "prompt_logprobs": 0}
+        data = await self._post(client, "/v1/completions", payload)
+        choices = sorted(data["choices"], key=lambda c: c["index"])
+        scores = []
+        for sequence, choice in zip(sequences, choices):
+            logprobs = choice.get("prompt_logprobs")
+            if not logprobs:
+                raise BackendError(f"{self.base_url} returned no prompt log-probabilities; choose() "
+                                   "needs a vLLM server")
+            total = 0.0
+            for position in range(len(prefix), len(sequence)):
+                entry = logprobs[position][str(sequence[position])]
+                total += entry["logprob"]
+            scores.append(total)
+        return np.array(scores)
+
+
+def _detail(response) -> str:
+    try:
+        body = response.json()
+        message = body.get("message") or body.get("error", {}).get("message") or body.get("detail")
+        return str(message)[:300]
+    except Exception:
+        return response.text[:300]

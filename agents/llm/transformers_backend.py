@@ -1,0 +1,248 @@
+"""In-process backend: transformers + PEFT on the CPU (the embedded default) or a GPU.
+
+One base model carries any number of LoRA adapters. A call groups its requests by adapter and
+runs each group as one batched forward pass (left padding, explicit position ids), so a whole
+simulation step costs one prefill per adapter group:
+
+* `generate`: a KV-cached decoding loop with per-request greedy or seeded sampling, so a
+  request's output does not depend on the batch it is in.
+* `choose`: the prompts are prefilled once; the cache is then repeated for each option and all
+  option tokens are scored in one more forward pass (see agents.llm.backend for the rule).
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from agents.llm.backend import BackendError, CallCounter, Request, check_choice_requests, softmax
+from agents.llm.models import resolve
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(self, model: str | Path | None = None, adapters: dict[str, str | Path] | None = None,
+                 max_batch: int = 64, threads: int | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model_path = resolve(model)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32).eval()
+        self.adapters: dict[str, Path] = {}
+        self.max_batch = max_batch
+        self.counter = CallCounter()
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
+        ends = {self.tokenizer.eos_token_id}
+        configured = getattr(self.model.generation_config, "eos_token_id", None)
+        ends.update(configured if isinstance(configured, list) else [configured])
+        self.end_ids = {e for e in ends if e is not None}
+        # transformers >= 5.20 names the KV cache `cache`, earlier releases `past_key_values`
+        self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
+            else "past_key_values"
+        for name, path in (adapters or {}).items():
+            self.load_adapter(name, path)
+
+    @property
+    def calls(self) -> int:
+        return self.counter.calls
+
+    # ------------------------------------------------------------------ adapters
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Attach a PEFT LoRA adapter under `name` (safetensors weights only)."""
+        from peft import PeftModel
+
+        path = Path(path)
+        if not (path / "adapter_config.json").exists() or not (path / "adapter_model.safetensors").exists():
+            raise BackendError(f"adapter {name!r}: {path} has no adapter_config.json and "
+                               "adapter_model.safetensors")
+        try:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(path), adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name).eval()
+        except Exception as err:  # shape mismatch, corrupt file: one line naming the adapter
+            raise BackendError(f"adapter {name!r} at {path} does not load on "
+                               f"{self.model_path.name}: {str(err).splitlines()[0]}") from None
+        self.adapters[name] = path
+
+    @contextlib.contextmanager
+    def _adapter(self, name: str | None):
+        from peft import PeftModel
+
+        if name is None:
+            if isinstance(self.model, PeftModel):
+                with self.model.disable_adapter():
+                    yield
+            else:
+                yield
+            return
+        if name not in self.adapters:
+            raise BackendError(f"unknown adapter {name!r} (loaded: {sorted(self.adapters) or 'none'})")
+        self.model.set_adapter(name)
+        yield
+
+    def _groups(self, requests: Sequence[Request]):
+        by_adapter: dict[str | None, list[int]] = {}
+        for i, request in enumerate(requests):
+            by_adapter.setdefault(request.adapter, []).append(i)
+        for adapter, indices in by_adapter.items():
+            for start in range(0, len(indices), self.max_batch):
+                yield adapter, indices[start:start + self.max_batch]
+
+    # ------------------------------------------------------------------ tokens
+    def prompt_ids(self, request: Request) -> list[int]:
+        return list(self.tokenizer.apply_chat_template(request.message_dicts(), add_generation_prompt=True,
+                                                       tokenize=True, return_dict=True)["input_ids"])
+
+    def option_ids(self, request: Request, option: str, prefix: list[int]) -> list[int]:
+        """Tokens of the assistant turn `option` up to and including its end-of-turn token."""
+        full = list(self.tokenizer.apply_chat_template(
+            request.message_dicts() + [{"role": "assistant", "content": option}],
+            tokenize=True, return_dict=True)["input_ids"])
+        if full[:len(prefix)] != prefix:
+            raise BackendError("the chat template does not extend the generation prompt with the "
+                               "assistant turn; choose() cannot score options for this model")
+        tail = full[len(prefix):]
+        for j, token in enumerate(tail):
+            if token in self.end_ids:
+                return tail[:j + 1]
+        return tail
+
+    def _forward(self, cache=None, **inputs):
+        if cache is not None:
+            inputs[self._cache_kw] = cache
+        out = self.model(**inputs)
+        cache = getattr(out, "cache", None)
+        return out, cache if cache is not None else getattr(out, "past_key_values", None)
+
+    def _left_pad(self, sequences: list[list[int]]):
+        import torch
+
+        width = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            ids[row, width - len(seq):] = torch.tensor(seq)
+            mask[row, width - len(seq):] = 1
+        return ids, mask
+
+    # ------------------------------------------------------------------ generate
+    def generate(self, requests: Sequence[Request]) -> list[str]:
+        self.counter.record("generate", len(requests))
+        out: list[str | None] = [None] * len(requests)
+        for adapter, indices in self._groups(requests):
+            with self._adapter(adapter):
+                texts = self._generate_group([requests[i] for i in indices])
+            for i, text in zip(indices, texts):
+                out[i] = text
+        return out  # type: ignore[return-value]
+
+    def _pick(self, logits, requests, generators):
+        import torch
+
+        chosen = logits.argmax(dim=-1)
+        for row, request in enumerate(requests):
+            if request.temperature > 0:
+                probs = torch.softmax(logits[row] / request.temperature, dim=-1)
+                if request.top_p < 1.0:
+                    sorted_p, order = probs.sort(descending=True)
+                    keep = sorted_p.cumsum(0) - sorted_p < request.top_p
+                    probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+                chosen[row] = torch.multinomial(probs, 1, generator=generators[row])[0]
+        return chosen
+
+    def _generate_group(self, requests: list[Request]) -> list[str]:
+        import torch
+
+        with torch.inference_mode():
+            ids, mask = self._left_pad([self.prompt_ids(r) for r in requests])
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            generators = [torch.Generator().manual_seed(int(r.seed)) for r in requests]
+            out, past = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+            logits = out.logits[:, -1, :].float()
+            next_position = positions[:, -1:] + 1
+            produced: list[list[int]] = [[] for _ in requests]
+            done = [r.max_tokens <= 0 for r in requests]
+            for _ in range(max(r.max_tokens for r in requests)):
+                tokens = self._pick(logits, requests, generators)
+                for row, token in enumerate(tokens.tolist()):
+                    if done[row]:
+                        continue
+                    if token in self.end_ids:
+                        done[row] = True
+                    else:
+                        produced[row].append(token)
+                        done[row] = len(produced[row]) >= requests[row].max_tokens
+                if all(done):
+                    break
+                mask = torch.cat([mask, torch.ones((len(requests), 1), dtype=mask.dtype)], dim=1)
+                out, past = self._forward(past, input_ids=tokens[:, None], attention_mask=mask,
+                                          position_ids=next_position, use_cache=True)
+                logits = out.logits[:, -1, :].float()
+                next_position = next_position + 1
+        return [self.tokenizer.decode(p, skip_special_tokens=True) for p in produced]
+
+    # ------------------------------------------------------------------ choose
+    def choose(self, requests: Sequence[Request]) -> list[np.ndarray]:
+        check_choice_requests(requests)
+        self.counter.record("choose", len(requests))
+        out: list[np.ndarray | None] = [None] * len(requests)
+        for adapter, indices in self._groups(requests):
+            with self._adapter(adapter):
+                scores = self._score_group([requests[i] for i in indices])
+            for i, s in zip(indices, scores):
+                out[i] = softmax(s)
+        return out  # type: ignore[return-value]
+
+    def option_logprobs(self, requests: Sequence[Request]) -> list[np.ndarray]:
+        """The raw scores log P(option + end-of-turn | prompt), per request and option."""
+        out: list[np.ndarray | None] = [None] * len(requests)
+        for adapter, indices in self._groups(requests):
+            with self._adapter(adapter):
+                for i, s in zip(indices, self._score_group([requests[i] for i in indices])):
+                    out[i] = s
+        return out  # type: ignore[return-value]
+
+    def _score_group(self, requests: list[Request]) -> list[np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            prefixes = [self.prompt_ids(r) for r in requests]
+            options = [[self.option_ids(r, o, p) for o in r.options] for r, p in zip(requests, prefixes)]
+            ids, mask = self._left_pad(prefixes)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            out, past = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+            first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)     # predicts option token 0
+            owner = torch.tensor([row for row, opts in enumerate(options) for _ in opts])
+            flat = [seq for opts in options for seq in opts]
+            past.reorder_cache(owner)                                            # one cache row per option
+            width = max(len(seq) for seq in flat)
+            scores = torch.tensor([first[owner[k], seq[0]].item() for k, seq in enumerate(flat)])
+            if width > 1:
+                feed = torch.full((len(flat), width - 1), self.pad_id, dtype=torch.long)
+                valid = torch.zeros((len(flat), width - 1), dtype=torch.long)
+                for k, seq in enumerate(flat):
+                    feed[k, :len(seq) - 1] = torch.tensor(seq[:-1])
+                    valid[k, :len(seq) - 1] = 1
+                full_mask = torch.cat([mask[owner], torch.ones_like(valid)], dim=1)
+                step_positions = positions[owner, -1:] + 1 + torch.arange(width - 1)[None, :]
+                step, _ = self._forward(past, input_ids=feed, attention_mask=full_mask,
+                                        position_ids=step_positions, use_cache=False)
+                logp = torch.log_softmax(step.logits.float(), dim=-1)
+                for k, seq in enumerate(flat):
+                    targets = torch.tensor(seq[1:])
+                    if len(targets):
+                        scores[k] += logp[k, torch.arange(len(targets)), targets].sum()
+            result, k = [], 0
+            for opts in options:
+                result.append(scores[k:k + len(opts)].double().numpy())
+                k += len(opts)
+        return result
