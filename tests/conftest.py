@@ -1,0 +1,54 @@
+"""Shared fixtures: the embedded model (prepared once) and LoRA adapters made by the tests."""
+import json
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def model_folder() -> Path:
+    from agents.llm.models import prepare
+
+    return prepare()  # idempotent: a cached folder after the first time
+
+
+@pytest.fixture(scope="session")
+def backend(model_folder):
+    from agents.llm.transformers_backend import TransformersBackend
+
+    return TransformersBackend(model_folder)
+
+
+def make_adapter(base: Path, out: Path, seed: int, rank: int = 8, **config) -> Path:
+    """A LoRA adapter with random, nonzero weights (init_lora_weights=False), saved as PEFT does."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"],
+                      init_lora_weights=False, task_type="CAUSAL_LM", **config)
+    peft_model = get_peft_model(model, lora)  # PEFT's random init: changes answers, keeps text
+    peft_model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def adapter_dir(tmp_path_factory, model_folder) -> Path:
+    root = tmp_path_factory.mktemp("adapters")
+    make_adapter(model_folder, root / "alpha", seed=1)
+    make_adapter(model_folder, root / "beta", seed=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def adapter_backend(model_folder, adapter_dir):
+    from agents.llm.transformers_backend import TransformersBackend
+
+    return TransformersBackend(model_folder, adapters={"alpha": adapter_dir / "alpha",
+                                                       "beta": adapter_dir / "beta"})
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,106 @@
+"""The in-process backend on the real embedded model: batching, scoring, seeds, adapters."""
+import numpy as np
+import pytest
+import torch
+
+from agents.llm.backend import BackendError, Request
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [f"You have {e} dollars. You may give some to a stranger. How much do you give?"
+           for e in (10, 50, 100, 250, 1000)] + ["Name a colour.", "What is 2 + 2?"]
+
+
+def chat(text, **kw):
+    return Request.chat([{"role": "user", "content": text}], **kw)
+
+
+CHOICES = [chat("Prisoner's dilemma: do you cooperate or defect? Answer with one word.",
+                options=("cooperate", "defect")),
+           chat("Pick a number: 10, 20 or 100?", options=("10", "20", "100")),
+           chat("Is the sky blue? Answer yes or no.", options=("yes", "no")),
+           chat("Which is larger, an elephant or a mouse?", options=("an elephant", "a mouse", "neither"))]
+
+
+def test_batched_greedy_generation_equals_one_at_a_time(backend):
+    requests = [chat(p, max_tokens=12) for p in PROMPTS]
+    batched = backend.generate(requests)
+    single = [backend.generate([r])[0] for r in requests]
+    assert batched == single
+    assert all(isinstance(t, str) and t for t in batched)
+
+
+def test_batched_generation_is_one_call(backend):
+    before = backend.calls
+    backend.generate([chat(p, max_tokens=2) for p in PROMPTS])
+    assert backend.calls == before + 1
+
+
+def test_seeded_sampling_does_not_depend_on_the_batch(backend):
+    requests = [chat(PROMPTS[0], max_tokens=10, temperature=1.0, seed=s) for s in (7, 8, 7)]
+    out = backend.generate(requests)
+    assert out[0] == out[2] == backend.generate([requests[2]])[0]
+    many = backend.generate([chat(PROMPTS[0], max_tokens=10, temperature=1.0, seed=s) for s in range(6)])
+    assert len(set(many)) > 1
+
+
+def test_choose_probabilities_sum_to_one_and_batching_does_not_change_them(backend):
+    batched = backend.choose(CHOICES)
+    for request, probs in zip(CHOICES, batched):
+        assert probs.shape == (len(request.options),)
+        assert probs.sum() == pytest.approx(1.0, abs=1e-9)
+        np.testing.assert_allclose(probs, backend.choose([request])[0], atol=1e-4)
+
+
+def test_choice_scores_are_full_answer_log_likelihoods(backend):
+    """The prefix-cached scores equal log P(option + end-of-turn | prompt) computed the slow way."""
+    scores = backend.option_logprobs(CHOICES)
+    for request, got in zip(CHOICES, scores):
+        prefix = backend.prompt_ids(request)
+        for option, value in zip(request.options, got):
+            sequence = prefix + backend.option_ids(request, option, prefix)
+            assert sequence[-1] in backend.end_ids
+            with torch.no_grad():
+                logp = torch.log_softmax(backend.model(torch.tensor([sequence])).logits[0].float(), -1)
+            slow = sum(logp[i - 1, sequence[i]].item() for i in range(len(prefix), len(sequence)))
+            assert value == pytest.approx(slow, abs=1e-3)
+
+
+def test_choose_needs_two_distinct_options(backend):
+    with pytest.raises(BackendError, match="two options"):
+        backend.choose([chat("x", options=("only",))])
+
+
+def test_adapters_change_outputs_and_no_adapter_is_the_base_model(backend, adapter_backend):
+    base = backend.choose(CHOICES)
+    alpha = adapter_backend.choose([Request(r.messages, "alpha", options=r.options) for r in CHOICES])
+    beta = adapter_backend.choose([Request(r.messages, "beta", options=r.options) for r in CHOICES])
+    none = adapter_backend.choose(CHOICES)
+    for b, a, c, n in zip(base, alpha, beta, none):
+        np.testing.assert_allclose(n, b, atol=1e-6)          # adapter None == plain base model
+    assert max(np.abs(a - b).max() for a, b in zip(alpha, base)) > 1e-3
+    assert max(np.abs(a - c).max() for a, c in zip(alpha, beta)) > 1e-3
+
+
+def test_mixed_adapter_batch_gives_each_request_its_own_adapter(adapter_backend):
+    adapters = [None, "alpha", "beta", "alpha", None, "beta"]
+    requests = [Request(CHOICES[i % 4].messages, a, options=CHOICES[i % 4].options)
+                for i, a in enumerate(adapters)]
+    before = adapter_backend.calls
+    mixed = adapter_backend.choose(requests)
+    assert adapter_backend.calls == before + 1
+    for request, probs in zip(requests, mixed):
+        np.testing.assert_allclose(probs, adapter_backend.choose([request])[0], atol=1e-4)
+    gen = [Request(chat(PROMPTS[2]).messages, a, max_tokens=8) for a in (None, "alpha", "beta")]
+    texts = adapter_backend.generate(gen)
+    assert texts == [adapter_backend.generate([g])[0] for g in gen]
+    assert len(set(texts)) == 3
+
+
+def test_unknown_and_broken_adapters_are_refused(adapter_backend, tmp_path):
+    with pytest.raises(BackendError, match="unknown adapter 'gamma'"):
+        adapter_backend.generate([Request(chat("x").messages, "gamma")])
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "adapter_config.json").write_text("{}")
+    with pytest.raises(BackendError, match="broken"):
+        adapter_backend.load_adapter("broken", tmp_path / "broken")

@@ -1,0 +1,93 @@
+"""Policies behind one interface: theory vs LLM, retries and invalid outcomes, the decision log
+and its exact replay."""
+import json
+import random
+
+import numpy as np
+import pytest
+
+from agents.llm.backend import BackendError, CallCounter
+from agents.llm.decision_log import DecisionLog, read_decisions
+from agents.llm.replay import ReplayBackend
+from agents.policies import LLMPolicy, TheoryPolicy, decide
+from agents.preferences import HomoEconomicus, HomoMoralis
+from agents.situations import GameSituation
+from markets.games import Dictator, PrisonersDilemma, PublicGoods, Trust, Ultimatum
+
+SITUATIONS = [GameSituation(Dictator(100), "dictator"), GameSituation(Ultimatum(50), "proposer"),
+              GameSituation(Ultimatum(50), "responder"), GameSituation(Trust(100, 3), "investor"),
+              GameSituation(Trust(100, 3), "trustee", received=40),
+              GameSituation(PrisonersDilemma(), "player"), GameSituation(PublicGoods(), "player")]
+
+
+class ScriptedBackend:
+    """Plays a fixed list of replies (fuzzed garbage in the test), one per request, in order."""
+    name = "scripted"
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+        self.counter = CallCounter()
+
+    @property
+    def calls(self):
+        return self.counter.calls
+
+    def generate(self, requests):
+        self.counter.record("generate", len(requests))
+        return [self.replies.pop(0) for _ in requests]
+
+
+def test_theory_policy_gives_the_solvers_actions():
+    econ = decide([(TheoryPolicy(HomoEconomicus()), s) for s in SITUATIONS])
+    assert [d.action for d in econ] == [0.0, 0.0, 0.0, 0.0, 0.0, "defect", 0.0]
+    moral = decide([(TheoryPolicy(HomoMoralis(kappa=0.6)), s) for s in SITUATIONS])
+    # linear moralis 0.6: invest all (0.6 > 1/3), cooperate (0.6 > 1/2), contribute all (0.6 > 1/3)
+    assert [d.action for d in moral] == [0.0, 0.0, 0.0, 100.0, 0.0, "cooperate", 20.0]
+    assert all(d.valid and d.policy == "theory:moralis-0.6" for d in moral)
+
+
+def test_garbage_is_counted_invalid_and_retried_in_batches():
+    rng = random.Random(7)
+    garbage = ["".join(rng.choice("abc?!€ \n.-") for _ in range(rng.randint(0, 30))) for _ in range(9)]
+    # 3 agents: A answers garbage then 30; B garbage x3 (invalid after 2 retries); C answers 70 first
+    replies = [garbage[0], garbage[1], "70",        # round 1: A, B, C
+               "ANSWER: 30", garbage[2],             # round 2: A, B
+               "Out of 100, I give 30"]              # round 3: B (ambiguous: still invalid)
+    backend = ScriptedBackend(replies)
+    policy = LLMPolicy(backend, max_retries=2)
+    decisions = decide([(policy, SITUATIONS[0])] * 3)
+    assert [d.action for d in decisions] == [30.0, None, 70.0]
+    assert [d.valid for d in decisions] == [True, False, True]
+    assert [d.attempts for d in decisions] == [2, 3, 1]
+    assert backend.counter.history == [("generate", 3), ("generate", 2), ("generate", 1)]
+
+
+@pytest.mark.slow
+def test_llm_decisions_are_logged_and_replay_exactly(backend, tmp_path):
+    log_path = tmp_path / "decisions.jsonl"
+    with DecisionLog(log_path) as log:
+        policy = LLMPolicy(backend, temperature=0.7, max_tokens=12, log=log)
+        before = backend.calls
+        live = decide([(policy, s) for s in SITUATIONS], seeds=range(len(SITUATIONS)),
+                      tags=[{"agent": i, "step": 0} for i in range(len(SITUATIONS))])
+        rounds = backend.calls - before
+    numeric = [d for d in live if not isinstance(d.action, str)]
+    assert rounds <= 1 + 1 + policy.max_retries  # one choose call + generate rounds
+    records = list(read_decisions(log_path))
+    assert len(records) == len(SITUATIONS)
+    pd_record = records[5]
+    assert pd_record["kind"] == "choose" and pd_record["options"] == ["cooperate", "defect"]
+    assert sum(pd_record["probabilities"].values()) == pytest.approx(1.0)
+    assert all(r["agent"] == i and r["backend"] == "transformers" for i, r in enumerate(records))
+    assert all(len(r["exchanges"]) == r["attempts"] for r in records)
+    assert all(r["valid"] == (r["action"] is not None) for r in records)
+    assert numeric  # several numeric decisions went through generate
+
+    replay = ReplayBackend(log_path)
+    again = decide([(LLMPolicy(replay, temperature=0.7, max_tokens=12), s) for s in SITUATIONS],
+                   seeds=range(len(SITUATIONS)))
+    for a, b in zip(live, again):
+        assert (a.action, a.valid, a.raw, a.attempts, a.probabilities) == \
+               (b.action, b.valid, b.raw, b.attempts, b.probabilities)
+    with pytest.raises(BackendError, match="no recorded"):
+        decide([(LLMPolicy(replay), SITUATIONS[0])], seeds=[99])

