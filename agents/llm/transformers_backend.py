@@ -117,6 +117,9 @@ class TransformersBackend:
         return tail
 
     def _forward(self, cache=None, **inputs):
+        """One forward pass; prefill passes ask for the last position's logits only
+        (`logits_to_keep=1`): the vocabulary projection of every prompt position would cost more
+        than the rest of the model."""
         if cache is not None:
             inputs[self._cache_kw] = cache
         out = self.model(**inputs)
@@ -133,6 +136,36 @@ class TransformersBackend:
             ids[row, width - len(seq):] = torch.tensor(seq)
             mask[row, width - len(seq):] = 1
         return ids, mask
+
+    def _prefill(self, sequences: list[list[int]], min_shared: int = 8):
+        """Run the prompts; returns the last position's logits, the KV cache, the attention mask
+        and the position ids. The prefix that all prompts share (system prompt, rules) is run
+        once and its cache repeated for every row; only the rest is run per row, left-padded.
+        (Packing the rests into one row without padding was measured slower on the CPU: dense
+        attention over the packed row costs more than the padding it saves.)"""
+        import torch
+
+        ids, mask = self._left_pad(sequences)
+        shared = 0
+        if len(sequences) > 1:
+            shortest = min(len(s) for s in sequences)
+            while shared < shortest - 1 and all(s[shared] == sequences[0][shared] for s in sequences):
+                shared += 1
+        if shared < min_shared:
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            out, cache = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                       use_cache=True, logits_to_keep=1)
+            return out.logits[:, -1, :].float(), cache, mask, positions
+        head = torch.tensor([sequences[0][:shared]])
+        tail_ids, tail_mask = self._left_pad([s[shared:] for s in sequences])
+        mask = torch.cat([torch.ones((len(sequences), shared), dtype=tail_mask.dtype), tail_mask], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        _, cache = self._forward(input_ids=head, attention_mask=torch.ones_like(head),
+                                 position_ids=positions[:1, :shared], use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(len(sequences))
+        out, cache = self._forward(cache, input_ids=tail_ids, attention_mask=mask,
+                                   position_ids=positions[:, shared:], use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :].float(), cache, mask, positions
 
     # ------------------------------------------------------------------ generate
     def generate(self, requests: Sequence[Request]) -> list[str]:
@@ -163,11 +196,8 @@ class TransformersBackend:
         import torch
 
         with torch.inference_mode():
-            ids, mask = self._left_pad([self.prompt_ids(r) for r in requests])
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits, past, mask, positions = self._prefill([self.prompt_ids(r) for r in requests])
             generators = [torch.Generator().manual_seed(int(r.seed)) for r in requests]
-            out, past = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-            logits = out.logits[:, -1, :].float()
             next_position = positions[:, -1:] + 1
             produced: list[list[int]] = [[] for _ in requests]
             done = [r.max_tokens <= 0 for r in requests]
@@ -212,37 +242,39 @@ class TransformersBackend:
         return out  # type: ignore[return-value]
 
     def _score_group(self, requests: list[Request]) -> list[np.ndarray]:
+        """Option scores for one adapter group: the prompts are prefilled once; then every
+        option's tokens (but its last) are fed together in one row per request, with a tree
+        attention mask so that each option sees the prompt and its own earlier tokens only."""
         import torch
 
         with torch.inference_mode():
             prefixes = [self.prompt_ids(r) for r in requests]
             options = [[self.option_ids(r, o, p) for o in r.options] for r, p in zip(requests, prefixes)]
-            ids, mask = self._left_pad(prefixes)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            out, past = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-            first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)     # predicts option token 0
-            owner = torch.tensor([row for row, opts in enumerate(options) for _ in opts])
-            flat = [seq for opts in options for seq in opts]
-            past.reorder_cache(owner)                                            # one cache row per option
-            width = max(len(seq) for seq in flat)
-            scores = torch.tensor([first[owner[k], seq[0]].item() for k, seq in enumerate(flat)])
-            if width > 1:
-                feed = torch.full((len(flat), width - 1), self.pad_id, dtype=torch.long)
-                valid = torch.zeros((len(flat), width - 1), dtype=torch.long)
-                for k, seq in enumerate(flat):
-                    feed[k, :len(seq) - 1] = torch.tensor(seq[:-1])
-                    valid[k, :len(seq) - 1] = 1
-                full_mask = torch.cat([mask[owner], torch.ones_like(valid)], dim=1)
-                step_positions = positions[owner, -1:] + 1 + torch.arange(width - 1)[None, :]
-                step, _ = self._forward(past, input_ids=feed, attention_mask=full_mask,
-                                        position_ids=step_positions, use_cache=False)
-                logp = torch.log_softmax(step.logits.float(), dim=-1)
-                for k, seq in enumerate(flat):
-                    targets = torch.tensor(seq[1:])
-                    if len(targets):
-                        scores[k] += logp[k, torch.arange(len(targets)), targets].sum()
-            result, k = [], 0
-            for opts in options:
-                result.append(scores[k:k + len(opts)].double().numpy())
-                k += len(opts)
-        return result
+            last, past, mask, positions = self._prefill(prefixes)
+            first = torch.log_softmax(last, dim=-1)                      # predicts each option's token 0
+            scores = [np.array([first[row, seq[0]].item() for seq in opts], dtype=float)
+                      for row, opts in enumerate(options)]
+            fed = [[(k, j, tok) for k, seq in enumerate(opts) for j, tok in enumerate(seq[:-1])]
+                   for opts in options]
+            width = max(len(f) for f in fed)
+            if width == 0:
+                return scores
+            rows, prompt_len = len(requests), mask.shape[1]
+            ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
+            step_positions = torch.zeros((rows, width), dtype=torch.long)
+            tree = torch.zeros((rows, 1, width, prompt_len + width), dtype=torch.bool)
+            tree[:, 0, :, :prompt_len] = mask[:, None, :].bool()
+            for row, tokens in enumerate(fed):
+                for q, (k, j, tok) in enumerate(tokens):
+                    ids[row, q] = tok
+                    step_positions[row, q] = positions[row, -1] + 1 + j
+                    for q2, (k2, j2, _) in enumerate(tokens):
+                        if k2 == k and j2 <= j:
+                            tree[row, 0, q, prompt_len + q2] = True
+            out, _ = self._forward(past, input_ids=ids, attention_mask=tree, position_ids=step_positions,
+                                   use_cache=False)
+            logp = torch.log_softmax(out.logits.float(), dim=-1)
+            for row, (opts, tokens) in enumerate(zip(options, fed)):
+                for q, (k, j, _) in enumerate(tokens):
+                    scores[row][k] += logp[row, q, opts[k][j + 1]].item()
+        return scores
