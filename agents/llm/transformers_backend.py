@@ -193,6 +193,7 @@ class TransformersBackend:
         return chosen
 
     def _generate_group(self, requests: list[Request]) -> list[str]:
+        """KV-cached decoding; rows that have finished leave the batch and the cache at once."""
         import torch
 
         with torch.inference_mode():
@@ -200,20 +201,28 @@ class TransformersBackend:
             generators = [torch.Generator().manual_seed(int(r.seed)) for r in requests]
             next_position = positions[:, -1:] + 1
             produced: list[list[int]] = [[] for _ in requests]
-            done = [r.max_tokens <= 0 for r in requests]
-            for _ in range(max(r.max_tokens for r in requests)):
-                tokens = self._pick(logits, requests, generators)
-                for row, token in enumerate(tokens.tolist()):
-                    if done[row]:
-                        continue
+            active = [i for i, r in enumerate(requests) if r.max_tokens > 0]
+            if len(active) < len(requests):
+                keep = torch.tensor(active, dtype=torch.long)
+                past.batch_select_indices(keep)
+                logits, mask, next_position = logits[keep], mask[keep], next_position[keep]
+            while active:
+                tokens = self._pick(logits, [requests[i] for i in active], [generators[i] for i in active])
+                keep = []
+                for row, (i, token) in enumerate(zip(active, tokens.tolist())):
                     if token in self.end_ids:
-                        done[row] = True
-                    else:
-                        produced[row].append(token)
-                        done[row] = len(produced[row]) >= requests[row].max_tokens
-                if all(done):
+                        continue
+                    produced[i].append(token)
+                    if len(produced[i]) < requests[i].max_tokens:
+                        keep.append(row)
+                if not keep:
                     break
-                mask = torch.cat([mask, torch.ones((len(requests), 1), dtype=mask.dtype)], dim=1)
+                if len(keep) < len(active):
+                    index = torch.tensor(keep, dtype=torch.long)
+                    past.batch_select_indices(index)
+                    tokens, mask, next_position = tokens[index], mask[index], next_position[index]
+                    active = [active[row] for row in keep]
+                mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype)], dim=1)
                 out, past = self._forward(past, input_ids=tokens[:, None], attention_mask=mask,
                                           position_ids=next_position, use_cache=True)
                 logits = out.logits[:, -1, :].float()
