@@ -16,59 +16,127 @@ from agents.policies import Number, Options
 from agents.preferences import best_response, symmetric_equilibrium
 from markets.games import DiscreteGame, Dictator, PrisonersDilemma, PublicGoods, Trust, Ultimatum
 
-SYSTEM = ("You are a participant in an economic decision study. Your choices determine real "
-          "payoffs to you and to other participants, as described.")
-NUMBER_ONLY = "Reply with the number only."
+SYSTEMS = (
+    "You are a participant in an economic decision study. Your choices determine real payoffs to "
+    "you and to other participants, as described.",
+    "You are taking part in a decision-making experiment. The amounts described are paid out for "
+    "real to you and to the other participants.",
+    "You are one of the people in a study of economic decisions. What you decide is paid out, as "
+    "explained below.",
+)
+NUMBER_FORM = "Reply in the form ANSWER: <number>."
+CHOICE_FORM = "Reply with one word: cooperate or defect."
+
+# Three paraphrases per (game, role); neutral wording, every payoff named, no hint of an answer.
+FRAMINGS: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("dictator", "dictator"): (
+        "You have been given {E} dollars. You may give any whole-dollar amount from 0 to {E} to "
+        "another participant, whom you will never meet; you keep the rest. How many dollars do you give?",
+        "You receive {E} dollars and are paired with an anonymous participant who receives nothing. "
+        "You decide how many of your {E} dollars (0 to {E}) to pass to them; whatever you do not "
+        "pass is yours. How many dollars do you pass on?",
+        "An amount of {E} dollars is to be divided between you and a stranger, and you alone decide "
+        "the division. Name the number of dollars, between 0 and {E}, that the stranger gets; the "
+        "remainder goes to you. How many dollars does the stranger get?"),
+    ("ultimatum", "proposer"): (
+        "You and another participant will split {E} dollars. You propose how many dollars the other "
+        "participant receives, from 0 to {E}; you keep the rest. The other participant has already "
+        "stated the smallest offer they accept. If your offer is at least that amount, the split is "
+        "carried out; otherwise both of you get nothing. How many dollars do you offer?",
+        "There are {E} dollars to divide between you and a partner. You make one offer: the number of "
+        "dollars (0 to {E}) your partner gets, keeping the rest. Your partner has set, in advance, "
+        "a minimum offer; an offer below it is rejected and then neither of you receives anything. "
+        "What is your offer?",
+        "You propose a division of {E} dollars: x dollars for another person and {E} minus x for "
+        "you, where x is between 0 and {E}. The other person has privately fixed the lowest x they "
+        "will accept. If x is at least that level you both get your shares; if not, you both get 0. "
+        "What x do you propose?"),
+    ("ultimatum", "responder"): (
+        "Another participant will propose how to split {E} dollars between the two of you, offering "
+        "you an amount from 0 to {E} and keeping the rest. Before you see the offer, you state the "
+        "smallest offer you accept. If the offer is at least that amount, you receive it; otherwise "
+        "both of you get nothing. What is the smallest offer, in dollars, that you accept?",
+        "A partner is about to offer you part of {E} dollars (anywhere from 0 to {E}); they keep "
+        "what they do not offer. You must decide now the minimum offer you will take. Offers at or "
+        "above your minimum are carried out; offers below it leave both of you with nothing. What "
+        "is your minimum, in dollars?",
+        "Someone will divide {E} dollars by offering you x dollars (0 to {E}) and keeping the rest. "
+        "In advance, you name a threshold: if x is at least your threshold the division stands, and "
+        "if x is lower, nobody gets anything. What threshold, in dollars, do you name?"),
+    ("trust", "investor"): (
+        "You have {E} dollars. You may send any whole-dollar amount from 0 to {E} to another "
+        "participant. The amount you send is multiplied by {M} before they receive it, and they then "
+        "decide how much of it to send back to you. You keep what you do not send. How many dollars "
+        "do you send?",
+        "You start with {E} dollars and can transfer some of it, 0 to {E} dollars, to a partner. "
+        "Every dollar transferred becomes {M} dollars in the partner's hands. The partner then "
+        "chooses how much, if anything, to return to you. Dollars you do not transfer stay with "
+        "you. How many dollars do you transfer?",
+        "You may invest part of your {E} dollars with another person: each dollar you invest is "
+        "multiplied by {M} and given to them, and they alone decide what share to pay back to you. "
+        "You keep what you do not invest. How many dollars (0 to {E}) do you invest?"),
+    ("trust", "trustee"): (
+        "Another participant had {E} dollars and sent you {t} of them. The amount was multiplied by "
+        "{M}, so you now hold {pot} dollars. You may send back any amount from 0 to {pot}; you keep "
+        "the rest. How many dollars do you send back?",
+        "A partner who started with {E} dollars transferred {t} dollars to you, which became {pot} "
+        "dollars after being multiplied by {M}. You now decide how many of these {pot} dollars to "
+        "return to the partner (0 to {pot}); you keep whatever you do not return. How many do you "
+        "return?",
+        "Someone invested {t} of their {E} dollars with you; multiplied by {M}, it gives you {pot} "
+        "dollars. You choose how much of the {pot} dollars to pay back to them, from 0 to {pot}, "
+        "and keep the rest. How many dollars do you pay back?"),
+    ("prisoners-dilemma", "player"): (
+        "You and another participant each choose, at the same time and without communicating, to "
+        "cooperate or to defect. If both of you cooperate, each gets {R} dollars. If both defect, "
+        "each gets {P} dollars. If one cooperates and the other defects, the one who defects gets {T} "
+        "dollars and the one who cooperates gets {S} dollars. Do you cooperate or defect?",
+        "You are paired with another person; neither of you sees the other's choice before deciding. "
+        "Each of you picks cooperate or defect. Payments: both cooperate, {R} dollars each; both "
+        "defect, {P} dollars each; one cooperates while the other defects, {S} dollars for the "
+        "cooperator and {T} dollars for the defector. Which do you pick?",
+        "Two players, you and one other, simultaneously choose between cooperating and defecting. "
+        "Mutual cooperation pays each {R} dollars and mutual defection pays each {P} dollars. A "
+        "player who defects against a cooperator gets {T} dollars, and that cooperator gets {S} "
+        "dollars. What is your choice?"),
+    ("public-goods", "player"): (
+        "You are in a group of {n} participants. Each of you has {E} dollars and decides, at the same "
+        "time as the others, how many to contribute to a group project. Every dollar anyone "
+        "contributes is multiplied by {total} and shared equally, so each member receives {m} dollars "
+        "from it; you keep what you do not contribute. How many dollars do you contribute, from 0 to {E}?",
+        "Each of the {n} members of your group, you included, holds {E} dollars and chooses an amount "
+        "to put into a common pool, without seeing the others' choices. The pool is multiplied by "
+        "{total} and divided equally among all {n} members, so every dollar put in pays {m} dollars "
+        "to each member. Money you keep stays yours. How many dollars (0 to {E}) do you put in?",
+        "Your group has {n} people with {E} dollars each. Everyone decides simultaneously how much to "
+        "give to a shared fund. For each dollar given by anyone, every group member, including the "
+        "giver, receives {m} dollars. You keep whatever you do not give. How many dollars do you give, "
+        "between 0 and {E}?"),
+}
+N_FRAMINGS = 3
 
 
 def _money(x: float) -> str:
     return f"{x:g}"
 
 
-def describe(game: DiscreteGame, role: str, received: float | None) -> str:
-    """The situation in words, for `role` of `game`."""
-    p = {k: _money(v) for k, v in game.parameters().items()}
-    if isinstance(game, Dictator):
-        return (f"You have been given {p['endowment']} dollars. You may give any whole-dollar amount "
-                f"from 0 to {p['endowment']} to another participant, whom you will never meet; you keep "
-                f"the rest. How many dollars do you give? {NUMBER_ONLY}")
-    if isinstance(game, Ultimatum) and role == "proposer":
-        return (f"You and another participant will split {p['endowment']} dollars. You propose how many "
-                f"dollars the other participant receives, from 0 to {p['endowment']}; you keep the rest. "
-                "The other participant has already stated the smallest offer they accept. If your offer is "
-                "at least that amount, the split is carried out; otherwise both of you get nothing. How "
-                f"many dollars do you offer? {NUMBER_ONLY}")
-    if isinstance(game, Ultimatum):
-        return (f"Another participant will propose how to split {p['endowment']} dollars between the two "
-                f"of you, offering you an amount from 0 to {p['endowment']} and keeping the rest. Before you "
-                "see the offer, you state the smallest offer you accept. If the offer is at least that "
-                "amount, you receive it; otherwise both of you get nothing. What is the smallest offer, in "
-                f"dollars, that you accept? {NUMBER_ONLY}")
-    if isinstance(game, Trust) and role == "investor":
-        return (f"You have {p['endowment']} dollars. You may send any whole-dollar amount from 0 to "
-                f"{p['endowment']} to another participant. The amount you send is multiplied by "
-                f"{p['multiplier']} before they receive it, and they then decide how much of it to send "
-                f"back to you. You keep what you do not send. How many dollars do you send? {NUMBER_ONLY}")
-    if isinstance(game, Trust):
-        pot = _money(received * game.multiplier)
-        return (f"Another participant had {p['endowment']} dollars and sent you {_money(received)} of them. "
-                f"The amount was multiplied by {p['multiplier']}, so you now hold {pot} dollars. You may "
-                f"send back any amount from 0 to {pot}; you keep the rest. How many dollars do you send "
-                f"back? {NUMBER_ONLY}")
-    if isinstance(game, PrisonersDilemma):
-        return (f"You and another participant each choose, at the same time and without communicating, "
-                f"to cooperate or to defect. If both of you cooperate, each gets {p['R']} dollars. If both "
-                f"defect, each gets {p['P']} dollars. If one cooperates and the other defects, the one who "
-                f"defects gets {p['T']} dollars and the one who cooperates gets {p['S']} dollars. Do you "
-                "cooperate or defect? Reply with one word: cooperate or defect.")
+def describe(game: DiscreteGame, role: str, received: float | None, framing: int = 0) -> str:
+    """The situation in words for `role` of `game`, in paraphrase `framing` (0, 1 or 2), ending in
+    the fixed answer form."""
+    key = (game.name, role)
+    if key not in FRAMINGS:
+        raise ValueError(f"no description for role {role!r} of {game.name}")
+    if not 0 <= framing < N_FRAMINGS:
+        raise ValueError(f"framing must be 0..{N_FRAMINGS - 1}, got {framing}")
+    values = {k: _money(v) for k, v in game.parameters().items()}
+    fields = {"E": values.get("endowment"), "M": values.get("multiplier"), "n": values.get("players"),
+              "m": values.get("mpcr"), **{k: values.get(k) for k in "TRPS"}}
+    if isinstance(game, Trust) and received is not None:
+        fields.update(t=_money(received), pot=_money(received * game.multiplier))
     if isinstance(game, PublicGoods):
-        total = _money(game.mpcr * game.players)
-        return (f"You are in a group of {p['players']} participants. Each of you has {p['endowment']} "
-                "dollars and decides, at the same time as the others, how many to contribute to a group "
-                f"project. Every dollar anyone contributes is multiplied by {total} and shared equally, so "
-                f"each member receives {p['mpcr']} dollars from it; you keep what you do not contribute. "
-                f"How many dollars do you contribute, from 0 to {p['endowment']}? {NUMBER_ONLY}")
-    raise ValueError(f"no description for role {role!r} of {game.name}")
+        fields["total"] = _money(round(game.mpcr * game.players, 10))
+    form = CHOICE_FORM if isinstance(game, PrisonersDilemma) else NUMBER_FORM
+    return FRAMINGS[key][framing].format(**fields) + " " + form
 
 
 @functools.lru_cache(maxsize=512)
@@ -85,6 +153,7 @@ class GameSituation:
     role: str
     received: float | None = None
     other: tuple[tuple[str, float | str], ...] | None = None
+    framing: int = 0
     answer: Options | Number = field(init=False)
 
     def __post_init__(self):
@@ -103,8 +172,8 @@ class GameSituation:
         object.__setattr__(self, "answer", answer)
 
     def messages(self) -> list[dict]:
-        return [{"role": "system", "content": SYSTEM},
-                {"role": "user", "content": describe(self.game, self.role, self.received)}]
+        return [{"role": "system", "content": SYSTEMS[self.framing]},
+                {"role": "user", "content": describe(self.game, self.role, self.received, self.framing)}]
 
     def theory_action(self, preference) -> float | str:
         if isinstance(self.game, Trust) and self.role == "trustee":

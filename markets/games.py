@@ -233,7 +233,7 @@ class Ultimatum(TwoRoleGame):
 class Trust(TwoRoleGame):
     """The investor sends t of E; it is multiplied by M; the trustee returns a share r of M t
     (Berg, Dickhaut & McCabe 1995, GEB 10:122): m_A = E - t + r M t, m_B = (1 - r) M t.
-    The trustee's share is on a grid of whole per cent."""
+    The trustee's share is on a grid of 5 per cent steps."""
 
     endowment: float = 100.0
     multiplier: float = 3.0
@@ -245,7 +245,7 @@ class Trust(TwoRoleGame):
         _positive("multiplier", self.multiplier)
 
     def grids(self):
-        return amount_grid(self.endowment), np.linspace(0.0, 1.0, 101)
+        return amount_grid(self.endowment), np.linspace(0.0, 1.0, 21)
 
     def payoffs(self, a, b):
         pot = self.multiplier * a
@@ -300,7 +300,7 @@ class PrisonersDilemma(DiscreteGame):
 
     @classmethod
     def variations(cls):
-        return [{"T": t, "R": 3.0, "P": 1.0, "S": s} for t in (4, 5, 6, 8, 10) for s in (0.0, -1.0)]
+        return [{"T": t, "R": 3.0, "P": 1.0, "S": s} for t in (4, 5, 6, 8, 10) for s in (0.0, 0.5)]
 
 
 @dataclass(frozen=True)

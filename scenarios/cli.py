@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from scenarios.theory import GAME_NAMES, PARAMETERS, InputError
 
@@ -71,6 +72,23 @@ def _serve(args) -> int:
         server.stop()
 
 
+def _games_eval(args) -> int:
+    from agents.llm.decision_log import DecisionLog
+    from scenarios.evaluation import build_policies, evaluate_games
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with DecisionLog(out / "decisions.jsonl") as log:
+        policies = build_policies(args.backend, args.model, args.url, args.adapter, args.theory,
+                                  log=log, include_base=not args.no_base, utility=args.utility,
+                                  replay=args.log)
+        summary, totals = evaluate_games(policies, out, small=args.small, split=args.split,
+                                         utility=args.utility, batch_size=args.batch_size)
+    print(totals.to_string(index=False))
+    print(f"report: {out}/summary.md")
+    return 0
+
+
 def _demo(args) -> int:
     from scenarios.demo import run_demo
 
@@ -112,6 +130,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--vllm-python", help="the Python that has vLLM (default: .venv-vllm)")
     serve.add_argument("--log", help="write the server's output to this file")
     serve.set_defaults(run=_serve)
+
+    games = sub.add_parser("games", help="the canonical-games evaluation battery")
+    games_sub = games.add_subparsers(dest="games_command", required=True, parser_class=_Parser)
+    ev = games_sub.add_parser("eval", help="measure a model, its adapters and theory baselines")
+    ev.add_argument("--backend", choices=("transformers", "openai", "replay"), default="transformers")
+    ev.add_argument("--model", help="model folder or prepared .gguf (openai: the served base name)")
+    ev.add_argument("--url", help="OpenAI-compatible server (openai backend)")
+    ev.add_argument("--adapter", action="append", default=[], metavar="NAME[=PATH]",
+                    help="an adapter to evaluate beside the base model (repeatable)")
+    ev.add_argument("--theory", action="append", default=[], metavar="economicus|moralis:K",
+                    help="a theory policy to include (repeatable)")
+    ev.add_argument("--no-base", action="store_true", help="leave the base model out")
+    ev.add_argument("--log", help="decision log to replay (replay backend)")
+    ev.add_argument("--small", action="store_true", help="a subset of the incentives")
+    ev.add_argument("--split", choices=("all", "train", "heldout"), default="all")
+    ev.add_argument("--utility", choices=("linear", "log"), default="linear",
+                    help="material utility of the theory tags")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--out", default="outputs/games", help="report folder (rerun resumes)")
+    ev.set_defaults(run=_games_eval)
 
     demo = sub.add_parser("demo", help="the main job: theory table and Bertrand-by-kappa plot")
     demo.add_argument("--out", default="outputs/demo", help="folder for the report")

@@ -1,7 +1,9 @@
-"""The main job (`make demo`): what the theory predicts, in a report a user can open.
+"""The main job (`make demo`): what the theory predicts and what the embedded model does, in a
+report a user can open.
 
 Writes to the output folder: theory_table_{linear,log}.{csv,md}, bertrand_kappa.csv,
-bertrand_kappa.png and manifest.json, and prints the tables.
+bertrand_kappa.png, games/ (the games evaluation of the embedded base model on the small
+battery: items.parquet, summary.md, plots) and manifest.json, and prints the tables.
 """
 from __future__ import annotations
 
@@ -51,6 +53,17 @@ def plot_bertrand(curve, path: Path) -> None:
     plt.close(fig)
 
 
+def evaluate_base_model(out: Path):
+    """The embedded base model on the small battery (one framing per setting is not enough to
+    see framing effects; the small battery keeps all three), next to homo economicus."""
+    from scenarios.evaluation import build_policies, evaluate_games
+    from agents.llm.decision_log import DecisionLog
+
+    with DecisionLog(out / "decisions.jsonl") as log:
+        policies = build_policies("transformers", log=log, theory=["economicus"])
+        return evaluate_games(policies, out, small=True)
+
+
 def run_demo(out: str | Path) -> Path:
     from tqdm import tqdm
 
@@ -67,6 +80,12 @@ def run_demo(out: str | Path) -> Path:
         v = "v(m) = m" if utility == "linear" else "v(m) = ln(1 + m)"
         print(f"\nSymmetric equilibria, {utility} material utility ({v}), default parameters:")
         print(table.to_string())
+    print("\nGames evaluation of the embedded base model (small battery):", flush=True)
+    summary, totals = evaluate_base_model(out / "games")
+    print(totals.to_string(index=False))
+    columns = ["policy", "game", "role", "valid_rate", "mean_fraction", "share_economicus",
+               "best_kappa", "human_w1"]
+    print(summary[summary.policy == "base"][columns].to_string(index=False, float_format="%.3g"))
     curve.to_csv(out / "bertrand_kappa.csv", index=False)
     plot_bertrand(curve, out / "bertrand_kappa.png")
     duopoly = curve[curve.firms == 2].set_index("kappa")
@@ -74,7 +93,8 @@ def run_demo(out: str | Path) -> Path:
     print(duopoly.loc[[0.0, 0.25, 0.5, 0.75, 1.0], ["price", "profit", "delta"]].to_string())
     manifest = {"job": "demo", "seconds": round(time.time() - started, 1),
                 "python": platform.python_version(),
-                "files": sorted(p.name for p in out.iterdir() if p.name != "manifest.json")}
+                "files": sorted(str(p.relative_to(out)) for p in out.rglob("*")
+                                if p.is_file() and p.name != "manifest.json")}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"\nReport written to {out}/ ({manifest['seconds']} s)")
     return out

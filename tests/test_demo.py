@@ -25,6 +25,12 @@ def test_demo_report_files_and_numbers(report):
     assert table.loc[("prisoners-dilemma", "player")].tolist()[-1] == "cooperate"
     assert float(table.loc[("bertrand", "firm"), "economicus"]) == pytest.approx(1.47293, abs=1e-4)
     assert float(table.loc[("bertrand", "firm"), "moralis-1"]) == pytest.approx(1.92498, abs=1e-4)
+    games = pd.read_csv(report / "games" / "summary.csv")
+    assert set(games.policy) == {"base", "theory:economicus"}
+    assert len(games[games.policy == "base"]) == 7        # every game and role of the battery
+    assert (games[games.policy == "theory:economicus"].share_economicus == 1.0).all()
+    assert games.valid_rate.between(0, 1).all()
+    assert (report / "games" / "actions.png").stat().st_size > 0
     curve = pd.read_csv(report / "bertrand_kappa.csv")
     for _, group in curve.groupby("firms"):
         assert group.delta.is_monotonic_increasing

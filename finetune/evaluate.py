@@ -1,0 +1,309 @@
+"""The games evaluation: run the battery through any policies (base model, adapters, theory) and
+measure them against theory and human behaviour.
+
+Per policy, game and role: the valid-response rate; the mean and spread of the actions; the share
+of answers equal to the homo economicus action and to the homo moralis action for each kappa, and
+the kappa that fits best; the incentive sensitivity (OLS slope of the action on each incentive the
+battery varies, next to the same slope of the theory's actions); the Wasserstein-1 distance of the
+actions to MobLab human play under the same conditions (finetune.human).
+
+Runs are batched (all policies that share a backend in one call per batch), show progress, and are
+resumable: every finished batch is appended to `items.jsonl` in the output folder, and a rerun
+skips what is there.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from agents.policies import decide
+from finetune.battery import INCENTIVES, KAPPAS, Item
+from finetune.human import CITATION, load_moblab, tenths, wasserstein_tenths
+
+PARAMETER_COLUMNS = ("endowment", "multiplier", "players", "mpcr", "T", "R", "P", "S", "received")
+
+
+def kappa_column(kappa: float) -> str:
+    return f"moralis_{kappa:.2f}"
+
+
+def _numeric(action):
+    """Actions as numbers: amounts as they are, cooperate 1 and defect 0, invalid NaN."""
+    if action is None:
+        return np.nan
+    if isinstance(action, str):
+        return 1.0 if action == "cooperate" else 0.0
+    return float(action)
+
+
+def _seed(item_id: str, policy: str) -> int:
+    return int(hashlib.sha256(f"{policy}/{item_id}".encode()).hexdigest()[:8], 16)
+
+
+def _row(policy: str, item: Item, decision) -> dict:
+    params = item.parameters
+    row = {"policy": policy, "item_id": item.item_id, "game": item.game, "role": item.role,
+           "framing": item.framing, "split": item.split, "scale": item.scale,
+           "tolerance": item.tolerance, **{c: params.get(c, np.nan) for c in PARAMETER_COLUMNS},
+           "received": item.received if item.received is not None else np.nan,
+           "action": _numeric(decision.action), "valid": bool(decision.valid),
+           "raw": decision.raw, "attempts": decision.attempts,
+           "p_first_option": (next(iter(decision.probabilities.values()))
+                              if decision.probabilities else np.nan),
+           "economicus": _numeric(item.economicus),
+           "match_economicus": item.matches(decision.action, item.economicus)}
+    for kappa, target in item.moralis:
+        row[kappa_column(kappa)] = _numeric(target)
+        row["match_" + kappa_column(kappa)] = item.matches(decision.action, target)
+    return row
+
+
+def run(items: Sequence[Item], policies: dict, out: str | Path, batch_size: int = 64,
+        show_progress: bool = True) -> pd.DataFrame:
+    """Answer every item with every policy; returns the tidy per-item results (and writes
+    items.jsonl as it goes, items.parquet at the end)."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / "items.jsonl"
+    done = set()
+    if checkpoint.exists():
+        for line in checkpoint.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done.add((row["policy"], row["item_id"]))
+    pending = [(name, item) for name, _ in policies.items() for item in items
+               if (name, item.item_id) not in done]
+    with open(checkpoint, "a", encoding="utf-8") as sink, \
+            tqdm(total=len(pending), desc="battery", unit="item", disable=not show_progress) as bar:
+        for start in range(0, len(pending), batch_size):
+            batch = pending[start:start + batch_size]
+            decisions = decide([(policies[name], item.situation()) for name, item in batch],
+                               seeds=[_seed(item.item_id, name) for name, item in batch],
+                               tags=[{"policy": name, "item_id": item.item_id} for name, item in batch])
+            for (name, item), decision in zip(batch, decisions):
+                sink.write(json.dumps(_row(name, item, decision), default=_plain) + "\n")
+            sink.flush()
+            bar.update(len(batch))
+    wanted = {(name, item.item_id) for name in policies for item in items}
+    rows = [json.loads(line) for line in checkpoint.read_text().splitlines() if line.strip()]
+    frame = pd.DataFrame([r for r in rows if (r["policy"], r["item_id"]) in wanted])
+    frame = frame.drop_duplicates(["policy", "item_id"], keep="last").reset_index(drop=True)
+    frame.to_parquet(out / "items.parquet", index=False)
+    return frame
+
+
+def _plain(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measures
+
+
+def _slopes(frame: pd.DataFrame, column: str, incentives: Sequence[str]) -> dict[str, float]:
+    """OLS coefficients of `column` on the incentives that vary (with an intercept)."""
+    data = frame.dropna(subset=[column])
+    varying = [x for x in incentives if data[x].nunique() > 1]
+    out = {x: np.nan for x in incentives}
+    if not varying or len(data) <= len(varying):
+        return out
+    design = np.column_stack([np.ones(len(data))] + [data[x].to_numpy(float) for x in varying])
+    coef, *_ = np.linalg.lstsq(design, data[column].to_numpy(float), rcond=None)
+    out.update(dict(zip(varying, coef[1:])))
+    return out
+
+
+def best_kappa(frame: pd.DataFrame, kappas=KAPPAS) -> tuple[float, float, float, float]:
+    """(best kappa, its match share, lowest and highest kappa with that share). Where several
+    kappas fit equally well, the best is the (lower) median of them; the range says how many."""
+    shares = np.array([frame["match_" + kappa_column(k)].mean() for k in kappas])
+    top = shares.max()
+    tied = [k for k, s in zip(kappas, shares) if s >= top - 1e-12]
+    return float(tied[(len(tied) - 1) // 2]), float(top), float(min(tied)), float(max(tied))
+
+
+def _human_distance(group: pd.DataFrame, humans) -> tuple[float, float]:
+    key = (group.game.iloc[0], group.role.iloc[0])
+    if key not in humans:
+        return np.nan, np.nan
+    human = humans[key]
+    mask = np.ones(len(group), dtype=bool)
+    for name, value in human.conditions.items():
+        mask &= np.isclose(group[name].to_numpy(float), value)
+    chosen = group[mask & group.valid.to_numpy(bool)]
+    if chosen.empty:
+        return np.nan, human.mean
+    return wasserstein_tenths(tenths(chosen.action / human.scale), human.tenths), human.mean
+
+
+def summarize(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per policy, game and role with every measure of the module docstring."""
+    humans = load_moblab()
+    rows = []
+    for (policy, game, role), group in frame.groupby(["policy", "game", "role"], sort=False):
+        fraction = group.action / group.scale
+        kappa, kappa_share, kappa_low, kappa_high = best_kappa(group)
+        w1, human_mean = _human_distance(group, humans)
+        row = {"policy": policy, "game": game, "role": role, "items": len(group),
+               "valid_rate": group.valid.mean(), "mean_action": group.action.mean(),
+               "mean_fraction": fraction.mean(), "sd_fraction": fraction.std(ddof=0),
+               "share_economicus": group.match_economicus.mean(),
+               "best_kappa": kappa, "best_kappa_share": kappa_share,
+               "best_kappa_range": f"{kappa_low:g}-{kappa_high:g}",
+               "human_w1": w1, "human_mean": human_mean}
+        incentives = INCENTIVES[game]
+        model = _slopes(group[group.valid], "action", incentives)
+        econ = _slopes(group, "economicus", incentives)
+        moral = _slopes(group, kappa_column(kappa), incentives)
+        for x in incentives:
+            row[f"slope_{x}"] = model[x]
+            row[f"economicus_slope_{x}"] = econ[x]
+            row[f"moralis_slope_{x}"] = moral[x]
+        for k in KAPPAS:
+            row["share_" + kappa_column(k)] = group["match_" + kappa_column(k)].mean()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def overall(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per policy: valid rate, economicus share and best kappa over all items."""
+    rows = []
+    for policy, group in frame.groupby("policy", sort=False):
+        kappa, share, low, high = best_kappa(group)
+        rows.append({"policy": policy, "items": len(group), "valid_rate": group.valid.mean(),
+                     "share_economicus": group.match_economicus.mean(), "best_kappa": kappa,
+                     "best_kappa_share": share, "best_kappa_range": f"{low:g}-{high:g}"})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def _markdown(frame: pd.DataFrame, columns: Sequence[str]) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return "" if np.isnan(v) else f"{v:.3g}"
+        return str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for _, r in frame.iterrows()]
+    return "\n".join(lines) + "\n"
+
+
+SUMMARY_COLUMNS = ("policy", "game", "role", "items", "valid_rate", "mean_fraction",
+                   "share_economicus", "best_kappa", "best_kappa_share", "human_w1")
+
+
+def write_report(frame: pd.DataFrame, out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """summary.csv/md, overall.csv, comparison.md and the plots, in `out`."""
+    out = Path(out)
+    summary, totals = summarize(frame), overall(frame)
+    summary.to_csv(out / "summary.csv", index=False)
+    totals.to_csv(out / "overall.csv", index=False)
+    slope_columns = [c for c in summary.columns if c.startswith(("slope_", "economicus_slope_"))]
+    text = ["# Games evaluation\n", "## Overall\n", _markdown(totals, list(totals.columns)),
+            "\n## Per game and role\n", _markdown(summary, SUMMARY_COLUMNS),
+            "\n## Incentive sensitivity (OLS slope of the action on each incentive)\n",
+            _markdown(summary, ["policy", "game", "role"] + slope_columns),
+            f"\nHuman reference: {CITATION} `human_w1` is the Wasserstein-1 distance between the "
+            "policy's actions and human play (tenths of the action range) under the MobLab conditions.\n"]
+    (out / "summary.md").write_text("".join(text))
+    plot_actions(summary, out / "actions.png")
+    plot_theory(summary, out / "theory_match.png")
+    plot_human(frame, out / "human.png")
+    return summary, totals
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_actions(summary: pd.DataFrame, path: Path) -> None:
+    """Mean action (fraction of its range) per game and role, one bar per policy; x marks homo
+    economicus, o the human mean under the MobLab conditions."""
+    plt = _pyplot()
+    labels = list(dict.fromkeys(zip(summary.game, summary.role)))
+    policies = list(dict.fromkeys(summary.policy))
+    width = 0.8 / max(len(policies), 1)
+    fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(labels)), 4.5))
+    humans = load_moblab()
+    for j, policy in enumerate(policies):
+        part = summary[summary.policy == policy].set_index(["game", "role"])
+        values = [part.mean_fraction.get(key, np.nan) for key in labels]
+        ax.bar(np.arange(len(labels)) + j * width, values, width, label=policy)
+    for i, key in enumerate(labels):
+        if key in humans:
+            human = humans[key]
+            ax.plot(i + 0.4 - width / 2, human.mean / human.scale, "ko", ms=6,
+                    label="human (MobLab)" if i == 0 else None)
+    ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2)
+    ax.set_xticklabels([f"{g}\n{r}" for g, r in labels], fontsize=8)
+    ax.set_ylabel("mean action, fraction of range (PD: P(cooperate))")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    ax.set_title("Actions by game and role")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_theory(summary: pd.DataFrame, path: Path) -> None:
+    """Share of answers equal to homo economicus and to the best-fitting homo moralis."""
+    plt = _pyplot()
+    policies = list(dict.fromkeys(summary.policy))
+    fig, axes = plt.subplots(1, len(policies), figsize=(5 * len(policies), 4), squeeze=False)
+    for ax, policy in zip(axes[0], policies):
+        part = summary[summary.policy == policy]
+        x = np.arange(len(part))
+        ax.bar(x - 0.2, part.share_economicus, 0.4, label="= economicus")
+        ax.bar(x + 0.2, part.best_kappa_share, 0.4, label="= moralis (best kappa)")
+        for xi, k in zip(x, part.best_kappa):
+            ax.text(xi + 0.2, 1.02, f"{k:g}", ha="center", fontsize=7)
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"{g}\n{r}" for g, r in zip(part.game, part.role)], fontsize=7, rotation=30)
+        ax.set_ylim(0, 1.12)
+        ax.set_title(policy)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_human(frame: pd.DataFrame, path: Path) -> None:
+    """Distribution of actions under the MobLab conditions against the human tenths."""
+    plt = _pyplot()
+    humans = load_moblab()
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    centers = np.arange(10) / 10 + 0.05
+    policies = list(dict.fromkeys(frame.policy))
+    for ax, (key, human) in zip(axes.ravel(), humans.items()):
+        ax.bar(centers, human.tenths, 0.1, color="lightgrey", edgecolor="grey", label="human")
+        for policy in policies:
+            part = frame[(frame.policy == policy) & (frame.game == key[0]) & (frame.role == key[1])
+                         & frame.valid]
+            for name, value in human.conditions.items():
+                part = part[np.isclose(part[name].astype(float), value)]
+            if len(part):
+                ax.step(centers, tenths(part.action / human.scale), where="mid", label=policy)
+        ax.set_title(f"{key[0]} {key[1]} (of {human.scale:g})", fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.legend(fontsize=7)
+    fig.suptitle("Share of decisions per tenth of the action range: policies vs MobLab humans")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,134 @@
+"""The games evaluation harness: theory policies score what theory says, kappa is recovered,
+the embedded model runs end to end, human figures match their publications."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from agents.policies import TheoryPolicy
+from agents.preferences import HomoEconomicus, HomoMoralis
+from finetune.battery import INCENTIVES, KAPPAS, build_battery
+from finetune.evaluate import run, summarize, overall, write_report
+from finetune.human import load_moblab, tenths, wasserstein_tenths
+from scenarios.cli import main
+
+
+@pytest.fixture(scope="module")
+def battery():
+    return build_battery("log")
+
+
+def test_battery_covers_games_roles_framings_and_incentives(battery):
+    keys = {(i.game, i.role) for i in battery}
+    assert keys == {("dictator", "dictator"), ("ultimatum", "proposer"), ("ultimatum", "responder"),
+                    ("trust", "investor"), ("trust", "trustee"), ("prisoners-dilemma", "player"),
+                    ("public-goods", "player")}
+    assert {i.framing for i in battery} == {0, 1, 2}
+    values = lambda name: {i.parameters[name] for i in battery if name in i.parameters}
+    assert min(values("endowment")) == 10 and max(values("endowment")) == 1000
+    assert values("multiplier") == {2, 3, 4, 5}
+    assert min(values("mpcr")) == 0.3 and max(values("mpcr")) == 0.9
+    assert min(values("players")) == 2 and max(values("players")) == 8
+    assert len(values("T")) >= 4
+    assert all(i.split == "heldout" for i in battery if i.framing == 2)
+    assert {i.split for i in battery} == {"train", "heldout"}
+    assert len({i.item_id for i in battery}) == len(battery)
+    for item in battery:  # neutral wording with a fixed answer form
+        text = item.situation().messages()[1]["content"]
+        assert text.endswith(("ANSWER: <number>.", "cooperate or defect."))
+        assert "selfish" not in text and "fair" not in text and "should" not in text
+
+
+def test_tags_follow_the_closed_forms(battery):
+    for item in battery:
+        p = item.parameters
+        moral = dict(item.moralis)
+        if item.game == "public-goods":  # linear in contributions, log only bends the payoff
+            assert item.economicus == 0.0
+        if item.game == "dictator":
+            E = p["endowment"]
+            for k in (0.3, 0.7):
+                assert abs(moral[k] - (k * (1 + E) - 1) / (1 + k)) <= item.tolerance * 2 + 1e-9
+        if item.game == "prisoners-dilemma":
+            assert item.economicus == "defect"
+
+
+@pytest.fixture(scope="module")
+def theory_run(battery, tmp_path_factory):
+    out = tmp_path_factory.mktemp("theory-eval")
+    policies = {"economicus": TheoryPolicy(HomoEconomicus("log")),
+                "moralis-0.3": TheoryPolicy(HomoMoralis("log", 0.3)),
+                "moralis-0.7": TheoryPolicy(HomoMoralis("log", 0.7))}
+    frame = run(battery, policies, out, show_progress=False)
+    return out, frame, summarize(frame), overall(frame)
+
+
+def test_economicus_policy_scores_full_economicus_match_and_theory_slopes(theory_run):
+    _, frame, summary, totals = theory_run
+    econ = summary[summary.policy == "economicus"]
+    assert (econ.share_economicus == 1.0).all() and (econ.valid_rate == 1.0).all()
+    for _, row in econ.iterrows():
+        for x in INCENTIVES[row.game]:
+            a, b = row[f"slope_{x}"], row[f"economicus_slope_{x}"]
+            assert (np.isnan(a) and np.isnan(b)) or a == pytest.approx(b, abs=1e-9)
+    assert totals.set_index("policy").loc["economicus", "share_economicus"] == 1.0
+
+
+@pytest.mark.parametrize("kappa", [0.3, 0.7])
+def test_moralis_policy_recovers_its_kappa(theory_run, kappa):
+    _, frame, summary, totals = theory_run
+    row = totals.set_index("policy").loc[f"moralis-{kappa:g}"]
+    assert row.best_kappa == kappa and row.best_kappa_share == 1.0
+    assert row.best_kappa_range == f"{kappa:g}-{kappa:g}"  # identified, not merely consistent
+    dictator = summary[(summary.policy == f"moralis-{kappa:g}") & (summary.game == "dictator")].iloc[0]
+    # log utility: g* = (k(1 + E) - 1)/(1 + k), so the slope on the endowment is k/(1 + k)
+    assert dictator.slope_endowment == pytest.approx(kappa / (1 + kappa), abs=0.01)
+
+
+def test_report_files(theory_run):
+    out, frame, _, _ = theory_run
+    write_report(frame, out)
+    for name in ("items.parquet", "summary.csv", "summary.md", "overall.csv", "actions.png",
+                 "theory_match.png", "human.png"):
+        assert (out / name).stat().st_size > 0
+    stored = pd.read_parquet(out / "items.parquet")
+    assert len(stored) == 3 * len(frame.item_id.unique())
+
+
+def test_human_figures_match_the_publications():
+    humans = load_moblab()
+    published = {("dictator", "dictator"): 25.7, ("ultimatum", "proposer"): 44.13,
+                 ("ultimatum", "responder"): 34.9, ("trust", "investor"): 42.02,
+                 ("trust", "trustee"): 59.38, ("public-goods", "player"): 9.63}
+    for key, mean in published.items():
+        human = humans[key]
+        assert human.mean == pytest.approx(mean)
+        assert human.tenths.sum() == pytest.approx(1.0, abs=1e-3)
+        midpoint_mean = (human.tenths * (np.arange(10) + 0.5) / 10).sum() * human.scale
+        assert midpoint_mean == pytest.approx(mean, rel=0.2)  # the histogram agrees with the mean
+    assert wasserstein_tenths(tenths([0.05] * 4), tenths([0.95] * 4)) == pytest.approx(0.9)
+
+
+@pytest.mark.slow
+def test_embedded_model_small_battery_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "eval"
+    args = ["games", "eval", "--small", "--theory", "economicus", "--out", str(out)]
+    assert main(args) == 0
+    frame = pd.read_parquet(out / "items.parquet")
+    base = frame[frame.policy == "base"]
+    assert len(base) == len(frame[frame.policy == "theory:economicus"]) > 40
+    # every item has a valid action or an explicit invalid mark
+    assert (base.valid == base.action.notna()).all()
+    decisions = [json.loads(l) for l in (out / "decisions.jsonl").read_text().splitlines()]
+    assert len(decisions) == len(base)
+    # resume: keep a quarter of the checkpoint (base-model rows come first), rerun: only the
+    # missing base items go to the model again
+    lines = (out / "items.jsonl").read_text().splitlines()
+    kept = len(lines) // 4
+    (out / "items.jsonl").write_text("\n".join(lines[:kept]) + "\n")
+    assert main(args) == 0
+    again = pd.read_parquet(out / "items.parquet")
+    assert len(again) == len(frame)
+    new_decisions = (out / "decisions.jsonl").read_text().splitlines()
+    assert len(new_decisions) == len(decisions) + len(base) - kept
