@@ -8,7 +8,9 @@ then stand in for any other (cf. Gymnasium's `Env` and Concordia's `sample_choic
 * `TheoryPolicy(preference)`: the homo economicus / homo moralis action.
 * `LLMPolicy(backend, adapter)`: discrete answers through `backend.choose` (a probability for
   every option), numeric ones through `backend.generate` with parsing, bounded retries with a
-  corrective message, and an explicit invalid outcome.
+  corrective message, and an explicit invalid outcome. With `reason=True` a discrete decision is
+  "reason, then choose": the model first writes its reasoning (one batched `generate`), and the
+  options are then scored as the continuation of that reasoning after "ANSWER:".
 
 `decide(pairs)` answers many (policy, observation) pairs at once: all LLM requests that share a
 backend go out in ONE batched call (plus one batched call per retry round for invalid numbers).
@@ -25,10 +27,15 @@ from agents.llm.decision_log import DecisionLog
 from agents.llm.parsing import correction, parse_number
 
 
+ANSWER_MARKER = "ANSWER:"
+
+
 @dataclass(frozen=True)
 class Options:
-    """A discrete answer: exactly one of `labels`."""
+    """A discrete answer: exactly one of `labels`, given in the form `form` (the prompt asks for
+    it, and `choose` scores the options as complete answers in it)."""
     labels: tuple[str, ...]
+    form: str = ANSWER_MARKER + " {}"
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,7 @@ class LLMPolicy:
     max_tokens: int = 16
     max_retries: int = 2
     sample: bool = False
+    reason: bool = False
     seed: int = 0
     log: DecisionLog | None = None
     name: str = field(init=False)
@@ -87,26 +95,47 @@ class LLMPolicy:
     def __post_init__(self):
         self.name = f"llm:{self.adapter or 'base'}"
 
-    def request(self, messages: list[dict], seed: int, options: Sequence[str] = ()) -> Request:
+    def request(self, messages: list[dict], seed: int, options: Sequence[str] = (),
+                prefix: str = "") -> Request:
         return Request.chat(messages, adapter=self.adapter, max_tokens=self.max_tokens,
-                            temperature=self.temperature, seed=seed, options=tuple(options))
+                            temperature=self.temperature, seed=seed, options=tuple(options),
+                            prefix=prefix)
+
+
+def _reasoning_prefix(text: str) -> str:
+    """The model's reasoning up to its last answer marker (added when it wrote none)."""
+    cut = text.rfind(ANSWER_MARKER)
+    return text[:cut + len(ANSWER_MARKER)] if cut >= 0 else text.rstrip() + "\n" + ANSWER_MARKER
 
 
 def _choose(pairs, seeds) -> list[tuple[Decision, dict]]:
     policy = pairs[0][0]
-    requests = [p.request(o.messages(), s, o.answer.labels) for (p, o), s in zip(pairs, seeds)]
+    exchanges: list[list[dict]] = [[] for _ in pairs]
+    reasoning = [p.reason for p, _ in pairs]
+    thoughts = [""] * len(pairs)
+    if any(reasoning):
+        asked = [i for i, r in enumerate(reasoning) if r]
+        drafts = [pairs[i][0].request(pairs[i][1].messages(), seeds[i]) for i in asked]
+        for i, draft, text in zip(asked, drafts, policy.backend.generate(drafts)):
+            thoughts[i] = _reasoning_prefix(text)
+            exchanges[i].append({"fingerprint": draft.fingerprint("generate"), "output": text})
+    requests = []
+    for (p, o), seed, thought in zip(pairs, seeds, thoughts):
+        labels = o.answer.labels
+        texts = [" " + label for label in labels] if thought else [o.answer.form.format(l) for l in labels]
+        requests.append(p.request(o.messages(), seed, texts, prefix=thought))
     probabilities = policy.backend.choose(requests)
     out = []
-    for (p, o), request, probs, seed in zip(pairs, requests, probabilities, seeds):
+    for (p, o), request, probs, seed, trail in zip(pairs, requests, probabilities, seeds, exchanges):
         labels = o.answer.labels
         if p.sample:
             index = int(np.random.default_rng(seed).choice(len(labels), p=probs))
         else:
             index = int(np.argmax(probs))
         decision = Decision(labels[index], True, p.name, dict(zip(labels, map(float, probs))),
-                            adapter=p.adapter)
-        exchanges = [{"fingerprint": request.fingerprint("choose"), "output": [float(x) for x in probs]}]
-        out.append((decision, {"kind": "choose", "request": request, "exchanges": exchanges}))
+                            raw=request.prefix or None, adapter=p.adapter, attempts=1)
+        trail.append({"fingerprint": request.fingerprint("choose"), "output": [float(x) for x in probs]})
+        out.append((decision, {"kind": "choose", "request": request, "exchanges": trail}))
     return out
 
 

@@ -25,7 +25,7 @@ SYSTEMS = (
     "explained below.",
 )
 NUMBER_FORM = "Reply in the form ANSWER: <number>."
-CHOICE_FORM = "Reply with one word: cooperate or defect."
+CHOICE_FORM = "Reply in the form ANSWER: cooperate or ANSWER: defect."
 
 # Three paraphrases per (game, role); neutral wording, every payoff named, no hint of an answer.
 FRAMINGS: dict[tuple[str, str], tuple[str, str, str]] = {

@@ -307,3 +307,47 @@ def plot_human(frame: pd.DataFrame, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Before/after: adapters against their target theory
+
+
+def theory_scores(frame: pd.DataFrame, theories: dict[str, str],
+                  excluded: dict[str, set] | None = None) -> pd.DataFrame:
+    """For every policy and theory (name -> column of the theory's action, e.g. economicus or
+    moralis_0.50): the share of items whose action equals the theory's, the mean absolute
+    deviation from it as a fraction of the action range (valid numeric answers), and the valid
+    rate. Items in `excluded[theory]` (the theory is indifferent there) are left out."""
+    rows = []
+    for policy, group in frame.groupby("policy", sort=False):
+        for theory, column in theories.items():
+            part = group[~group.item_id.isin((excluded or {}).get(theory, set()))]
+            match = part["match_" + column] if column != "economicus" else part.match_economicus
+            numeric = part[part.valid]
+            deviation = (numeric.action - numeric[column]).abs() / numeric.scale
+            rows.append({"policy": policy, "theory": theory, "items": len(part),
+                         "share_equal": float(match.mean()), "mad_fraction": float(deviation.mean()),
+                         "valid_rate": float(part.valid.mean())})
+    return pd.DataFrame(rows)
+
+
+def plot_theory_scores(scores: pd.DataFrame, path: Path) -> None:
+    plt = _pyplot()
+    theories = list(dict.fromkeys(scores.theory))
+    policies = list(dict.fromkeys(scores.policy))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(theories)
+    for j, theory in enumerate(theories):
+        part = scores[scores.theory == theory].set_index("policy")
+        ax.bar(np.arange(len(policies)) + j * width, [part.share_equal.get(p, np.nan) for p in policies],
+               width, label=f"= {theory}")
+    ax.set_xticks(np.arange(len(policies)) + 0.4 - width / 2)
+    ax.set_xticklabels(policies)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("share of held-out items")
+    ax.set_title("Held-out battery: answers equal to each theory")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

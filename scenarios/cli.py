@@ -89,6 +89,74 @@ def _games_eval(args) -> int:
     return 0
 
 
+def _finetune_data(args) -> int:
+    from scenarios.theory import make_preference
+    from finetune.dataset import make_examples, write_jsonl
+
+    if args.n < 1:
+        raise InputError(f"--n must be at least 1, got {args.n}")
+    pref = make_preference(args.preference, args.kappa, args.utility)
+    examples = make_examples(pref, args.n, args.seed)
+    digest = write_jsonl(examples, args.out)
+    openai = args.openai or str(Path(args.out).with_suffix(".openai.jsonl"))
+    write_jsonl(examples, openai, openai=True)
+    print(f"{len(examples)} examples for {pref.name} -> {args.out} (sha256 {digest[:12]}); "
+          f"OpenAI format -> {openai}")
+    return 0
+
+
+def _finetune_train(args) -> int:
+    from finetune.train import TrainOptions, train
+
+    options = TrainOptions(args.data, args.out, args.base, rank=args.rank, epochs=args.epochs,
+                           batch_size=args.batch_size, learning_rate=args.lr, max_steps=args.max_steps,
+                           seed=args.seed)
+    try:
+        options.check()
+        folder = train(options)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    from finetune.train import read_manifest
+    m = read_manifest(folder)
+    print(f"adapter -> {folder} ({m['train_seconds']} s, {m['samples_per_second']} samples/s, "
+          f"loss {m['loss_curve'][0][1]:.3f} -> {m['loss_curve'][-1][1]:.3f})")
+    return 0
+
+
+def _finetune_evaluate(args) -> int:
+    from finetune.pipeline import evaluate_adapters, _preference
+    from finetune.registry import adapter_path, list_adapters
+    from finetune.train import read_manifest
+
+    names = args.adapter or list(list_adapters(args.adapters))
+    if not names:
+        raise InputError(f"no adapters in {args.adapters}")
+    adapters = {}
+    for name in names:
+        try:
+            manifest = read_manifest(adapter_path(name, args.adapters))
+        except ValueError as err:
+            raise InputError(str(err)) from None
+        if "preference" not in manifest:
+            raise InputError(f"adapter {name} has no manifest.json naming its preference")
+        adapters[name] = _preference(manifest["preference"].split("-")[0], manifest["kappa"] or None)
+    from agents.llm.backend import BackendError
+    try:
+        evaluate_adapters(Path(args.adapters), adapters, Path(args.out), base=args.base, small=args.small)
+    except BackendError as err:
+        raise InputError(str(err)) from None
+    print(f"report: {args.out}/scores.md")
+    return 0
+
+
+def _finetune_pipeline(args) -> int:
+    from finetune.pipeline import PipelineOptions, run_pipeline
+
+    run_pipeline(PipelineOptions(adapters=args.adapters, out=args.out, base=args.base,
+                                 examples=args.examples, small=args.small))
+    return 0
+
+
 def _demo(args) -> int:
     from scenarios.demo import run_demo
 
@@ -150,6 +218,44 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--out", default="outputs/games", help="report folder (rerun resumes)")
     ev.set_defaults(run=_games_eval)
+
+    ft = sub.add_parser("finetune", help="synthetic data, LoRA training, before/after evaluation")
+    ft_sub = ft.add_subparsers(dest="finetune_command", required=True, parser_class=_Parser)
+    data = ft_sub.add_parser("data", help="chat examples with worked reasoning from the theory")
+    data.add_argument("--preference", choices=("economicus", "moralis"), required=True)
+    data.add_argument("--kappa", type=float)
+    data.add_argument("--utility", choices=("linear", "log"), default="linear")
+    data.add_argument("--n", type=int, required=True, help="number of examples")
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--out", required=True, help="JSONL file")
+    data.add_argument("--openai", help="also write the OpenAI fine-tuning format here "
+                                       "(default: OUT with .openai.jsonl)")
+    data.set_defaults(run=_finetune_data)
+    tr = ft_sub.add_parser("train", help="LoRA SFT of the base model on a data file")
+    tr.add_argument("--data", required=True)
+    tr.add_argument("--out", required=True, help="adapter folder, e.g. adapters/economicus")
+    tr.add_argument("--base", help="base model (default: the embedded model)")
+    tr.add_argument("--rank", type=int, default=8)
+    tr.add_argument("--epochs", type=float, default=2.0)
+    tr.add_argument("--batch-size", type=int, default=8)
+    tr.add_argument("--lr", type=float, default=3e-4)
+    tr.add_argument("--max-steps", type=int, default=-1)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.set_defaults(run=_finetune_train)
+    fe = ft_sub.add_parser("evaluate", help="base model vs adapters on the held-out battery")
+    fe.add_argument("--adapters", default="adapters", help="the adapter registry folder")
+    fe.add_argument("--adapter", action="append", default=[], help="only these adapters")
+    fe.add_argument("--base", help="base model (default: the embedded model)")
+    fe.add_argument("--small", action="store_true")
+    fe.add_argument("--out", default="outputs/finetune/eval")
+    fe.set_defaults(run=_finetune_evaluate)
+    fp = ft_sub.add_parser("pipeline", help="data -> train -> evaluate for economicus and moralis-0.5")
+    fp.add_argument("--adapters", default="adapters")
+    fp.add_argument("--out", default="outputs/finetune")
+    fp.add_argument("--base")
+    fp.add_argument("--examples", type=int, default=160)
+    fp.add_argument("--small", action="store_true", help="evaluate on the small held-out battery")
+    fp.set_defaults(run=_finetune_pipeline)
 
     demo = sub.add_parser("demo", help="the main job: theory table and Bertrand-by-kappa plot")
     demo.add_argument("--out", default="outputs/demo", help="folder for the report")

@@ -36,7 +36,7 @@ def test_battery_covers_games_roles_framings_and_incentives(battery):
     assert len({i.item_id for i in battery}) == len(battery)
     for item in battery:  # neutral wording with a fixed answer form
         text = item.situation().messages()[1]["content"]
-        assert text.endswith(("ANSWER: <number>.", "cooperate or defect."))
+        assert text.endswith(("ANSWER: <number>.", "ANSWER: defect."))
         assert "selfish" not in text and "fair" not in text and "should" not in text
 
 

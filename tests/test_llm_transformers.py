@@ -66,6 +66,22 @@ def test_choice_scores_are_full_answer_log_likelihoods(backend):
             assert value == pytest.approx(slow, abs=1e-3)
 
 
+def test_options_scored_after_an_assistant_prefix(backend):
+    """`prefix` (e.g. the model's reasoning up to "ANSWER:") is the start of the assistant turn;
+    the options are scored as its continuation, the slow way and the batched way alike."""
+    request = Request(CHOICES[0].messages, options=(" cooperate", " defect"),
+                      prefix="Defecting pays more whatever the other does. ANSWER:")
+    prefix = backend.prompt_ids(request)
+    got = backend.option_logprobs([request, CHOICES[1]])[0]
+    for option, value in zip(request.options, got):
+        sequence = prefix + backend.option_ids(request, option, prefix)
+        with torch.no_grad():
+            logp = torch.log_softmax(backend.model(torch.tensor([sequence])).logits[0].float(), -1)
+        assert value == pytest.approx(sum(logp[i - 1, sequence[i]].item()
+                                          for i in range(len(prefix), len(sequence))), abs=1e-3)
+    assert backend.tokenizer.decode(prefix).endswith("ANSWER:")
+
+
 def test_choose_needs_two_distinct_options(backend):
     with pytest.raises(BackendError, match="two options"):
         backend.choose([chat("x", options=("only",))])

@@ -63,28 +63,32 @@ def test_garbage_is_counted_invalid_and_retried_in_batches():
 
 
 @pytest.mark.slow
-def test_llm_decisions_are_logged_and_replay_exactly(backend, tmp_path):
+@pytest.mark.parametrize("reason", [False, True])
+def test_llm_decisions_are_logged_and_replay_exactly(backend, tmp_path, reason):
     log_path = tmp_path / "decisions.jsonl"
     with DecisionLog(log_path) as log:
-        policy = LLMPolicy(backend, temperature=0.7, max_tokens=12, log=log)
+        policy = LLMPolicy(backend, temperature=0.7, max_tokens=12, log=log, reason=reason)
         before = backend.calls
         live = decide([(policy, s) for s in SITUATIONS], seeds=range(len(SITUATIONS)),
                       tags=[{"agent": i, "step": 0} for i in range(len(SITUATIONS))])
         rounds = backend.calls - before
     numeric = [d for d in live if not isinstance(d.action, str)]
-    assert rounds <= 1 + 1 + policy.max_retries  # one choose call + generate rounds
+    # one choose call (after one reasoning call) + the generate rounds of the numeric answers
+    assert rounds <= 1 + reason + 1 + policy.max_retries
     records = list(read_decisions(log_path))
     assert len(records) == len(SITUATIONS)
     pd_record = records[5]
     assert pd_record["kind"] == "choose" and pd_record["options"] == ["cooperate", "defect"]
     assert sum(pd_record["probabilities"].values()) == pytest.approx(1.0)
     assert all(r["agent"] == i and r["backend"] == "transformers" for i, r in enumerate(records))
-    assert all(len(r["exchanges"]) == r["attempts"] for r in records)
+    assert all(len(r["exchanges"]) == r["attempts"] + (reason and r["kind"] == "choose") for r in records)
+    if reason:  # the options were scored after the model's own reasoning and the answer marker
+        assert pd_record["raw"].endswith("ANSWER:")
     assert all(r["valid"] == (r["action"] is not None) for r in records)
     assert numeric  # several numeric decisions went through generate
 
     replay = ReplayBackend(log_path)
-    again = decide([(LLMPolicy(replay, temperature=0.7, max_tokens=12), s) for s in SITUATIONS],
+    again = decide([(LLMPolicy(replay, temperature=0.7, max_tokens=12, reason=reason), s) for s in SITUATIONS],
                    seeds=range(len(SITUATIONS)))
     for a, b in zip(live, again):
         assert (a.action, a.valid, a.raw, a.attempts, a.probabilities) == \

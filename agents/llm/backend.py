@@ -33,7 +33,8 @@ class Request:
     """One decision request: chat messages, sampling settings, seed, adapter and options.
 
     temperature 0 is greedy decoding (the seed is then irrelevant); `options` are used by
-    `choose` only.
+    `choose` only; `prefix` is the start of the assistant's turn, which `choose` scores the
+    options as continuations of (e.g. the model's own reasoning up to "ANSWER:").
     """
 
     messages: tuple[tuple[str, str], ...]
@@ -43,6 +44,7 @@ class Request:
     top_p: float = 1.0
     seed: int = 0
     options: tuple[str, ...] = ()
+    prefix: str = ""
 
     @classmethod
     def chat(cls, messages: Sequence[dict] | Sequence[tuple[str, str]], **kwargs) -> "Request":
@@ -55,10 +57,15 @@ class Request:
     def message_dicts(self) -> list[dict]:
         return [{"role": role, "content": content} for role, content in self.messages]
 
+    def with_answer(self, text: str) -> list[dict]:
+        """The conversation with a complete assistant turn `prefix + text`."""
+        return self.message_dicts() + [{"role": "assistant", "content": self.prefix + text}]
+
     def fingerprint(self, kind: str) -> str:
         """Identifies what was asked (not the sampling settings): the replay backend's key."""
         payload = json.dumps({"kind": kind, "messages": self.messages, "adapter": self.adapter,
-                              "options": self.options, "seed": self.seed}, sort_keys=True)
+                              "options": self.options, "seed": self.seed, "prefix": self.prefix},
+                             sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
     def as_dict(self) -> dict:

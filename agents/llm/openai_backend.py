@@ -133,9 +133,11 @@ class OpenAIBackend:
     async def _score_all(self, requests):
         return await self._gather(self._score, requests)
 
-    async def _tokens(self, client, request: Request, messages: list[dict], generation: bool) -> list[int]:
+    async def _tokens(self, client, request: Request, messages: list[dict], generation: bool,
+                      open_turn: bool = False) -> list[int]:
         payload = {"model": self._model_for(request), "messages": messages,
-                   "add_generation_prompt": generation}
+                   "add_generation_prompt": generation and not open_turn,
+                   "continue_final_message": open_turn}
         return (await self._post(client, "/tokenize", payload))["tokens"]
 
     async def _end_of_turn(self, client, request: Request) -> int:
@@ -150,9 +152,14 @@ class OpenAIBackend:
     async def _score(self, client, request: Request) -> np.ndarray:
         messages = request.message_dicts()
         end = await self._end_of_turn(client, request)
-        prefix = await self._tokens(client, request, messages, True)
-        fulls = await asyncio.gather(*(self._tokens(
-            client, request, messages + [{"role": "assistant", "content": o}], False) for o in request.options))
+        if request.prefix:
+            prefix = await self._tokens(client, request, messages + [{"role": "assistant",
+                                                                      "content": request.prefix}],
+                                        False, open_turn=True)
+        else:
+            prefix = await self._tokens(client, request, messages, True)
+        fulls = await asyncio.gather(*(self._tokens(client, request, request.with_answer(o), False)
+                                       for o in request.options))
         options = []
         for full in fulls:
             if full[:len(prefix)] != prefix:

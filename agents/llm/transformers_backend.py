@@ -22,6 +22,11 @@ from agents.llm.backend import BackendError, CallCounter, Request, check_choice_
 from agents.llm.models import resolve
 
 
+def _peft_name(name: str) -> str:
+    """PEFT's module names cannot hold dots (as in `moralis-0.5`)."""
+    return name.replace(".", "_")
+
+
 class TransformersBackend:
     name = "transformers"
 
@@ -63,11 +68,12 @@ class TransformersBackend:
         if not (path / "adapter_config.json").exists() or not (path / "adapter_model.safetensors").exists():
             raise BackendError(f"adapter {name!r}: {path} has no adapter_config.json and "
                                "adapter_model.safetensors")
+        internal = _peft_name(name)
         try:
             if isinstance(self.model, PeftModel):
-                self.model.load_adapter(str(path), adapter_name=name)
+                self.model.load_adapter(str(path), adapter_name=internal)
             else:
-                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name).eval()
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=internal).eval()
         except Exception as err:  # shape mismatch, corrupt file: one line naming the adapter
             raise BackendError(f"adapter {name!r} at {path} does not load on "
                                f"{self.model_path.name}: {str(err).splitlines()[0]}") from None
@@ -86,7 +92,7 @@ class TransformersBackend:
             return
         if name not in self.adapters:
             raise BackendError(f"unknown adapter {name!r} (loaded: {sorted(self.adapters) or 'none'})")
-        self.model.set_adapter(name)
+        self.model.set_adapter(_peft_name(name))
         yield
 
     def _groups(self, requests: Sequence[Request]):
@@ -99,14 +105,20 @@ class TransformersBackend:
 
     # ------------------------------------------------------------------ tokens
     def prompt_ids(self, request: Request) -> list[int]:
-        return list(self.tokenizer.apply_chat_template(request.message_dicts(), add_generation_prompt=True,
-                                                       tokenize=True, return_dict=True)["input_ids"])
+        """The prompt: the chat up to the assistant's turn, plus its `prefix` if any."""
+        if request.prefix:
+            ids = self.tokenizer.apply_chat_template(
+                request.message_dicts() + [{"role": "assistant", "content": request.prefix}],
+                continue_final_message=True, tokenize=True, return_dict=True)["input_ids"]
+        else:
+            ids = self.tokenizer.apply_chat_template(request.message_dicts(), add_generation_prompt=True,
+                                                     tokenize=True, return_dict=True)["input_ids"]
+        return list(ids)
 
     def option_ids(self, request: Request, option: str, prefix: list[int]) -> list[int]:
         """Tokens of the assistant turn `option` up to and including its end-of-turn token."""
-        full = list(self.tokenizer.apply_chat_template(
-            request.message_dicts() + [{"role": "assistant", "content": option}],
-            tokenize=True, return_dict=True)["input_ids"])
+        full = list(self.tokenizer.apply_chat_template(request.with_answer(option), tokenize=True,
+                                                       return_dict=True)["input_ids"])
         if full[:len(prefix)] != prefix:
             raise BackendError("the chat template does not extend the generation prompt with the "
                                "assistant turn; choose() cannot score options for this model")

@@ -1,0 +1,194 @@
+"""Synthetic supervised fine-tuning data from the theory (Lu et al. 2025, arXiv 2507.20796, s. 4).
+
+Each example is one game situation (any game, role, parameter draw and framing) as the chat the
+games harness asks, answered by a short worked reasoning from the preference's utility: the
+payoff of each candidate action to the player, what it would get if everyone acted alike (homo
+moralis), the utility of each, and the choice, ending in the harness's answer form `ANSWER: x`.
+
+`style="answer"` gives the answer alone (`ANSWER: x`): the format comparison of the README,
+because a 135M-parameter model imitates the form of the reasoning better than its arithmetic.
+
+Parameters are drawn from the training ranges only (finetune.battery.heldout marks the rest) and
+from the first two framings, so the held-out battery measures generalisation. Settings within
+0.02 of a threshold of the preference (where the theory is indifferent or about to switch) are
+skipped. Deterministic for a seed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from agents.preferences import HomoEconomicus, HomoMoralis
+from agents.situations import GameSituation
+from finetune.battery import HELDOUT_FRAMING, heldout
+from markets.games import GAMES, PrisonersDilemma, PublicGoods, Trust
+
+TRAIN_FRAMINGS = tuple(f for f in range(3) if f != HELDOUT_FRAMING)
+VERBS = {("dictator", "dictator"): "give", ("ultimatum", "proposer"): "offer",
+         ("ultimatum", "responder"): "accept at least", ("trust", "investor"): "send",
+         ("trust", "trustee"): "return", ("public-goods", "player"): "contribute"}
+ROLES = [(g, r) for g, cls in GAMES.items() for r in cls.roles]
+
+
+def draw_parameters(game: str, rng: np.random.Generator) -> dict:
+    """One parameter draw from the training ranges of `game`."""
+    if game in ("dictator", "ultimatum"):
+        return {"endowment": float(rng.integers(10, 201))}
+    if game == "trust":
+        return {"endowment": float(rng.integers(10, 201)), "multiplier": float(rng.choice([2, 3, 4]))}
+    if game == "prisoners-dilemma":
+        return {"T": float(rng.choice([4, 4.5, 5, 5.5, 6, 6.5, 7])), "R": 3.0, "P": 1.0,
+                "S": float(rng.choice([0.0, 0.5]))}
+    players = int(rng.integers(2, 8))
+    low = max(0.3, 1.0 / players + 0.05)
+    return {"players": players, "endowment": float(rng.choice([10, 20, 40])),
+            "mpcr": round(float(np.round(rng.uniform(low, 0.85) / 0.05) * 0.05), 2)}
+
+
+def _numbers(x) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def _label(situation: GameSituation, action) -> str:
+    if isinstance(situation.game, PrisonersDilemma):
+        return action
+    return f"{VERBS[(situation.game.name, situation.role)]} {_numbers(float(action))}"
+
+
+def _candidates(situation: GameSituation, chosen):
+    if isinstance(situation.game, PrisonersDilemma):
+        return list(situation.game.actions)
+    top = situation.answer.high
+    return sorted({0.0, float(chosen), float(top)})
+
+
+def _payoffs(pref, situation: GameSituation, action, reference):
+    """(own expected payoff, payoff if everyone acted alike, utility) of playing `action` in the
+    situation's role while the others play the theory's `reference` strategy (or transfer)."""
+    game = situation.game
+    if isinstance(game, (PrisonersDilemma, PublicGoods)):
+        own_index = game.index({"player": action})
+        other = game.index({"player": reference})
+        n_others = game.n_players - 1
+        mine = np.array([own_index])
+        others = np.full((1, n_others), other)
+        alike = np.full((1, n_others), own_index)
+    else:
+        strategy = dict(reference)
+        if isinstance(game, Trust) and situation.role == "trustee":
+            other = game.index({"investor": _on_grid(game.grids()[0], situation.received), "trustee": 0.0})
+            strategy[situation.role] = _on_grid(game.grids()[1], action / (situation.received * game.multiplier))
+        else:
+            other = game.index(dict(reference))
+            grid = game.grids()[list(game.roles).index(situation.role)]
+            strategy[situation.role] = _on_grid(grid, action)
+        mine = np.array([game.index(strategy)])
+        others = np.array([[other]])
+        alike = mine[:, None]
+    econ = HomoEconomicus(pref.material_utility)
+    own = float(econ.utility(game, mine, others)[0])
+    universal = float(econ.utility(game, mine, alike)[0])
+    return own, universal, float(pref.utility(game, mine, others)[0])
+
+
+def _on_grid(grid: np.ndarray, value: float) -> float:
+    return float(grid[np.abs(grid - value).argmin()])
+
+
+def _reference(pref, situation: GameSituation):
+    """The others' strategy the reasoning holds fixed: the theory's own equilibrium strategy."""
+    from agents.situations import _equilibrium
+
+    game = situation.game
+    if isinstance(game, (PrisonersDilemma, PublicGoods)):
+        return situation.theory_action(pref)
+    eq = _equilibrium(pref, game)
+    return tuple(game.strategy(eq.strategy).items())
+
+
+def reasoning(pref, situation: GameSituation) -> tuple[str, object]:
+    """The worked reasoning ending in `ANSWER: x`, and the action x."""
+    chosen = situation.theory_action(pref)
+    reference = _reference(pref, situation)
+    lines = []
+    for action in _candidates(situation, chosen):
+        own, universal, utility = _payoffs(pref, situation, action, reference)
+        if isinstance(pref, HomoMoralis):
+            lines.append(f"{_label(situation, action)}: payoff {_numbers(own)}, if all did the same "
+                         f"{_numbers(universal)}, utility {_numbers(utility)}")
+        else:
+            lines.append(f"{_label(situation, action)}: payoff {_numbers(own)}")
+    rule = (f"Utility = {1 - pref.kappa:g} x payoff + {pref.kappa:g} x payoff if all did the same."
+            if isinstance(pref, HomoMoralis) else "I maximise my own expected payoff.")
+    if len(situation.game.roles) > 1 or situation.game.name == "dictator":
+        rule += " Payoffs average both roles, each mine with chance 1/2."
+    answer = chosen if isinstance(chosen, str) else _numbers(float(chosen))
+    text = (rule + "\n" + ";\n".join(lines) + f".\nBest: {_label(situation, chosen)}.\nANSWER: {answer}")
+    return text, chosen
+
+
+def near_threshold(pref, situation: GameSituation, margin: float = 0.02) -> bool:
+    """Whether the action changes within `margin` of the preference's kappa (or at kappa = 0 for
+    homo economicus): such settings teach a tie-break, not the preference."""
+    kappa = pref.kappa
+    action = situation.theory_action(pref)
+    for k in (max(0.0, kappa - margin), min(1.0, kappa + margin)):
+        if k != kappa and situation.theory_action(HomoMoralis(pref.material_utility, k)) != action:
+            return True
+    return False
+
+
+STYLES = ("reasoning", "answer")
+
+
+def make_examples(pref, n: int, seed: int = 0, style: str = "reasoning") -> list[dict]:
+    """`n` chat examples for `pref`, cycling through every game and role; the assistant turn is
+    the worked reasoning ending in the answer (`reasoning`) or the answer alone (`answer`)."""
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    rng = np.random.default_rng(seed)
+    examples, attempts = [], 0
+    while len(examples) < n:
+        attempts += 1
+        if attempts > 50 * n:
+            raise RuntimeError("could not draw enough settings away from the thresholds")
+        game_name, role = ROLES[len(examples) % len(ROLES)]
+        params = draw_parameters(game_name, rng)
+        framing = int(rng.choice(TRAIN_FRAMINGS))
+        game = GAMES[game_name](**params)
+        received = None
+        if isinstance(game, Trust) and role == "trustee":
+            received = float(_on_grid(game.grids()[0], game.endowment * rng.uniform(0.2, 1.0)))
+        if heldout(params, framing):
+            continue
+        situation = GameSituation(game, role, received=received, framing=framing)
+        if near_threshold(pref, situation):
+            continue
+        text, action = reasoning(pref, situation)
+        if style == "answer":
+            text = text[text.rindex("ANSWER:"):]
+        examples.append({"messages": situation.messages() + [{"role": "assistant", "content": text}],
+                         "meta": {"game": game_name, "role": role, "params": params, "framing": framing,
+                                  "received": received, "action": action, "preference": pref.name,
+                                  "kappa": pref.kappa, "utility": pref.material_utility,
+                                  "style": style}})
+    return examples
+
+
+def write_jsonl(examples: list[dict], path: str | Path, openai: bool = False) -> str:
+    """Write the examples as JSON lines; `openai=True` keeps only {"messages": [...]} (the
+    OpenAI chat fine-tuning format). Returns the SHA-256 of the file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"messages": e["messages"]} if openai else e, sort_keys=True) for e in examples]
+    data = ("\n".join(lines) + "\n").encode()
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]

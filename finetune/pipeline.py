@@ -1,0 +1,142 @@
+"""`econalign finetune pipeline`: data -> train -> evaluate, for homo economicus and homo moralis
+(kappa 0.5) on the embedded model, with everything cached: an adapter whose manifest records the
+same data, hyper-parameters and base model is not trained again, and an evaluation already in
+its manifest is not run again.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from finetune.registry import adapter_name
+from finetune.train import TrainOptions, file_sha256, read_manifest, train, write_manifest
+
+EVAL_TOKENS = 128   # room for the worked reasoning before ANSWER:
+
+
+@dataclass
+class PipelineOptions:
+    adapters: str = "adapters"
+    out: str = "outputs/finetune"
+    base: str | None = None
+    examples: int = 160
+    seed: int = 0
+    preferences: tuple = (("economicus", None), ("moralis", 0.5))
+    train: dict = field(default_factory=dict)   # TrainOptions overrides (epochs, rank, ...)
+    small: bool = False                         # evaluate on the small battery's held-out items
+    style: str = "reasoning"                    # finetune.dataset styles: reasoning or answer
+
+
+def _preference(name: str, kappa):
+    from agents.preferences import preference
+    return preference(name, kappa)
+
+
+def make_data(pref, n: int, seed: int, folder: Path, style: str = "reasoning") -> Path:
+    """The training data of one preference (and its OpenAI-format copy); kept if already there."""
+    from finetune.dataset import make_examples, write_jsonl
+
+    name = adapter_name(pref.name.split('-')[0], pref.kappa or None)
+    path = folder / f"{name}-{style}-n{n}-s{seed}.jsonl"
+    if not path.exists():
+        examples = make_examples(pref, n, seed, style)
+        write_jsonl(examples, path.with_suffix(".openai.jsonl"), openai=True)
+        write_jsonl(examples, path)
+    return path
+
+
+def _up_to_date(folder: Path, data: Path, options: TrainOptions, base_hash: str) -> bool:
+    manifest = read_manifest(folder)
+    if not manifest or not (folder / "adapter_model.safetensors").exists():
+        return False
+    wanted = {k: v for k, v in asdict(options).items() if k not in ("data", "out", "base")}
+    recorded = manifest.get("hyperparameters", {})
+    return (manifest.get("data", {}).get("sha256") == file_sha256(data)
+            and manifest.get("base_model_sha256") == base_hash
+            and json.loads(json.dumps(wanted)) == recorded)
+
+
+def run_pipeline(options: PipelineOptions, log=print) -> dict:
+    """Returns {adapter name: manifest} after data, training and the held-out evaluation."""
+    from agents.llm.models import model_hash, resolve
+
+    out, registry = Path(options.out), Path(options.adapters)
+    base = resolve(options.base)
+    base_hash = model_hash(base)
+    trained = {}
+    for name, kappa in options.preferences:
+        pref = _preference(name, kappa)
+        adapter = adapter_name(name, kappa)
+        data = make_data(pref, options.examples, options.seed, out / "data", options.style)
+        train_options = TrainOptions(str(data), str(registry / adapter), str(base), seed=options.seed,
+                                     **options.train)
+        if _up_to_date(registry / adapter, data, train_options, base_hash):
+            log(f"{adapter}: up to date ({registry / adapter})")
+        else:
+            log(f"{adapter}: training on {options.examples} examples ...")
+            train(train_options)
+            m = read_manifest(registry / adapter)
+            log(f"{adapter}: {m['train_seconds']} s, {m['samples_per_second']} samples/s, "
+                f"loss {m['loss_curve'][0][1]:.3f} -> {m['loss_curve'][-1][1]:.3f}")
+        trained[adapter] = pref
+    evaluate_adapters(registry, trained, out / "eval", base=options.base, small=options.small, log=log)
+    return {name: read_manifest(registry / name) for name in trained}
+
+
+def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, small: bool = False,
+                      log=print):
+    """Base model vs each adapter on the held-out battery; scores go into each manifest."""
+    from agents.llm.decision_log import DecisionLog
+    from agents.llm.transformers_backend import TransformersBackend
+    from agents.policies import LLMPolicy
+    from finetune.battery import build_battery
+    from finetune.dataset import near_threshold
+    from finetune.evaluate import kappa_column, plot_theory_scores, run, theory_scores, _markdown
+
+    manifests = {name: read_manifest(registry / name) for name in adapters}
+    styles = {m.get("style", "reasoning") for m in manifests.values()}
+    if len(styles) != 1:
+        raise ValueError(f"adapters trained on different answer styles {sorted(styles)}: evaluate apart")
+    style = styles.pop()
+    key = {"items": "small" if small else "full", "style": style}
+    if all(m.get("evaluation", {}).get("battery") == key for m in manifests.values()):
+        log("evaluation: up to date")
+        return
+    started = time.time()
+    items = [i for i in build_battery("linear", small=small) if i.split == "heldout"]
+    theories = {pref.name: ("economicus" if pref.kappa == 0 else kappa_column(pref.kappa))
+                for pref in adapters.values()}
+    excluded = {pref.name: {i.item_id for i in items if near_threshold(pref, i.situation())}
+                for pref in adapters.values()}
+    backend = TransformersBackend(base, adapters={n: registry / n for n in adapters})
+    out.mkdir(parents=True, exist_ok=True)
+    with DecisionLog(out / "decisions.jsonl") as log_file:
+        reasoning = style == "reasoning"   # every policy answers as the adapters were trained to
+        policies = {name: LLMPolicy(backend, None if name == "base" else name,
+                                    max_tokens=EVAL_TOKENS if reasoning else 16, reason=reasoning,
+                                    log=log_file)
+                    for name in ["base", *adapters]}
+        frame = run(items, policies, out)
+    scores = theory_scores(frame, theories, excluded)
+    scores.to_csv(out / "scores.csv", index=False)
+    (out / "scores.md").write_text(_markdown(scores, list(scores.columns)))
+    plot_theory_scores(scores, out / "scores.png")
+    base_rows = scores[scores.policy == "base"]
+    for name, pref in adapters.items():
+        target = pref.name
+        mine = scores[scores.policy == name]
+        summary = {
+            "battery": key, "heldout_items": len(items), "seconds": round(time.time() - started, 1),
+            "excluded_near_threshold": len(excluded[target]),
+            "target": target, "scores": mine.to_dict("records"),
+            "base": base_rows.to_dict("records"),
+            "share_target": float(mine[mine.theory == target].share_equal.iloc[0]),
+            "base_share_target": float(base_rows[base_rows.theory == target].share_equal.iloc[0]),
+        }
+        manifest = read_manifest(registry / name)
+        manifest["evaluation"] = summary
+        write_manifest(registry / name, manifest)
+        log(f"{name}: held-out share equal to {target}: {summary['share_target']:.0%} "
+            f"(base model {summary['base_share_target']:.0%})")

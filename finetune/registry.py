@@ -1,0 +1,39 @@
+"""The adapter registry: a folder with one sub-folder per adapter, named by preference
+(`economicus`, `moralis-0.5`, ...). `econalign serve --adapters DIR` and the in-process backend
+load the same folder; agents name the adapter of their preference type.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_FOLDER = Path("adapters")
+
+
+def adapter_name(preference: str, kappa: float | None = None) -> str:
+    """`economicus`, or `moralis-K` (K as in 0.5)."""
+    if preference == "economicus":
+        return "economicus"
+    if preference == "moralis" and kappa is not None:
+        return f"moralis-{kappa:g}"
+    if preference.startswith("moralis-"):
+        return preference
+    raise ValueError(f"no adapter name for preference {preference!r} (kappa {kappa})")
+
+
+def list_adapters(folder: str | Path = DEFAULT_FOLDER) -> dict[str, Path]:
+    """Adapters in the folder, by name (sub-folders holding adapter_config.json)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    return {p.name: p for p in sorted(folder.iterdir())
+            if (p / "adapter_config.json").exists() and (p / "adapter_model.safetensors").exists()}
+
+
+def adapter_path(name: str, folder: str | Path = DEFAULT_FOLDER) -> Path:
+    """The folder of adapter `name`; a one-line error naming what is there if it is missing."""
+    found = list_adapters(folder)
+    if name not in found:
+        have = ", ".join(found) or "none"
+        raise ValueError(f"no adapter {name!r} in {folder} (have: {have}); "
+                         "train it with `econalign finetune pipeline`")
+    return found[name]

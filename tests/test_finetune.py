@@ -1,0 +1,141 @@
+"""Fine-tuning: theory-derived data, a tiny LoRA training run, adapters both backends load."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.preferences import HomoEconomicus, HomoMoralis
+from agents.situations import GameSituation
+from finetune.battery import heldout
+from finetune.dataset import ROLES, make_examples, read_jsonl, write_jsonl
+from markets.games import GAMES
+
+PREFS = [HomoEconomicus(), HomoMoralis(kappa=0.5)]
+
+
+def _answer(text: str) -> str:
+    return re.findall(r"ANSWER:\s*(\S+)", text)[-1]
+
+
+@pytest.mark.parametrize("pref", PREFS, ids=lambda p: p.name)
+def test_data_is_deterministic_and_every_answer_is_the_theory_action(pref):
+    examples = make_examples(pref, 28, seed=11)
+    assert examples == make_examples(pref, 28, seed=11)
+    assert examples != make_examples(pref, 28, seed=12)
+    assert {(e["meta"]["game"], e["meta"]["role"]) for e in examples} == set(ROLES)
+    for e in examples:
+        meta = e["meta"]
+        roles = [m["role"] for m in e["messages"]]
+        assert roles == ["system", "user", "assistant"]
+        # recompute the theory's action from the parameters alone
+        situation = GameSituation(GAMES[meta["game"]](**meta["params"]), meta["role"],
+                                  received=meta["received"], framing=meta["framing"])
+        assert e["messages"][:2] == situation.messages()
+        expected = situation.theory_action(pref)
+        got = _answer(e["messages"][2]["content"])
+        assert got == (expected if isinstance(expected, str) else f"{float(expected):.4g}")
+        assert not heldout(meta["params"], meta["framing"])        # never a held-out setting
+        assert "utility" in e["messages"][2]["content"].lower() or pref.kappa == 0
+
+
+def test_openai_export_and_cli(tmp_path):
+    from scenarios.cli import main
+
+    out = tmp_path / "moralis.jsonl"
+    assert main(["finetune", "data", "--preference", "moralis", "--kappa", "0.5", "--n", "14",
+                 "--out", str(out)]) == 0
+    ours = read_jsonl(out)
+    openai = read_jsonl(out.with_suffix(".openai.jsonl"))
+    assert len(ours) == len(openai) == 14
+    assert all(set(line) == {"messages"} for line in openai)
+    assert [o["messages"] for o in ours] == [o["messages"] for o in openai]
+    exe = Path(sys.executable).parent / "econalign"
+    for bad, needle in ([["--preference", "moralis", "--kappa", "1.5"], "kappa"],
+                        [["--preference", "moralis"], "kappa"], [["--preference", "economicus", "--n", "0"], "--n"]):
+        args = [str(exe), "finetune", "data", "--out", str(tmp_path / "x.jsonl")] + bad
+        if "--n" not in bad:
+            args += ["--n", "5"]
+        proc = subprocess.run(args, capture_output=True, text=True)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tmp_path_factory, model_folder):
+    from finetune.train import TrainOptions, train
+
+    root = tmp_path_factory.mktemp("tiny")
+    examples = make_examples(HomoEconomicus(), 16, seed=5)
+    write_jsonl(examples, root / "data.jsonl")
+    out = train(TrainOptions(str(root / "data.jsonl"), str(root / "adapters" / "economicus"),
+                             max_steps=6, batch_size=4, learning_rate=1e-3, save_steps=3),
+                show_progress=False)
+    return out, examples
+
+
+def _completion_loss(backend, examples, adapter):
+    from agents.llm.backend import Request
+    request_scores = []
+    for e in examples:
+        request = Request.chat(e["messages"][:2], adapter=adapter, options=(e["messages"][2]["content"], "x"))
+        request_scores.append(backend.option_logprobs([request])[0][0])
+    return -float(np.mean(request_scores))
+
+
+@pytest.mark.slow
+def test_tiny_training_lowers_the_loss_and_writes_a_manifest(tiny_adapter, model_folder):
+    from agents.llm.models import model_hash
+    from agents.llm.transformers_backend import TransformersBackend
+
+    folder, examples = tiny_adapter
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["preference"] == "economicus" and manifest["kappa"] == 0.0
+    assert manifest["base_model_sha256"] == model_hash(model_folder)
+    assert manifest["data"]["examples"] == 16 and len(manifest["data"]["sha256"]) == 64
+    assert manifest["hyperparameters"]["rank"] <= 16
+    assert {"torch", "transformers", "peft", "trl"} <= set(manifest["versions"])
+    assert len(manifest["loss_curve"]) >= 2
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert not config.get("modules_to_save") and config["r"] <= 16
+    assert not (folder / "checkpoints").exists()
+    backend = TransformersBackend(model_folder, adapters={"economicus": folder})
+    before = _completion_loss(backend, examples, None)
+    after = _completion_loss(backend, examples, "economicus")
+    assert after < before - 0.1  # the trained answers became more likely
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_trained_adapter_is_served_by_vllm(tiny_adapter, model_folder, tmp_path):
+    from agents.llm.backend import Request
+    from agents.llm.openai_backend import OpenAIBackend
+    from agents.llm.server import VLLMServer
+
+    folder, examples = tiny_adapter
+    with VLLMServer(model_folder, folder.parent, log=tmp_path / "vllm.log") as server:
+        client = OpenAIBackend(server.url)
+        text = client.generate([Request.chat(examples[0]["messages"][:2], adapter="economicus",
+                                             max_tokens=8)])[0]
+        assert isinstance(text, str) and text
+
+
+@pytest.mark.slow
+def test_corrupt_or_mismatched_adapters_are_refused_in_one_line(tiny_adapter, tmp_path):
+    import shutil
+
+    folder, _ = tiny_adapter
+    registry = tmp_path / "adapters"
+    broken = registry / "economicus"
+    shutil.copytree(folder, broken)
+    (broken / "adapter_model.safetensors").write_bytes(b"not a tensor file")
+    exe = Path(sys.executable).parent / "econalign"
+    proc = subprocess.run([str(exe), "finetune", "evaluate", "--adapters", str(registry), "--small",
+                           "--out", str(tmp_path / "eval")], capture_output=True, text=True)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "economicus" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([str(exe), "finetune", "evaluate", "--adapters", str(registry),
+                           "--adapter", "moralis-0.5"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "no adapter 'moralis-0.5'" in proc.stderr
