@@ -144,18 +144,39 @@ def near_threshold(pref, situation: GameSituation, margin: float = 0.02) -> bool
 STYLES = ("reasoning", "answer")
 
 
+def role_schedule(pref, rng: np.random.Generator, probes: int = 12) -> list[tuple[str, str]]:
+    """The roles in the order examples are drawn: every role once, and a second time where the
+    preference's answer is not simply "nothing" (0) in every one of `probes` training draws, i.e.
+    where it depends on the incentives or must be read off the situation: the examples go where
+    there is something to learn."""
+    schedule = []
+    for game_name, role in ROLES:
+        answers = set()
+        for _ in range(probes):
+            params = draw_parameters(game_name, rng)
+            game = GAMES[game_name](**params)
+            received = game.endowment / 2 if isinstance(game, Trust) and role == "trustee" else None
+            action = GameSituation(game, role, received=received).theory_action(pref)
+            answers.add(action if isinstance(action, str) else round(float(action) / GameSituation(
+                game, role, received=received).answer.high, 2))
+        schedule += [(game_name, role)] * (1 if answers == {0.0} else 2)
+    return schedule
+
+
 def make_examples(pref, n: int, seed: int = 0, style: str = "reasoning") -> list[dict]:
-    """`n` chat examples for `pref`, cycling through every game and role; the assistant turn is
-    the worked reasoning ending in the answer (`reasoning`) or the answer alone (`answer`)."""
+    """`n` chat examples for `pref`, cycling through the roles of `role_schedule`; the assistant
+    turn is the worked reasoning ending in the answer (`reasoning`) or the answer alone
+    (`answer`)."""
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     rng = np.random.default_rng(seed)
+    schedule = role_schedule(pref, rng)
     examples, attempts = [], 0
     while len(examples) < n:
         attempts += 1
         if attempts > 50 * n:
             raise RuntimeError("could not draw enough settings away from the thresholds")
-        game_name, role = ROLES[len(examples) % len(ROLES)]
+        game_name, role = schedule[len(examples) % len(schedule)]
         params = draw_parameters(game_name, rng)
         framing = int(rng.choice(TRAIN_FRAMINGS))
         game = GAMES[game_name](**params)

@@ -21,12 +21,13 @@ class PipelineOptions:
     adapters: str = "adapters"
     out: str = "outputs/finetune"
     base: str | None = None
-    examples: int = 160
+    examples: int = 160                         # per adapter ...
+    economicus_examples: int | None = 128       # ... but homo economicus learns from fewer
     seed: int = 0
     preferences: tuple = (("economicus", None), ("moralis", 0.5))
     train: dict = field(default_factory=dict)   # TrainOptions overrides (epochs, rank, ...)
     small: bool = False                         # evaluate on the small battery's held-out items
-    style: str = "reasoning"                    # finetune.dataset styles: reasoning or answer
+    style: str = "answer"                       # finetune.dataset styles (README: measured best)
 
 
 def _preference(name: str, kappa):
@@ -69,13 +70,15 @@ def run_pipeline(options: PipelineOptions, log=print) -> dict:
     for name, kappa in options.preferences:
         pref = _preference(name, kappa)
         adapter = adapter_name(name, kappa)
-        data = make_data(pref, options.examples, options.seed, out / "data", options.style)
+        n = options.economicus_examples if name == "economicus" and options.economicus_examples \
+            else options.examples
+        data = make_data(pref, n, options.seed, out / "data", options.style)
         train_options = TrainOptions(str(data), str(registry / adapter), str(base), seed=options.seed,
                                      **options.train)
         if _up_to_date(registry / adapter, data, train_options, base_hash):
             log(f"{adapter}: up to date ({registry / adapter})")
         else:
-            log(f"{adapter}: training on {options.examples} examples ...")
+            log(f"{adapter}: training on {n} examples ...")
             train(train_options)
             m = read_manifest(registry / adapter)
             log(f"{adapter}: {m['train_seconds']} s, {m['samples_per_second']} samples/s, "

@@ -32,7 +32,7 @@ class TrainOptions:
     target_modules: tuple[str, ...] = ALL_LINEAR
     epochs: float = 2.0
     batch_size: int = 8
-    learning_rate: float = 3e-4
+    learning_rate: float = 5e-4
     max_length: int = 512
     max_steps: int = -1
     seed: int = 0
@@ -114,7 +114,8 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
         save_steps=options.save_steps, save_total_limit=1, seed=options.seed, data_seed=options.seed,
         max_length=options.max_length, completion_only_loss=True, report_to="none",
         bf16=bf16, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
-        disable_tqdm=not show_progress, **{recompute: False}, **options.extra)
+        disable_tqdm=not show_progress, train_sampling_strategy="group_by_length",
+        **{recompute: False}, **options.extra)
     lora = LoraConfig(r=options.rank, lora_alpha=options.alpha, target_modules=list(options.target_modules),
                       lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,

@@ -96,7 +96,10 @@ def _finetune_data(args) -> int:
     if args.n < 1:
         raise InputError(f"--n must be at least 1, got {args.n}")
     pref = make_preference(args.preference, args.kappa, args.utility)
-    examples = make_examples(pref, args.n, args.seed)
+    try:
+        examples = make_examples(pref, args.n, args.seed, args.style)
+    except ValueError as err:
+        raise InputError(str(err)) from None
     digest = write_jsonl(examples, args.out)
     openai = args.openai or str(Path(args.out).with_suffix(".openai.jsonl"))
     write_jsonl(examples, openai, openai=True)
@@ -153,14 +156,15 @@ def _finetune_pipeline(args) -> int:
     from finetune.pipeline import PipelineOptions, run_pipeline
 
     run_pipeline(PipelineOptions(adapters=args.adapters, out=args.out, base=args.base,
-                                 examples=args.examples, small=args.small))
+                                 examples=args.examples, small=args.small, style=args.style,
+                                 economicus_examples=args.examples if args.examples_all else 128))
     return 0
 
 
 def _demo(args) -> int:
     from scenarios.demo import run_demo
 
-    run_demo(args.out)
+    run_demo(args.out, finetune=not args.no_finetune)
     return 0
 
 
@@ -227,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--utility", choices=("linear", "log"), default="linear")
     data.add_argument("--n", type=int, required=True, help="number of examples")
     data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--style", choices=("reasoning", "answer"), default="reasoning",
+                      help="assistant turn: worked reasoning ending in the answer, or the answer alone")
     data.add_argument("--out", required=True, help="JSONL file")
     data.add_argument("--openai", help="also write the OpenAI fine-tuning format here "
                                        "(default: OUT with .openai.jsonl)")
@@ -238,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--rank", type=int, default=8)
     tr.add_argument("--epochs", type=float, default=2.0)
     tr.add_argument("--batch-size", type=int, default=8)
-    tr.add_argument("--lr", type=float, default=3e-4)
+    tr.add_argument("--lr", type=float, default=5e-4)
     tr.add_argument("--max-steps", type=int, default=-1)
     tr.add_argument("--seed", type=int, default=0)
     tr.set_defaults(run=_finetune_train)
@@ -253,12 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--adapters", default="adapters")
     fp.add_argument("--out", default="outputs/finetune")
     fp.add_argument("--base")
-    fp.add_argument("--examples", type=int, default=160)
+    fp.add_argument("--examples", type=int, default=160, help="examples per adapter (economicus: 128)")
+    fp.add_argument("--examples-all", action="store_true", help="give economicus --examples too")
     fp.add_argument("--small", action="store_true", help="evaluate on the small held-out battery")
+    fp.add_argument("--style", choices=("reasoning", "answer"), default="answer",
+                    help="training answer style (answer: measured best on the embedded model)")
     fp.set_defaults(run=_finetune_pipeline)
 
     demo = sub.add_parser("demo", help="the main job: theory table and Bertrand-by-kappa plot")
     demo.add_argument("--out", default="outputs/demo", help="folder for the report")
+    demo.add_argument("--no-finetune", action="store_true",
+                      help="skip training/evaluating the adapters (about 12 minutes the first time)")
     demo.set_defaults(run=_demo)
     return parser
 

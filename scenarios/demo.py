@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from scenarios.theory import GAME_NAMES, TABLE_KAPPAS, bertrand_by_kappa, theory_table
 
@@ -64,7 +65,15 @@ def evaluate_base_model(out: Path):
         return evaluate_games(policies, out, small=True)
 
 
-def run_demo(out: str | Path) -> Path:
+def finetune_adapters(out: Path, adapters: str | Path = "adapters"):
+    """Both adapters (economicus, moralis-0.5) trained and evaluated on the held-out battery;
+    cached in `adapters/`, so a second run only reads the manifests."""
+    from finetune.pipeline import PipelineOptions, run_pipeline
+
+    return run_pipeline(PipelineOptions(adapters=str(adapters), out=str(out)))
+
+
+def run_demo(out: str | Path, finetune: bool = True) -> Path:
     from tqdm import tqdm
 
     out = Path(out)
@@ -86,6 +95,18 @@ def run_demo(out: str | Path) -> Path:
     columns = ["policy", "game", "role", "valid_rate", "mean_fraction", "share_economicus",
                "best_kappa", "human_w1"]
     print(summary[summary.policy == "base"][columns].to_string(index=False, float_format="%.3g"))
+    if finetune:
+        print("\nFine-tuning economicus and moralis-0.5 adapters (cached in adapters/):", flush=True)
+        manifests = finetune_adapters(out / "finetune")
+        first = next(iter(manifests.values()))["evaluation"]
+        rows = first["base"] + [r for m in manifests.values() for r in m["evaluation"]["scores"]]
+        scores = pd.DataFrame(rows)
+        scores.to_csv(out / "finetune_scores.csv", index=False)
+        print(scores.to_string(index=False, float_format="%.3f"))
+        for name, m in manifests.items():
+            print(f"{name}: trained {m['train_seconds']} s at {m['samples_per_second']} samples/s; "
+                  f"held-out {m['evaluation']['share_target']:.0%} equal to its theory "
+                  f"(base model {m['evaluation']['base_share_target']:.0%})")
     curve.to_csv(out / "bertrand_kappa.csv", index=False)
     plot_bertrand(curve, out / "bertrand_kappa.png")
     duopoly = curve[curve.firms == 2].set_index("kappa")

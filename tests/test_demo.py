@@ -9,7 +9,8 @@ from scenarios.demo import run_demo
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    return run_demo(tmp_path_factory.mktemp("demo"))
+    # the adapters' training is the finetune tests' and the pipeline's business: skipped here
+    return run_demo(tmp_path_factory.mktemp("demo"), finetune=False)
 
 
 @pytest.mark.slow
