@@ -142,6 +142,14 @@ def _finetune_evaluate(args) -> int:
             raise InputError(str(err)) from None
         if "preference" not in manifest:
             raise InputError(f"adapter {name} has no manifest.json naming its preference")
+        from agents.llm.models import ModelError, model_hash, resolve
+        from agents.llm.server import AdapterError, inspect_adapter
+        try:  # refuse a corrupt or foreign adapter before loading any model
+            base = resolve(args.base)
+            inspect_adapter(adapter_path(name, args.adapters), base, name=name,
+                            base_sha256=model_hash(base))
+        except (AdapterError, ModelError) as err:
+            raise InputError(str(err)) from None
         adapters[name] = _preference(manifest["preference"].split("-")[0], manifest["kappa"] or None)
     from agents.llm.backend import BackendError
     try:

@@ -34,7 +34,9 @@ class TransformersBackend:
                  max_batch: int = 64, threads: int | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()   # our own progress bars say what is going on
         if threads:
             torch.set_num_threads(threads)
         self.model_path = resolve(model)
