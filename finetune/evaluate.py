@@ -133,15 +133,20 @@ def best_kappa(frame: pd.DataFrame, kappas=KAPPAS) -> tuple[float, float, float,
     return float(tied[(len(tied) - 1) // 2]), float(top), float(min(tied)), float(max(tied))
 
 
+def _under_conditions(frame: pd.DataFrame, human) -> pd.DataFrame:
+    """The valid answers given under the game parameters the humans played."""
+    mask = frame.valid.to_numpy(bool).copy()
+    for name, value in human.conditions.items():
+        mask &= np.isclose(frame[name].to_numpy(float), value)
+    return frame[mask]
+
+
 def _human_distance(group: pd.DataFrame, humans) -> tuple[float, float]:
     key = (group.game.iloc[0], group.role.iloc[0])
     if key not in humans:
         return np.nan, np.nan
     human = humans[key]
-    mask = np.ones(len(group), dtype=bool)
-    for name, value in human.conditions.items():
-        mask &= np.isclose(group[name].to_numpy(float), value)
-    chosen = group[mask & group.valid.to_numpy(bool)]
+    chosen = _under_conditions(group, human)
     if chosen.empty:
         return np.nan, human.mean
     return wasserstein_tenths(tenths(chosen.action / human.scale), human.tenths), human.mean
@@ -225,6 +230,13 @@ def write_report(frame: pd.DataFrame, out: str | Path) -> tuple[pd.DataFrame, pd
     return summary, totals
 
 
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    fig.clf()
+    _pyplot().close(fig)
+
+
 def _pyplot():
     import matplotlib
 
@@ -257,9 +269,7 @@ def plot_actions(summary: pd.DataFrame, path: Path) -> None:
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
     ax.set_title("Actions by game and role")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_theory(summary: pd.DataFrame, path: Path) -> None:
@@ -279,9 +289,7 @@ def plot_theory(summary: pd.DataFrame, path: Path) -> None:
         ax.set_ylim(0, 1.12)
         ax.set_title(policy)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_human(frame: pd.DataFrame, path: Path) -> None:
@@ -294,19 +302,15 @@ def plot_human(frame: pd.DataFrame, path: Path) -> None:
     for ax, (key, human) in zip(axes.ravel(), humans.items()):
         ax.bar(centers, human.tenths, 0.1, color="lightgrey", edgecolor="grey", label="human")
         for policy in policies:
-            part = frame[(frame.policy == policy) & (frame.game == key[0]) & (frame.role == key[1])
-                         & frame.valid]
-            for name, value in human.conditions.items():
-                part = part[np.isclose(part[name].astype(float), value)]
+            part = _under_conditions(frame[(frame.policy == policy) & (frame.game == key[0])
+                                           & (frame.role == key[1])], human)
             if len(part):
                 ax.step(centers, tenths(part.action / human.scale), where="mid", label=policy)
         ax.set_title(f"{key[0]} {key[1]} (of {human.scale:g})", fontsize=9)
         ax.set_xlim(0, 1)
         ax.legend(fontsize=7)
     fig.suptitle("Share of decisions per tenth of the action range: policies vs MobLab humans")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,6 +352,4 @@ def plot_theory_scores(scores: pd.DataFrame, path: Path) -> None:
     ax.set_ylabel("share of held-out items")
     ax.set_title("Held-out battery: answers equal to each theory")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
