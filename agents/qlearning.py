@@ -1,0 +1,183 @@
+"""Calvano et al.'s Q-learning pricing algorithm, one firm at a time (the reference implementation
+the Mesa firm uses; simulation.qlearning_engine runs the same algorithm for many sessions at once).
+
+Calvano, Calzolari, Denicolo & Pastorello (2020), AER 110(10):3267, section II.B-C:
+
+* actions: m prices on [p_N - xi (p_M - p_N), p_M + xi (p_M - p_N)]; state: every firm's last
+  action (memory one), s = sum_i a_i m^(n-1-i), so m^n states;
+* Q_0(s, a) = sum_{a_-i} pi_i(a, a_-i) / ((1 - delta) m^(n-1)) in every state (the discounted payoff
+  against rivals who randomise uniformly);
+* epsilon-greedy: with probability eps_t = exp(-beta t) a uniformly random price, else the greedy
+  one (argmax Q(s, .), ties to the lowest price);
+* Q(s, a) <- (1 - alpha) Q(s, a) + alpha (pi + delta max_a' Q(s', a'));
+* converged when no firm's greedy strategy (over all states) changed for `convergence` periods.
+
+Randomness is counter-based: every draw is SplitMix64 (Steele, Lea & Flood 2014) of (seed,
+session, period, firm, stream), so the draws do not depend on the order in which sessions or
+firms are computed, and the Mesa firms and the vectorised engine see identical numbers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+MASK = (1 << 64) - 1
+GOLDEN = 0x9E3779B97F4A7C15
+MIX1 = 0xBF58476D1CE4E5B9
+MIX2 = 0x94D049BB133111EB
+EXPLORE, RANDOM_PRICE, START = 0, 1, 2     # the streams of one firm's draws in one period
+
+
+def splitmix64(z: int) -> int:
+    z = (z + GOLDEN) & MASK
+    z = ((z ^ (z >> 30)) * MIX1) & MASK
+    z = ((z ^ (z >> 27)) * MIX2) & MASK
+    return z ^ (z >> 31)
+
+
+def period_key(seed: int, session: int, t: int) -> int:
+    return splitmix64(splitmix64(splitmix64(seed & MASK) ^ session) ^ t)
+
+
+def draw(key: int, firm: int, stream: int) -> int:
+    """A 64-bit random integer for one firm's `stream` in the period of `key`."""
+    return splitmix64(key ^ (4 * firm + stream))
+
+
+def uniform(bits: int) -> float:
+    return (bits >> 11) * 2.0 ** -53
+
+
+@dataclass(frozen=True)
+class QLearningSettings:
+    """Calvano et al.'s baseline: 15 prices, xi 0.1, alpha 0.15, beta 4e-6, delta 0.95, converged
+    after 100,000 periods without a change of greedy strategy (memory is one period)."""
+
+    m: int = 15
+    xi: float = 0.1
+    alpha: float = 0.15
+    beta: float = 4e-6
+    delta: float = 0.95
+    convergence: int = 100_000
+    max_periods: int = 1_000_000_000
+
+    def check(self) -> None:
+        if int(self.m) != self.m or self.m < 2:
+            raise ValueError(f"m must be an integer >= 2, got {self.m}")
+        if not 0 < self.alpha <= 1:
+            raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if not 0 <= self.delta < 1:
+            raise ValueError(f"delta must be in [0, 1), got {self.delta}")
+        if self.convergence < 1 or self.max_periods < 1:
+            raise ValueError("convergence and max_periods must be >= 1")
+
+
+def encode(actions, m: int) -> int:
+    """State index of a joint action: s = sum_i a_i m^(n-1-i)."""
+    s = 0
+    for a in actions:
+        s = s * m + int(a)
+    return s
+
+
+def decode(state: int, m: int, n: int) -> tuple[int, ...]:
+    out = []
+    for _ in range(n):
+        state, a = divmod(state, m)
+        out.append(a)
+    return tuple(reversed(out))
+
+
+def profit_table(market, grid: np.ndarray) -> np.ndarray:
+    """pi_i for every joint action: shape (n, m^n), joint actions in `encode` order.
+    `grid` is (n, m) (LogitBertrand.price_grid) or (m,) for all firms."""
+    n = market.firms
+    grid = np.broadcast_to(np.asarray(grid, dtype=float), (n, np.shape(grid)[-1]))
+    m = grid.shape[1]
+    index = np.indices((m,) * n).reshape(n, -1)                 # joint actions, first firm slowest
+    prices = grid[np.arange(n)[:, None], index].T               # (m^n, n)
+    return np.ascontiguousarray(market.profits(prices).T)
+
+
+def initial_q(table: np.ndarray, m: int, delta: float) -> np.ndarray:
+    """Q_0[i, s, a] = sum_{a_-i} pi_i(a, a_-i) / ((1 - delta) m^(n-1)), the same in every state."""
+    n = table.shape[0]
+    q = np.empty((n, m ** n, m))
+    for i in range(n):
+        by_own = np.moveaxis(table[i].reshape((m,) * n), i, 0).reshape(m, -1)
+        q[i] = by_own.mean(axis=1) / (1.0 - delta)
+    return q
+
+
+def start_actions(seed: int, session: int, n: int, m: int) -> tuple[int, ...]:
+    """The random initial prices (state) of a session."""
+    key = period_key(seed, session, 0)
+    return tuple(draw(key, i, START) % m for i in range(n))
+
+
+def exploration(beta: float, t: int) -> float:
+    return math.exp(-beta * t)
+
+
+class QLearner:
+    """One firm's Q-table, greedy strategy and learning rule."""
+
+    def __init__(self, index: int, table: np.ndarray, settings: QLearningSettings, seed: int = 0,
+                 session: int = 0):
+        settings.check()
+        self.index, self.settings, self.seed, self.session = index, settings, seed, session
+        self.q = initial_q(table, settings.m, settings.delta)[index]
+        self.greedy = self.q.argmax(axis=1)
+        self.stable = 0
+
+    def act(self, state: int, t: int, explore: bool = True) -> int:
+        if explore:
+            key = period_key(self.seed, self.session, t)
+            if uniform(draw(key, self.index, EXPLORE)) < exploration(self.settings.beta, t):
+                return draw(key, self.index, RANDOM_PRICE) % self.settings.m
+        return int(self.greedy[state])
+
+    def learn(self, state: int, action: int, reward: float, next_state: int) -> bool:
+        """One Q update; returns whether the greedy price in `state` changed (and counts stability)."""
+        s = self.settings
+        best_next = self.q[next_state, self.greedy[next_state]]
+        row = self.q[state]
+        old = row[action]
+        new = (1.0 - s.alpha) * old + s.alpha * (reward + s.delta * best_next)
+        row[action] = new
+        g = int(self.greedy[state])
+        if action == g:
+            changed = new < old and int(row.argmax()) != g
+            if changed:
+                self.greedy[state] = int(row.argmax())
+        else:
+            changed = new > row[g] or (new == row[g] and action < g)
+            if changed:
+                self.greedy[state] = action
+        self.stable = 0 if changed else self.stable + 1
+        return changed
+
+
+def run_session(table: np.ndarray, settings: QLearningSettings, seed: int, session: int = 0,
+                periods: int | None = None) -> dict:
+    """A plain per-session Python loop (the reference the engine is checked and benchmarked
+    against): learn until convergence or `periods`; returns the learners, last state and t."""
+    n, m = table.shape[0], settings.m
+    learners = [QLearner(i, table, settings, seed, session) for i in range(n)]
+    state = encode(start_actions(seed, session, n, m), m)
+    limit = settings.max_periods if periods is None else periods
+    t = 0
+    while t < limit:
+        actions = [learner.act(state, t) for learner in learners]
+        nxt = encode(actions, m)
+        for i, learner in enumerate(learners):
+            learner.learn(state, actions[i], table[i, nxt], nxt)
+        state, t = nxt, t + 1
+        if all(learner.stable >= settings.convergence for learner in learners):
+            break
+    return {"learners": learners, "state": state, "t": t,
+            "converged": all(lr.stable >= settings.convergence for lr in learners)}

@@ -1,0 +1,156 @@
+"""`BertrandMarket`: a repeated logit-Bertrand market (Calvano et al. 2020; Fish et al. 2024) as a
+Mesa model.
+
+Each step every firm sets a price at the same time: the model gathers the decisions of all LLM
+and theory firms and answers them in ONE batched backend call (agents.policies.decide), lets the
+Q-learning firms act, applies all prices together, clears the market (markets.bertrand) and
+records prices, quantities, profits, Delta and the price index per firm (Mesa DataCollector).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable, Sequence
+
+import mesa
+import numpy as np
+import pandas as pd
+
+from agents.policies import decide
+from agents.qlearning import QLearningSettings, encode, profit_table, start_actions
+from markets.bertrand import LogitBertrand
+from simulation.firms import DecidingFirm, Firm, QLearningFirm
+
+
+class BertrandMarket(mesa.Model):
+    """n firms made by `firms` (makers from simulation.firms: llm_firm, theory_firm,
+    qlearning_firm) on `market`.
+
+    grid: (m, xi) for Calvano's price grid (needed by Q-learning firms and grid LLM firms) or None.
+    ceiling: the most customers pay, stated to LLM firms and bounding free prices (default twice
+    the monopoly price). Initial prices (the "last prices" of period 0): a random grid state drawn
+    like the Q-learning engine's (seed, session) when there is a grid, else the Nash prices.
+    """
+
+    def __init__(self, market: LogitBertrand, firms: Sequence[Callable], grid: tuple | None = (15, 0.1),
+                 ceiling: float | None = None, seed: int = 0, session: int = 0,
+                 qlearning: QLearningSettings | None = None, initial_prices=None,
+                 decimals: int = 2):
+        super().__init__(seed=seed)
+        if len(firms) != market.firms:
+            raise ValueError(f"the market has {market.firms} firms but {len(firms)} firm types were given")
+        self.market, self.seed_value, self.session, self.decimals = market, int(seed), int(session), decimals
+        self.qlearning = qlearning or QLearningSettings()
+        if grid is not None:
+            self.qlearning = replace(self.qlearning, m=int(grid[0]), xi=float(grid[1]))
+        self.grid = market.price_grid(*grid) if grid is not None else None
+        self.profit_table = profit_table(market, self.grid) if grid is not None else None
+        self.nash, self.monopoly = market.nash_prices(), market.monopoly_prices()
+        self.ceiling = float(ceiling) if ceiling is not None else round(2 * float(self.monopoly.max()), 2)
+        if initial_prices is not None:
+            self.last_prices = np.asarray(initial_prices, dtype=float)
+        elif self.grid is not None:
+            start = start_actions(self.seed_value, self.session, market.firms, self.grid.shape[1])
+            self.last_prices = self.grid[np.arange(market.firms), list(start)]
+        else:
+            self.last_prices = self.nash.copy()
+        self.firms: list[Firm] = [make(self, i) for i, make in enumerate(firms)]
+        self.period = 0
+        self.frozen = False                    # Q-learners neither explore nor learn (deviation tests)
+        self.forced: dict[int, float] = {}     # prices imposed on the next period
+        self.backend_calls: list[int] = []     # batched backend calls made in each step
+        self.invalid = 0
+        self.datacollector = mesa.DataCollector(
+            model_reporters={"period": "period", "mean_price": lambda m: float(np.mean(m.last_prices)),
+                             "industry_delta": "industry_delta"},
+            agent_reporters={"period": lambda f: f.model.period, "firm": "index", "kind": "kind", "label": "label", "price": "price",
+                             "quantity": "quantity", "profit": "profit", "delta": "delta",
+                             "price_index": "price_index", "valid": "valid", "attempts": "attempts",
+                             "forced": "forced", "probability": "probability"})
+        self._pi_n, self._pi_m = market.nash_profits(), market.monopoly_profits()
+        self.industry_delta = float("nan")
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> int:
+        """The Q-learning state: every firm's last price as its nearest grid index."""
+        idx = [int(np.abs(self.grid[i] - p).argmin()) for i, p in enumerate(self.last_prices)]
+        return encode(idx, self.grid.shape[1])
+
+    def force(self, firm: int, price: float) -> None:
+        """Impose `price` on `firm` for the next step (deviation experiments)."""
+        self.forced[firm] = float(price)
+
+    def static_best_response(self, firm: int) -> float:
+        """Firm's one-period profit-maximising price against the rivals' last prices: on its grid
+        when it chooses from one, else the exact best response."""
+        f = self.firms[firm]
+        on_grid = isinstance(f, QLearningFirm) or (isinstance(f, DecidingFirm) and f.use_grid)
+        if on_grid:
+            prices = np.tile(self.last_prices, (self.grid.shape[1], 1))
+            prices[:, firm] = self.grid[firm]
+            return float(self.grid[firm, int(np.argmax(self.market.profits(prices)[:, firm]))])
+        return float(self.market.best_response(firm, self.last_prices))
+
+    # ------------------------------------------------------------------ one period
+    def _calls(self) -> int:
+        backends = {id(f.policy.backend): f.policy.backend for f in self.firms
+                    if isinstance(f, DecidingFirm) and hasattr(f.policy, "backend")}
+        return sum(getattr(b, "calls", 0) for b in backends.values())
+
+    def step(self) -> None:
+        n = self.market.firms
+        prices = np.full(n, np.nan)
+        state = self.state() if self.grid is not None else None
+        deciding = [f for f in self.firms if isinstance(f, DecidingFirm) and f.index not in self.forced]
+        situations = [f.situation() for f in deciding]
+        before = self._calls()
+        decisions = decide([(f.policy, s) for f, s in zip(deciding, situations)],
+                           seeds=[self.seed_value * 1_000_003 + self.period * n + f.index for f in deciding],
+                           tags=[{"period": self.period, "firm": f.index, "session": self.session}
+                                 for f in deciding])
+        self.backend_calls.append(self._calls() - before)
+        for f, s, d in zip(deciding, situations, decisions):
+            price = f.adopt(d, s)
+            if price is None:                 # still invalid after the retries: counted, price kept
+                self.invalid += 1
+                price = float(self.last_prices[f.index])
+            prices[f.index] = price
+        for f in self.firms:
+            f.forced = f.index in self.forced
+            if f.forced:
+                prices[f.index] = self.forced[f.index]
+                if isinstance(f, QLearningFirm):
+                    f.action = int(np.abs(self.grid[f.index] - prices[f.index]).argmin())
+            elif isinstance(f, QLearningFirm):
+                prices[f.index] = f.act(state, self.period, explore=not self.frozen)
+        self.forced = {}
+        quantities, profits = self.market.demand(prices), self.market.profits(prices)
+        self.last_prices = prices
+        if self.grid is not None:
+            next_state = self.state()
+            for f in self.firms:
+                if isinstance(f, QLearningFirm) and not self.frozen:
+                    f.learn(state, next_state, float(profits[f.index]))
+        deltas = (profits - self._pi_n) / (self._pi_m - self._pi_n)
+        index = (prices - self.nash) / (self.monopoly - self.nash)
+        for f in self.firms:
+            i = f.index
+            f.price, f.quantity, f.profit = float(prices[i]), float(quantities[i]), float(profits[i])
+            f.delta, f.price_index = float(deltas[i]), float(index[i])
+            f.record(prices, quantities[i], profits[i])
+        self.industry_delta = float((profits.sum() - self._pi_n.sum()) / (self._pi_m.sum() - self._pi_n.sum()))
+        self.datacollector.collect(self)
+        self.period += 1
+
+    # ------------------------------------------------------------------ data
+    def step_data(self) -> pd.DataFrame:
+        """One row per firm and period: the firm's price, quantity, profit, Delta, price index,
+        whether its answer was valid, and the period's industry Delta."""
+        firms = self.datacollector.get_agent_vars_dataframe().reset_index(drop=True)
+        model = self.datacollector.get_model_vars_dataframe()
+        out = firms.merge(model, on="period", how="left")
+        return out.sort_values(["period", "firm"]).reset_index(drop=True)
+
+    def prices(self) -> np.ndarray:
+        """Prices by period, shape (periods, n)."""
+        data = self.step_data()
+        return data.pivot(index="period", columns="firm", values="price").to_numpy()
