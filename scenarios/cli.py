@@ -169,6 +169,21 @@ def _finetune_pipeline(args) -> int:
     return 0
 
 
+def _market_run(args) -> int:
+    from scenarios.market import run_scenario
+
+    try:
+        summary = run_scenario(args.config, args.out)
+    except ValueError as err:       # e.g. a checkpoint of another study in --out
+        raise InputError(str(err)) from None
+    shown = {k: v for k, v in summary.items() if k in ("scenario", "engine", "mean_delta", "sd_delta",
+                                                       "mean_price_index", "mean_price", "converged_share",
+                                                       "backend_calls_per_step", "invalid_decisions")}
+    print(json.dumps(shown, indent=2, default=float))
+    print(f"results: {args.out}/ (summary.json, manifest.json, plots)")
+    return 0
+
+
 def _demo(args) -> int:
     from scenarios.demo import run_demo
 
@@ -273,6 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--style", choices=("reasoning", "answer"), default="answer",
                     help="training answer style (answer: measured best on the embedded model)")
     fp.set_defaults(run=_finetune_pipeline)
+
+    market = sub.add_parser("market", help="repeated Bertrand markets (LLM, theory, Q-learning firms)")
+    market_sub = market.add_subparsers(dest="market_command", required=True, parser_class=_Parser)
+    mr = market_sub.add_parser("run", help="run a scenario file (scenarios/markets/*.toml)")
+    mr.add_argument("config", help="scenario TOML file")
+    mr.add_argument("--out", required=True, help="folder for step data, manifest, decision log, plots")
+    mr.set_defaults(run=_market_run)
 
     demo = sub.add_parser("demo", help="the main job: theory table and Bertrand-by-kappa plot")
     demo.add_argument("--out", default="outputs/demo", help="folder for the report")

@@ -100,6 +100,7 @@ class Sessions:
     stable: np.ndarray     # (sessions,) periods since a greedy strategy last changed
     ids: np.ndarray        # (sessions,) session numbers (the random streams)
     seed: int
+    study: str = ""        # fingerprint of the profit table and settings (checkpoint check)
 
     def done(self, settings: QLearningSettings) -> np.ndarray:
         return (self.stable >= settings.convergence) | (self.t >= settings.max_periods)
@@ -114,6 +115,7 @@ class Sessions:
         with np.load(path) as data:
             fields = {k: data[k] for k in data.files}
         fields["seed"] = int(fields["seed"])
+        fields["study"] = str(fields.get("study", ""))
         return cls(**fields)
 
 
@@ -140,16 +142,25 @@ def advance(sessions: Sessions, table: np.ndarray, settings: QLearningSettings, 
              settings.beta, settings.delta, settings.convergence, limit)
 
 
+def fingerprint(table: np.ndarray, settings: QLearningSettings, sessions: int, seed: int) -> str:
+    import hashlib
+    text = repr((asdict(settings), sessions, seed)).encode() + np.ascontiguousarray(table).tobytes()
+    return hashlib.sha256(text).hexdigest()
+
+
 def learn(table: np.ndarray, settings: QLearningSettings, sessions: int, seed: int = 0,
           chunk: int = 200_000, checkpoint: str | Path | None = None, progress=None) -> Sessions:
     """Run sessions to convergence (or max_periods) in chunks; with `checkpoint`, resume from and
     save to that file after every chunk. `progress(done, total, max_t)` is called per chunk."""
+    study = fingerprint(table, settings, sessions, seed)
     if checkpoint and Path(checkpoint).exists():
         state = Sessions.load(checkpoint)
-        if state.q.shape[0] != sessions or state.seed != seed or state.q.shape[-1] != settings.m:
-            raise ValueError(f"checkpoint {checkpoint} is for another study (sessions, seed or m differ)")
+        if state.study != study:
+            raise ValueError(f"checkpoint {checkpoint} belongs to another study (market, settings, "
+                             "sessions or seed differ); remove it or use another --out")
     else:
         state = start(table, settings, sessions, seed)
+        state.study = study
     while not state.done(settings).all():
         busy = ~state.done(settings)
         advance(state, table, settings, int(state.t[busy].min()) + chunk)

@@ -1,0 +1,69 @@
+"""Plots of market runs: prices over time against the Nash and monopoly prices, the impulse
+response to a deviation, and the distribution of Delta over sessions."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _reference_lines(ax, market) -> None:
+    ax.axhline(float(market.nash_prices().mean()), color="k", ls=":", lw=1, label="Nash p_N")
+    ax.axhline(float(market.monopoly_prices().mean()), color="k", ls="--", lw=1, label="monopoly p_M")
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+
+
+def plot_prices(steps: pd.DataFrame, market, path: Path, title: str = "") -> None:
+    """Every firm's price by period (first session), with p_N and p_M."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    first = steps[steps.session == steps.session.min()]
+    for (firm, label), group in first.groupby(["firm", "label"]):
+        ax.plot(group.period, group.price, lw=1.2, marker="." if len(group) < 60 else None,
+                label=f"firm {firm} ({label})")
+    _reference_lines(ax, market)
+    ax.set(xlabel="period", ylabel="price", title=f"{title}: prices")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_impulse(impulse: pd.DataFrame, market, path: Path, title: str = "") -> None:
+    """Prices around a one-period deviation of firm 0 (tau 1) to its static best response;
+    `impulse` is indexed by tau with price_i columns."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for column in impulse.filter(like="price_").columns:
+        firm = column.split("_")[1]
+        ax.plot(impulse.index, impulse[column], marker="o", ms=3,
+                label="deviating firm 0" if firm == "0" else f"firm {firm}")
+    ax.axvline(1, color="grey", lw=0.8)
+    _reference_lines(ax, market)
+    ax.set(xlabel="tau (0: before, 1: deviation)", ylabel="price", title=f"{title}: impulse response")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_delta_histogram(sessions: pd.DataFrame, path: Path, title: str = "") -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(sessions.delta, bins=20, color="tab:blue", alpha=0.8)
+    ax.axvline(sessions.delta.mean(), color="k", lw=1.5, label=f"mean {sessions.delta.mean():.3f}")
+    ax.set(xlabel="profit gain Delta (limit cycle)", ylabel="sessions",
+           title=f"{title}: Delta over {len(sessions)} sessions")
+    ax.legend()
+    _save(fig, path)

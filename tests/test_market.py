@@ -1,0 +1,225 @@
+"""The Mesa Bertrand market: theory duopolies reach the solver's equilibria, metrics recover
+known numbers, LLM firms make one batched call per step, scenario files fail in one line."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from agents.llm.decision_log import DecisionLog, read_decisions
+from agents.policies import LLMPolicy
+from agents.preferences import preference, symmetric_equilibrium
+from markets.bertrand import LogitBertrand
+from scenarios.cli import main
+from simulation.bertrand_market import BertrandMarket
+from simulation.firms import llm_firm, qlearning_firm, theory_firm
+from simulation.metrics import (convergence_period, deviation_test, impulse_summary,
+                                reward_punishment, window_means)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = ROOT / "scenarios" / "markets"
+P_N, P_M = 1.472927, 1.924981
+
+
+@pytest.mark.parametrize("kappa", [0.0, 0.25, 0.5, 1.0])
+def test_theory_duopoly_converges_to_the_solver_equilibrium(kappa):
+    market = LogitBertrand()
+    pref = preference("moralis", kappa) if kappa else preference("economicus")
+    model = BertrandMarket(market, [theory_firm(pref), theory_firm(pref)], grid=None,
+                           initial_prices=[1.0, 1.0])
+    for _ in range(40):
+        model.step()
+    target = symmetric_equilibrium(pref, market.firm(0)).strategy
+    assert model.last_prices == pytest.approx([target, target], abs=1e-6)
+    if kappa == 0.0:
+        assert target == pytest.approx(P_N, abs=1e-6)
+    if kappa == 1.0:
+        assert target == pytest.approx(P_M, abs=1e-6)      # kappa 1 in Bertrand: monopoly price
+    data = model.step_data()
+    assert convergence_period(model.prices(), 1e-6) < 40
+
+
+def test_three_moralis_firms_reach_the_n_player_equilibrium():
+    market = LogitBertrand(firms=3)
+    pref = preference("moralis", 0.5)
+    model = BertrandMarket(market, [theory_firm(pref)] * 3, grid=None)
+    for _ in range(60):
+        model.step()
+    target = symmetric_equilibrium(pref, market.firm(0)).strategy
+    assert model.last_prices == pytest.approx([target] * 3, abs=1e-6)
+
+
+def test_deviation_from_nash_is_not_punished_and_prices_return():
+    market = LogitBertrand()
+    pref = preference("economicus")
+    model = BertrandMarket(market, [theory_firm(pref), theory_firm(pref)], grid=None)
+    for _ in range(5):
+        model.step()
+    ir = deviation_test(model, 0, periods=10)
+    prices = ir.filter(like="price_").to_numpy()
+    assert prices[0] == pytest.approx([P_N, P_N], abs=1e-5)
+    assert prices[1, 0] == pytest.approx(P_N, abs=1e-5)      # at Nash the best response is Nash
+    assert prices[-1] == pytest.approx([P_N, P_N], abs=1e-5)
+    assert impulse_summary(prices)["final_gap"] < 1e-5
+
+
+def test_window_means_delta_matches_the_moralis_closed_form():
+    market = LogitBertrand()
+    pref = preference("moralis", 0.5)
+    model = BertrandMarket(market, [theory_firm(pref), theory_firm(pref)], grid=None)
+    for _ in range(30):
+        model.step()
+    means = window_means(model.step_data(), 10)
+    p = symmetric_equilibrium(pref, market.firm(0)).strategy
+    assert means["price"] == pytest.approx(p, abs=1e-6)
+    assert means["delta"] == pytest.approx(float(market.delta(market.profits([p, p]))[0]), abs=1e-6)
+    assert means["delta"] == pytest.approx(0.734, abs=1e-3)
+
+
+def test_reward_punishment_regression_recovers_known_coefficients():
+    rng = np.random.default_rng(0)
+    T = 4000
+    p = np.zeros((T, 2))
+    p[0] = [1.5, 1.6]
+    for t in range(1, T):
+        for i in range(2):
+            p[t, i] = 0.3 + 0.5 * p[t - 1, i] + 0.3 * p[t - 1, 1 - i] + rng.normal(0, 0.05)
+    reg = reward_punishment(p)
+    assert reg.b1.to_numpy() == pytest.approx([0.5, 0.5], abs=0.05)
+    assert reg.b2.to_numpy() == pytest.approx([0.3, 0.3], abs=0.05)
+    assert (reg.se_b2 < 0.05).all()
+
+
+def test_convergence_period_finds_where_prices_settle():
+    prices = np.column_stack([np.r_[np.linspace(1, 2, 10), np.full(20, 2.0)]] * 2)
+    assert convergence_period(prices, 1e-9) == 9
+    assert convergence_period(prices, 1e-9, window=25) is None
+
+
+class CountingBackend:
+    """Wraps a backend and counts its batched calls."""
+
+    def __init__(self, inner):
+        self.inner, self.calls, self.sizes, self.name = inner, 0, [], "counting"
+        self.model_path = inner.model_path
+
+    def generate(self, requests):
+        self.calls += 1
+        self.sizes.append(len(requests))
+        return self.inner.generate(requests)
+
+    def choose(self, requests):
+        self.calls += 1
+        self.sizes.append(len(requests))
+        return self.inner.choose(requests)
+
+
+@pytest.mark.slow
+def test_llm_market_makes_one_batched_call_per_step(backend, tmp_path):
+    """Three LLM firms (base and two adapters would be the same shape), a Q-learner and a theory
+    firm in one market: each step is one `choose` call carrying all three LLM firms."""
+    counting = CountingBackend(backend)
+    market = LogitBertrand(firms=5)
+    with DecisionLog(tmp_path / "decisions.jsonl") as log:
+        policy = LLMPolicy(counting, None, log=log, sample=True)
+        makers = [llm_firm(policy, memory=3)] * 3 + [qlearning_firm(), theory_firm(preference("economicus"))]
+        model = BertrandMarket(market, makers, grid=(7, 0.1), seed=1)
+        for _ in range(5):
+            model.step()
+    assert counting.calls == 5 and counting.sizes == [3] * 5
+    assert model.backend_calls == [1] * 5
+    records = list(read_decisions(tmp_path / "decisions.jsonl"))
+    assert len(records) == 15 and {r["firm"] for r in records} == {0, 1, 2}
+    data = model.step_data()
+    llm = data[data.kind == "llm"]
+    assert all(g.price.isin(model.grid[firm]).all() for firm, g in llm.groupby("firm"))
+    assert llm.valid.all()
+    assert np.allclose(llm.probability.between(0, 1), True)
+    # the prompt carries cost, ceiling and the last periods
+    prompt = records[-1]["messages"][1]["content"]
+    assert "marginal cost is 1.00" in prompt and "Period -1:" in prompt and "Period -3:" in prompt
+    assert "Period -4:" not in prompt
+
+
+@pytest.mark.slow
+def test_free_price_llm_firms_with_notes_count_invalid_answers(backend):
+    counting = CountingBackend(backend)
+    policy = LLMPolicy(counting, None, max_tokens=24, max_retries=1)
+    model = BertrandMarket(LogitBertrand(), [llm_firm(policy, use_grid=False, notes=True)] * 2,
+                           grid=None)
+    model.step()
+    model.step()
+    data = model.step_data()
+    # each step: one generate call, plus at most one retry round for invalid answers
+    assert all(1 <= c <= 2 for c in model.backend_calls)
+    assert model.invalid == int((~data.valid).sum())
+    assert (data.price >= 0).all() and (data.price <= model.ceiling).all()
+    assert "PLANS:" in model.firms[0].situation().messages()[1]["content"]
+
+
+def test_cli_runs_a_theory_scenario(tmp_path):
+    out = tmp_path / "run"
+    assert main(["market", "run", str(SCENARIOS / "theory_moralis.toml"), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mean_delta"] == pytest.approx(0.734, abs=1e-3)
+    steps = pd.read_parquet(out / "steps.parquet")
+    assert len(steps) == 2 * 30 and set(steps.columns) >= {"period", "firm", "price", "delta", "price_index"}
+    for name in ("manifest.json", "prices.png", "impulse.png", "impulse.parquet", "decisions.jsonl"):
+        assert (out / name).exists(), name
+    assert json.loads((out / "manifest.json").read_text())["config"]["name"] == "theory-moralis-0.5"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[market]\nmu = 0\n', "[market] mu must be > 0"),
+    ('[market]\nfoo = 1\n', "[market]: unknown key 'foo'"),
+    ('[run]\nsteps = "ten"\n', "[run] steps must be an integer"),
+    ('[run]\nengine = "fast"\n', '[run] engine must be "mesa" or "vectorised"'),
+    ('[qlearning]\ndelta = 1.0\n', "[qlearning] delta must be in [0, 1)"),
+    ('[market]\nfirms = 3\n', "[market] firms = 3 but there are 2 [[firm]] tables"),
+    ('[extra]\n', "unknown key 'extra'"),
+    ('[run\n', "not valid TOML"),
+])
+def test_bad_scenario_files_get_one_line_errors(tmp_path, capsys, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text + '[[firm]]\ntype = "qlearning"\n[[firm]]\ntype = "qlearning"\n')
+    assert main(["market", "run", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("firm, message", [
+    ('type = "theory"\npreference = "moralis"\nkappa = 1.5', "kappa must be in [0, 1]"),
+    ('type = "llm"\npreference = "altruist"', "preference must be base, economicus or moralis-K"),
+    ('type = "llm"\nnotes = true', 'notes = true needs prices = "free"'),
+    ('type = "robot"', "type must be one of llm, theory, qlearning"),
+])
+def test_bad_firms_get_one_line_errors(tmp_path, capsys, firm, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(f'[[firm]]\n{firm}\n[[firm]]\ntype = "qlearning"\n')
+    assert main(["market", "run", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_missing_adapter_and_wrong_engine_are_refused(tmp_path, capsys):
+    path = tmp_path / "s.toml"
+    path.write_text(f'[llm]\nadapters = "{tmp_path}/none"\n[[firm]]\ntype = "llm"\npreference = "economicus"\n'
+                    '[[firm]]\ntype = "qlearning"\n')
+    assert main(["market", "run", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "no adapter 'economicus'" in capsys.readouterr().err
+    path.write_text('[run]\nengine = "vectorised"\n[[firm]]\ntype = "theory"\npreference = "economicus"\n'
+                    '[[firm]]\ntype = "qlearning"\n')
+    assert main(["market", "run", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "runs Q-learning firms only" in capsys.readouterr().err
+
+
+def test_every_shipped_scenario_file_is_valid():
+    from scenarios.market_config import load_scenario
+
+    files = sorted(SCENARIOS.glob("*.toml"))
+    assert len(files) >= 8
+    for path in files:
+        load_scenario(path)
