@@ -9,6 +9,7 @@ records prices, quantities, profits, Delta and the price index per firm (Mesa Da
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import cached_property
 from typing import Callable, Sequence
 
 import mesa
@@ -43,7 +44,6 @@ class BertrandMarket(mesa.Model):
         if grid is not None:
             self.qlearning = replace(self.qlearning, m=int(grid[0]), xi=float(grid[1]))
         self.grid = market.price_grid(*grid) if grid is not None else None
-        self.profit_table = profit_table(market, self.grid) if grid is not None else None
         self.nash, self.monopoly = market.nash_prices(), market.monopoly_prices()
         self.ceiling = float(ceiling) if ceiling is not None else round(2 * float(self.monopoly.max()), 2)
         if initial_prices is not None:
@@ -68,6 +68,15 @@ class BertrandMarket(mesa.Model):
                              "forced": "forced", "probability": "probability"})
         self._pi_n, self._pi_m = market.nash_profits(), market.monopoly_profits()
         self.industry_delta = float("nan")
+
+    @cached_property
+    def profit_table(self) -> np.ndarray:
+        """Every firm's profit at every joint grid action (built when a Q-learner needs it)."""
+        states = self.grid.shape[1] ** self.market.firms
+        if states > 2_000_000:
+            raise ValueError(f"Q-learning over {states:,} joint prices is too large: use fewer firms "
+                             "or a smaller grid")
+        return profit_table(self.market, self.grid)
 
     # ------------------------------------------------------------------ state
     def state(self) -> int:
