@@ -3,7 +3,9 @@ report a user can open.
 
 Writes to the output folder: theory_table_{linear,log}.{csv,md}, bertrand_kappa.csv,
 bertrand_kappa.png, games/ (the games evaluation of the embedded base model on the small
-battery: items.parquet, summary.md, plots) and manifest.json, and prints the tables.
+battery: items.parquet, summary.md, plots), finetune/ (the adapters' held-out evaluation),
+markets/ (Calvano's Q-learning replication, theory duopolies and a short LLM duopoly per adapter
+pair; markets.csv) and manifest.json, and prints the tables.
 """
 from __future__ import annotations
 
@@ -73,7 +75,48 @@ def finetune_adapters(out: Path, adapters: str | Path = "adapters"):
     return run_pipeline(PipelineOptions(adapters=str(adapters), out=str(out)))
 
 
-def run_demo(out: str | Path, finetune: bool = True) -> Path:
+MARKETS = Path(__file__).parent / "markets"
+DUOPOLIES = (("base", "base", "llm_base.toml"), ("economicus", "economicus", "llm_economicus.toml"),
+             ("moralis-0.5", "moralis-0.5", "llm_moralis.toml"),
+             ("economicus", "moralis-0.5", "llm_economicus_moralis.toml"))
+SHORT_RUN = {"steps": 20, "window": 10, "deviation_periods": 5}
+
+
+def market_runs(out: Path, adapters: str | Path = "adapters", steps: int = SHORT_RUN["steps"]) -> pd.DataFrame:
+    """Calvano's Q-learning replication (100 sessions, vectorised) and a short LLM duopoly for
+    each adapter pair that exists (base/base always), in one table of prices and Delta."""
+    from agents.llm.transformers_backend import TransformersBackend
+    from finetune.registry import list_adapters
+    from scenarios.market import run_scenario
+
+    rows = []
+    calvano = run_scenario(MARKETS / "calvano.toml", out / "calvano", progress=False)
+    rows.append({"market": "Q-learning vs Q-learning (Calvano, 100 sessions)",
+                 "price": calvano["mean_price"], "delta": calvano["mean_delta"], "periods": calvano["mean_periods"]})
+    for name in ("theory_economicus", "theory_moralis"):
+        theory = run_scenario(MARKETS / f"{name}.toml", out / name, progress=False)
+        rows.append({"market": f"theory {theory['scenario'].removeprefix('theory-')} duopoly",
+                     "price": theory["sessions"][0]["price"], "delta": theory["mean_delta"],
+                     "periods": 30})
+    found = list_adapters(adapters)
+    backend = TransformersBackend(adapters={k: v for k, v in found.items() if k in ("economicus", "moralis-0.5")})
+    for first, second, scenario in DUOPOLIES:
+        if any(p != "base" and p not in found for p in (first, second)):
+            continue
+        summary = run_scenario(MARKETS / scenario, out / scenario.removesuffix(".toml"), backend=backend,
+                               overrides={"run": {**SHORT_RUN, "steps": steps},
+                                          "llm": {"adapters": str(adapters)}})
+        session = summary["sessions"][0]
+        rows.append({"market": f"LLM {first} vs {second} ({steps} periods)", "price": session["price"],
+                     "delta": summary["mean_delta"], "periods": steps,
+                     "calls_per_step": summary["backend_calls_per_step"],
+                     "invalid": summary["invalid_decisions"]})
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "markets.csv", index=False)
+    return table
+
+
+def run_demo(out: str | Path, finetune: bool = True, adapters: str | Path = "adapters") -> Path:
     from tqdm import tqdm
 
     out = Path(out)
@@ -97,7 +140,7 @@ def run_demo(out: str | Path, finetune: bool = True) -> Path:
     print(summary[summary.policy == "base"][columns].to_string(index=False, float_format="%.3g"))
     if finetune:
         print("\nFine-tuning economicus and moralis-0.5 adapters (cached in adapters/):", flush=True)
-        manifests = finetune_adapters(out / "finetune")
+        manifests = finetune_adapters(out / "finetune", adapters)
         first = next(iter(manifests.values()))["evaluation"]
         rows = first["base"] + [r for m in manifests.values() for r in m["evaluation"]["scores"]]
         scores = pd.DataFrame(rows)
@@ -107,6 +150,9 @@ def run_demo(out: str | Path, finetune: bool = True) -> Path:
             print(f"{name}: trained {m['train_seconds']} s at {m['samples_per_second']} samples/s; "
                   f"held-out {m['evaluation']['share_target']:.0%} equal to its theory "
                   f"(base model {m['evaluation']['base_share_target']:.0%})")
+    print("\nRepeated Bertrand markets (Delta over the final window; p_N 1.4729, p_M 1.9250):", flush=True)
+    markets = market_runs(out / "markets", adapters)
+    print(markets.to_string(index=False, float_format="%.3f"))
     curve.to_csv(out / "bertrand_kappa.csv", index=False)
     plot_bertrand(curve, out / "bertrand_kappa.png")
     duopoly = curve[curve.firms == 2].set_index("kappa")

@@ -56,7 +56,6 @@ def build_backend(s: MarketScenario, log):
     """One backend for every LLM firm (with every adapter they name) and their policies."""
     from agents.llm.backend import BackendError
     from agents.llm.models import ModelError
-    from agents.policies import LLMPolicy
     from finetune.registry import adapter_path
 
     names = sorted({f.preference for f in s.firms if f.type == "llm" and f.preference != "base"})
@@ -77,14 +76,21 @@ def build_backend(s: MarketScenario, log):
             backend = ReplayBackend(llm["log"])
     except (BackendError, ModelError, OSError) as err:
         raise ConfigError(str(err)) from None
-    policies = {}
+    return backend, make_policies(s, backend, log), paths
+
+
+def make_policies(s: MarketScenario, backend, log) -> dict:
+    """One LLM policy per preference type named by the scenario's LLM firms."""
+    from agents.policies import LLMPolicy
+
+    llm, policies = s.llm, {}
     for f in s.firms:
         if f.type == "llm" and f.preference not in policies:
             policies[f.preference] = LLMPolicy(
                 backend, None if f.preference == "base" else f.preference,
                 temperature=llm["temperature"], sample=llm["sample"], max_tokens=llm["max_tokens"],
                 max_retries=llm["max_retries"], seed=s.seed, log=log)
-    return backend, policies, paths
+    return policies
 
 
 def firm_makers(s: MarketScenario, policies: dict) -> list:
@@ -206,12 +212,14 @@ def run_vectorised(s: MarketScenario, out: Path, progress: bool = True) -> dict:
             "session_periods_per_second": float(sessions.periods.sum() / max(seconds, 1e-9))}
 
 
-def run_scenario(path: str | Path, out: str | Path, progress: bool = True, backend_override=None) -> dict:
+def run_scenario(path: str | Path, out: str | Path, progress: bool = True, backend=None,
+                 overrides: dict | None = None) -> dict:
     """Load, validate and run a scenario file; returns its summary (also in out/summary.json).
-    `backend_override`: (backend, policies) to reuse a loaded model across scenarios."""
+    `backend`: an already loaded backend holding the adapters the firms name (reused across
+    scenarios); `overrides`: {section: {key: value}} applied to the file before validation."""
     from agents.llm.decision_log import DecisionLog
 
-    s = load_scenario(path)
+    s = load_scenario(path, overrides)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -223,8 +231,11 @@ def run_scenario(path: str | Path, out: str | Path, progress: bool = True, backe
         with DecisionLog(out / "decisions.jsonl") as log:
             policies = {}
             if s.uses_llm:
-                if backend_override is not None:
-                    backend, policies = backend_override(s, log)
+                if backend is not None:
+                    policies = make_policies(s, backend, log)
+                    loaded = getattr(backend, "adapters", {})
+                    adapters = {p.adapter: str(loaded[p.adapter]) for p in policies.values()
+                                if p.adapter in loaded}
                 else:
                     backend, policies, adapters = build_backend(s, log)
                 model_path = str(getattr(backend, "model_path", getattr(backend, "model", "")))

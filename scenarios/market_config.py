@@ -107,7 +107,9 @@ def _range(where: str, key: str, ok: bool, wanted: str, value) -> None:
         raise ConfigError(f"{where} {key} must be {wanted}, got {value!r}")
 
 
-def load_scenario(path: str | Path) -> MarketScenario:
+def load_scenario(path: str | Path, overrides: dict | None = None) -> MarketScenario:
+    """The validated scenario of a TOML file; `overrides` ({section: {key: value}}) are merged
+    into its sections first (and validated like the file)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"scenario file {path} does not exist")
@@ -115,6 +117,8 @@ def load_scenario(path: str | Path) -> MarketScenario:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    for section, values in (overrides or {}).items():
+        raw[section] = {**raw.get(section, {}), **values}
     top = {"name": str, "seed": int, "firm": list, **{s: dict for s in SECTIONS}}
     _check_keys(f"{path}:", raw, top)
     sections = {s: raw.get(s, {}) for s in SECTIONS}

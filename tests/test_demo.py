@@ -10,7 +10,8 @@ from scenarios.demo import run_demo
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     # the adapters' training is the finetune tests' and the pipeline's business: skipped here
-    return run_demo(tmp_path_factory.mktemp("demo"), finetune=False)
+    return run_demo(tmp_path_factory.mktemp("demo"), finetune=False,
+                    adapters=tmp_path_factory.mktemp("no_adapters"))
 
 
 @pytest.mark.slow
@@ -37,3 +38,17 @@ def test_demo_report_files_and_numbers(report):
         assert group.delta.is_monotonic_increasing
         assert group.delta.iloc[0] == pytest.approx(0, abs=1e-6)
         assert group.delta.iloc[-1] == pytest.approx(1, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_demo_markets_report_calvano_theory_and_the_base_duopoly(report):
+    markets = pd.read_csv(report / "markets" / "markets.csv").set_index("market")
+    calvano = markets.loc["Q-learning vs Q-learning (Calvano, 100 sessions)"]
+    assert 0.80 <= calvano.delta <= 0.90
+    assert markets.loc["theory economicus duopoly"].price == pytest.approx(1.47293, abs=1e-4)
+    assert markets.loc["theory moralis-0.5 duopoly"].delta == pytest.approx(0.734, abs=1e-3)
+    llm = markets.loc["LLM base vs base (20 periods)"]
+    assert llm.calls_per_step == 1
+    # the base model prices on Calvano's grid: between its lowest and highest point
+    assert 1.4277 - 1e-3 <= llm.price <= 1.9702 + 1e-3
+    assert (report / "markets" / "llm_base" / "steps.parquet").exists()
