@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     market = sub.add_parser("market", help="repeated Bertrand markets (LLM, theory, Q-learning firms)")
     market_sub = market.add_subparsers(dest="market_command", required=True, parser_class=_Parser)
     mr = market_sub.add_parser("run", help="run a scenario file (scenarios/markets/*.toml)")
-    mr.add_argument("config", help="scenario TOML file")
+    mr.add_argument("config", help="scenario TOML file, or a bundled scenario name (calvano, llm_base, theory_moralis, ...)")
     mr.add_argument("--out", required=True, help="folder for step data, manifest, decision log, plots")
     mr.set_defaults(run=_market_run)
 

@@ -75,10 +75,9 @@ def finetune_adapters(out: Path, adapters: str | Path = "adapters"):
     return run_pipeline(PipelineOptions(adapters=str(adapters), out=str(out)))
 
 
-MARKETS = Path(__file__).parent / "markets"
-DUOPOLIES = (("base", "base", "llm_base.toml"), ("economicus", "economicus", "llm_economicus.toml"),
-             ("moralis-0.5", "moralis-0.5", "llm_moralis.toml"),
-             ("economicus", "moralis-0.5", "llm_economicus_moralis.toml"))
+DUOPOLIES = (("base", "base", "llm_base"), ("economicus", "economicus", "llm_economicus"),
+             ("moralis-0.5", "moralis-0.5", "llm_moralis"),
+             ("economicus", "moralis-0.5", "llm_economicus_moralis"))
 SHORT_RUN = {"steps": 20, "window": 10, "deviation_periods": 5}
 
 
@@ -90,11 +89,11 @@ def market_runs(out: Path, adapters: str | Path = "adapters", steps: int = SHORT
     from scenarios.market import run_scenario
 
     rows = []
-    calvano = run_scenario(MARKETS / "calvano.toml", out / "calvano", progress=False)
+    calvano = run_scenario("calvano", out / "calvano", progress=False)
     rows.append({"market": "Q-learning vs Q-learning (Calvano, 100 sessions)",
                  "price": calvano["mean_price"], "delta": calvano["mean_delta"], "periods": calvano["mean_periods"]})
     for name in ("theory_economicus", "theory_moralis"):
-        theory = run_scenario(MARKETS / f"{name}.toml", out / name, progress=False)
+        theory = run_scenario(name, out / name, progress=False)
         rows.append({"market": f"theory {theory['scenario'].removeprefix('theory-')} duopoly",
                      "price": theory["sessions"][0]["price"], "delta": theory["mean_delta"],
                      "periods": 30})
@@ -103,7 +102,7 @@ def market_runs(out: Path, adapters: str | Path = "adapters", steps: int = SHORT
     for first, second, scenario in DUOPOLIES:
         if any(p != "base" and p not in found for p in (first, second)):
             continue
-        summary = run_scenario(MARKETS / scenario, out / scenario.removesuffix(".toml"), backend=backend,
+        summary = run_scenario(scenario, out / scenario, backend=backend,
                                overrides={"run": {**SHORT_RUN, "steps": steps},
                                           "llm": {"adapters": str(adapters)}})
         session = summary["sessions"][0]

@@ -107,12 +107,30 @@ def _range(where: str, key: str, ok: bool, wanted: str, value) -> None:
         raise ConfigError(f"{where} {key} must be {wanted}, got {value!r}")
 
 
-def load_scenario(path: str | Path, overrides: dict | None = None) -> MarketScenario:
-    """The validated scenario of a TOML file; `overrides` ({section: {key: value}}) are merged
-    into its sections first (and validated like the file)."""
+BUNDLED = Path(__file__).parent / "markets"
+
+
+def bundled_scenarios() -> list[str]:
+    """Names of the scenario files shipped in scenarios/markets/."""
+    return sorted(p.stem for p in BUNDLED.glob("*.toml"))
+
+
+def scenario_path(path: str | Path) -> Path:
+    """A scenario file path, or the name of a bundled scenario (`calvano`, `llm_base`, ...)."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"scenario file {path} does not exist")
+    if path.is_file():
+        return path
+    bundled = BUNDLED / f"{path.stem}.toml"
+    if path.parent == Path(".") and bundled.exists():
+        return bundled
+    raise ConfigError(f"scenario file {path} does not exist "
+                      f"(bundled scenarios: {', '.join(bundled_scenarios())})")
+
+
+def load_scenario(path: str | Path, overrides: dict | None = None) -> MarketScenario:
+    """The validated scenario of a TOML file (or bundled scenario name); `overrides`
+    ({section: {key: value}}) are merged into its sections first (and validated like the file)."""
+    path = scenario_path(path)
     try:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:

@@ -172,6 +172,16 @@ def test_cli_runs_a_theory_scenario(tmp_path):
     assert json.loads((out / "manifest.json").read_text())["config"]["name"] == "theory-moralis-0.5"
 
 
+def test_bundled_scenarios_run_by_name_and_a_missing_file_is_one_line(tmp_path, capsys):
+    assert main(["market", "run", "theory_economicus", "--out", str(tmp_path / "e")]) == 0
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["sessions"][0]["price"] == pytest.approx(1.472927, abs=1e-4)      # the Nash price
+    capsys.readouterr()
+    assert main(["market", "run", "no_such_market.toml", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_market.toml does not exist" in err and "calvano" in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("text, message", [
     ('[market]\nmu = 0\n', "[market] mu must be > 0"),
     ('[market]\nfoo = 1\n', "[market]: unknown key 'foo'"),
