@@ -11,17 +11,15 @@ Vectorised engine (Q-learning firms only, Calvano's replication):
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import platform
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from scenarios.market_config import ConfigError, MarketScenario, load_scenario
+from scenarios.market_config import MarketScenario, load_scenario
+from scenarios.runs import build_backend, loaded_adapters, make_policies, write_manifest
 
 
 def _market(s: MarketScenario):
@@ -34,63 +32,8 @@ def _settings(s: MarketScenario):
     return QLearningSettings(m=s.grid["m"], xi=s.grid["xi"], **s.qlearning)
 
 
-def _versions() -> dict:
-    import importlib.metadata as md
-    out = {"python": platform.python_version()}
-    for name in ("mesa", "numpy", "numba", "torch", "transformers", "peft"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-# ------------------------------------------------------------------ LLM policies
-
-
-def build_backend(s: MarketScenario, log):
-    """One backend for every LLM firm (with every adapter they name) and their policies."""
-    from agents.llm.backend import BackendError
-    from agents.llm.models import ModelError
-    from finetune.registry import adapter_path
-
-    names = sorted({f.preference for f in s.firms if f.type == "llm" and f.preference != "base"})
-    llm = s.llm
-    try:
-        paths = {name: str(adapter_path(name, llm["adapters"])) for name in names}
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    try:
-        if llm["backend"] == "transformers":
-            from agents.llm.transformers_backend import TransformersBackend
-            backend = TransformersBackend(llm.get("model") or None, adapters=paths)
-        elif llm["backend"] == "openai":
-            from agents.llm.openai_backend import OpenAIBackend
-            backend = OpenAIBackend(llm.get("url", "http://127.0.0.1:8000"), model=llm.get("model") or "base")
-        else:
-            from agents.llm.replay import ReplayBackend
-            backend = ReplayBackend(llm["log"])
-    except (BackendError, ModelError, OSError) as err:
-        raise ConfigError(str(err)) from None
-    return backend, make_policies(s, backend, log), paths
-
-
-def make_policies(s: MarketScenario, backend, log) -> dict:
-    """One LLM policy per preference type named by the scenario's LLM firms."""
-    from agents.policies import LLMPolicy
-
-    llm, policies = s.llm, {}
-    for f in s.firms:
-        if f.type == "llm" and f.preference not in policies:
-            policies[f.preference] = LLMPolicy(
-                backend, None if f.preference == "base" else f.preference,
-                temperature=llm["temperature"], sample=llm["sample"], max_tokens=llm["max_tokens"],
-                max_retries=llm["max_retries"], seed=s.seed, log=log)
-    return policies
+def llm_preferences(s: MarketScenario) -> list[str]:
+    return [f.preference for f in s.firms if f.type == "llm"]
 
 
 def firm_makers(s: MarketScenario, policies: dict) -> list:
@@ -224,7 +167,6 @@ def run_scenario(path: str | Path, out: str | Path, progress: bool = True, backe
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     adapters: dict = {}
-    model_path = None
     if s.run["engine"] == "vectorised":
         summary = run_vectorised(s, out, progress)
     else:
@@ -232,21 +174,12 @@ def run_scenario(path: str | Path, out: str | Path, progress: bool = True, backe
             policies = {}
             if s.uses_llm:
                 if backend is not None:
-                    policies = make_policies(s, backend, log)
-                    loaded = getattr(backend, "adapters", {})
-                    adapters = {p.adapter: str(loaded[p.adapter]) for p in policies.values()
-                                if p.adapter in loaded}
+                    policies = make_policies(s.llm, llm_preferences(s), s.seed, backend, log)
+                    adapters = loaded_adapters(backend, policies)
                 else:
-                    backend, policies, adapters = build_backend(s, log)
-                model_path = str(getattr(backend, "model_path", getattr(backend, "model", "")))
+                    backend, policies, adapters = build_backend(s.llm, llm_preferences(s), s.seed, log)
             summary = run_mesa(s, out, log, policies, progress)
     summary = {"scenario": s.name, **summary}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    manifest = {"job": "market run", "scenario": str(s.path), "scenario_sha256": _sha(s.path),
-                "config": s.raw, "seed": s.seed, "model": model_path,
-                "adapters": {k: {"path": v, "sha256": _sha(Path(v) / "adapter_model.safetensors")}
-                             for k, v in adapters.items()},
-                "versions": _versions(), "seconds": round(time.time() - started, 1),
-                "files": sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "manifest.json")}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    write_manifest(out, "market run", s.path, s.raw, s.seed, backend if s.uses_llm else None, adapters, started)
     return summary

@@ -1,0 +1,83 @@
+"""What every scenario run shares: one LLM backend holding every adapter its agents name, one
+policy per preference type, and the manifest (scenario, seed, model, adapter hashes, versions)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from pathlib import Path
+
+from scenarios.config import ConfigError
+
+
+def build_backend(llm: dict, preferences, seed: int, log):
+    """(backend, {preference: LLMPolicy}, {adapter: path}) for the LLM preference types named
+    (`base` = no adapter), from the validated [llm] section."""
+    from agents.llm.backend import BackendError
+    from agents.llm.models import ModelError
+    from finetune.registry import adapter_path
+
+    names = sorted({p for p in preferences if p != "base"})
+    try:
+        paths = {name: str(adapter_path(name, llm["adapters"])) for name in names}
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    try:
+        if llm["backend"] == "transformers":
+            from agents.llm.transformers_backend import TransformersBackend
+            backend = TransformersBackend(llm.get("model") or None, adapters=paths)
+        elif llm["backend"] == "openai":
+            from agents.llm.openai_backend import OpenAIBackend
+            backend = OpenAIBackend(llm.get("url", "http://127.0.0.1:8000"), model=llm.get("model") or "base")
+        else:
+            from agents.llm.replay import ReplayBackend
+            backend = ReplayBackend(llm["log"])
+    except (BackendError, ModelError, OSError) as err:
+        raise ConfigError(str(err)) from None
+    return backend, make_policies(llm, preferences, seed, backend, log), paths
+
+
+def make_policies(llm: dict, preferences, seed: int, backend, log) -> dict:
+    """One LLM policy per preference type."""
+    from agents.policies import LLMPolicy
+
+    return {p: LLMPolicy(backend, None if p == "base" else p, temperature=llm["temperature"],
+                         sample=llm["sample"], max_tokens=llm["max_tokens"],
+                         max_retries=llm["max_retries"], seed=seed, log=log)
+            for p in dict.fromkeys(preferences)}
+
+
+def loaded_adapters(backend, policies: dict) -> dict:
+    """{adapter: path} of the policies' adapters that an already loaded backend holds."""
+    loaded = getattr(backend, "adapters", {})
+    return {p.adapter: str(loaded[p.adapter]) for p in policies.values() if p.adapter in loaded}
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+    out = {"python": platform.python_version()}
+    for name in ("mesa", "numpy", "numba", "torch", "transformers", "peft"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_manifest(out: Path, job: str, path: Path, raw: dict, seed: int, backend, adapters: dict,
+                   started: float) -> None:
+    """out/manifest.json: the scenario and its hash, the model, the adapters and their hashes,
+    library versions, run time and the files written."""
+    model = str(getattr(backend, "model_path", getattr(backend, "model", ""))) if backend is not None else None
+    manifest = {"job": job, "scenario": str(path), "scenario_sha256": sha256(path), "config": raw,
+                "seed": seed, "model": model,
+                "adapters": {k: {"path": v, "sha256": sha256(Path(v) / "adapter_model.safetensors")}
+                             for k, v in adapters.items()},
+                "versions": versions(), "seconds": round(time.time() - started, 1),
+                "files": sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "manifest.json")}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")

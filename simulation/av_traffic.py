@@ -1,0 +1,320 @@
+"""`AVTraffic`: autonomous vehicles (AVs) in a grid city where brakes sometimes fail, as a Mesa model.
+
+The city is a torus of `width` x `height` cells (Mesa MultiGrid) with a two-lane one-way road on
+every `spacing`-th row (eastbound) and column (northbound). Half-way between junctions each road
+has a signalled crosswalk; some crosswalks are beside a concrete barrier (road works). Pedestrian
+groups arrive at crosswalks, wait at the curb and cross the AVs' lane, then the other lane, one
+lane per step: on their walk signal (lawful) or, with probability `jaywalk`, against it.
+
+Each step the pedestrians move, then every AV drives one cell. An AV that must stop for a
+crosswalk (red light or pedestrians in its lane) stops, unless its brakes fail (probability
+`brake_failure`). A brake failure with pedestrians in the AV's lane is a dilemma (markets.av):
+stay (the pedestrians ahead die) or swerve (into the barrier: the passengers die; or into the
+other lane: the pedestrians there die). With nobody on the swerve side the AV swerves and nobody
+is hurt; with nobody ahead it runs the light. All dilemmas of a step are answered in ONE batched
+call (agents.policies.decide); an AV whose passengers die is replaced by a new one elsewhere.
+Every person in a dilemma is recorded once, spared or killed (`dilemma_data`, `people_data`).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import mesa
+import numpy as np
+import pandas as pd
+from mesa.space import MultiGrid
+
+from agents.dilemma import DilemmaSituation
+from agents.policies import decide
+from markets.av import AGES, Dilemma, Person, swerve_threshold
+
+
+@dataclass(frozen=True)
+class TrafficSettings:
+    width: int = 20
+    height: int = 20
+    spacing: int = 5                 # a road every `spacing` rows and columns
+    avs: int = 12
+    brake_failure: float = 0.2       # per forced stop
+    pedestrian_rate: float = 0.3     # a group arrives at a crosswalk per step with this probability
+    max_group: int = 10              # group sizes 1..max_group, uniform
+    max_passengers: int = 2          # passengers per AV 1..max_passengers, uniform
+    ages: tuple[float, float, float] = (0.2, 0.6, 0.2)   # child, adult, elderly shares
+    jaywalk: float = 0.2             # a waiting group crosses against the light
+    light_period: int = 3            # steps per signal phase
+    barrier_share: float = 0.5       # crosswalks beside a barrier
+    weighting: str = "lives"
+
+    def __post_init__(self):
+        checks = [("width", self.width >= self.spacing), ("height", self.height >= self.spacing),
+                  ("spacing", self.spacing >= 3), ("avs", self.avs >= 1),
+                  ("brake_failure", 0 <= self.brake_failure <= 1),
+                  ("pedestrian_rate", 0 <= self.pedestrian_rate <= 1), ("max_group", self.max_group >= 1),
+                  ("max_passengers", self.max_passengers >= 1), ("jaywalk", 0 <= self.jaywalk <= 1),
+                  ("light_period", self.light_period >= 1), ("barrier_share", 0 <= self.barrier_share <= 1),
+                  ("ages", len(self.ages) == 3 and min(self.ages) >= 0 and abs(sum(self.ages) - 1) < 1e-9),
+                  ("weighting", self.weighting in ("lives", "life_years"))]
+        for name, ok in checks:
+            if not ok:
+                raise ValueError(f"traffic setting {name} is out of range: {getattr(self, name)!r}")
+        if self.width % self.spacing or self.height % self.spacing:
+            raise ValueError("width and height must be multiples of spacing")
+
+
+@dataclass
+class Crosswalk:
+    pos: tuple[int, int]
+    heading: tuple[int, int]          # the direction of the road's traffic
+    barrier: bool
+    phase: int                        # offset of its signal cycle
+    curb: list = field(default_factory=list)      # waiting groups
+    lane_av: list = field(default_factory=list)   # groups in the AVs' lane
+    lane_other: list = field(default_factory=list)
+
+    def walk(self, step: int, period: int) -> bool:
+        return ((step + self.phase) // period) % 2 == 1
+
+
+@dataclass
+class Group:
+    people: list[Person]
+    lawful: bool
+
+
+class AV(mesa.Agent):
+    """An autonomous vehicle with passengers; decides dilemmas through `policy`."""
+
+    def __init__(self, model, policy, label: str, passengers: list[Person], heading: tuple[int, int]):
+        super().__init__(model)
+        self.policy, self.label, self.passengers, self.heading = policy, label, passengers, heading
+
+    def next_pos(self) -> tuple[int, int]:
+        return self.model.grid.torus_adj((self.pos[0] + self.heading[0], self.pos[1] + self.heading[1]))
+
+
+class AVTraffic(mesa.Model):
+    """AVs made from `deciders` ((label, policy) per AV, cycled) in the city of `settings`."""
+
+    def __init__(self, deciders: Sequence[tuple[str, object]], settings: TrafficSettings | None = None,
+                 seed: int = 0):
+        super().__init__(seed=seed)
+        self.settings = s = settings or TrafficSettings()
+        self.seed_value = int(seed)
+        self.random_np = np.random.default_rng(seed)
+        self.grid = MultiGrid(s.width, s.height, torus=True)
+        self._ids = itertools.count()
+        mid = s.spacing // 2
+        self.crosswalks: dict[tuple[int, int], Crosswalk] = {}
+        for y in range(0, s.height, s.spacing):
+            for x in range(mid, s.width, s.spacing):
+                self._add_crosswalk((x, y), (1, 0))
+        for x in range(0, s.width, s.spacing):
+            for y in range(mid, s.height, s.spacing):
+                self._add_crosswalk((x, y), (0, 1))
+        self.road = [(x, y) for x in range(s.width) for y in range(s.height)
+                     if (y % s.spacing == 0) != (x % s.spacing == 0) and (x, y) not in self.crosswalks]
+        self.deciders = list(deciders)
+        if not self.deciders:
+            raise ValueError("AVTraffic needs at least one decider")
+        for i in range(s.avs):
+            self._spawn(*self.deciders[i % len(self.deciders)])
+        self.step_count = 0
+        self.backend_calls: list[int] = []
+        self.dilemmas: list[dict] = []
+        self.people: list[dict] = []
+        self.counts = {"arrived": 0, "crossed": 0, "averted": 0, "ran_light": 0, "stops": 0,
+                       "replaced": 0}
+        self.datacollector = mesa.DataCollector(model_reporters={
+            "step": "step_count", "dilemmas": lambda m: m._step_dilemmas,
+            "killed_passengers": lambda m: m._step_killed["passenger"],
+            "killed_pedestrians": lambda m: m._step_killed["pedestrian"],
+            "killed_jaywalkers": lambda m: m._step_killed["jaywalker"],
+            "waiting_pedestrians": lambda m: sum(len(g.people) for c in m.crosswalks.values() for g in c.curb),
+            "backend_calls": lambda m: m.backend_calls[-1] if m.backend_calls else 0})
+        self._step_dilemmas, self._step_killed = 0, {"passenger": 0, "pedestrian": 0, "jaywalker": 0}
+
+    # ------------------------------------------------------------------ set-up
+    def _add_crosswalk(self, pos, heading) -> None:
+        s = self.settings
+        self.crosswalks[pos] = Crosswalk(pos, heading, bool(self.random_np.random() < s.barrier_share),
+                                         int(self.random_np.integers(2 * s.light_period)))
+
+    def _person(self, role: str, lawful: bool = True) -> Person:
+        age = AGES[int(self.random_np.choice(3, p=self.settings.ages))]
+        return Person(next(self._ids), role, age, lawful)
+
+    def _spawn(self, label: str, policy) -> AV:
+        s = self.settings
+        passengers = [self._person("passenger") for _ in range(int(self.random_np.integers(1, s.max_passengers + 1)))]
+        free = [cell for cell in self.road if self.grid.is_cell_empty(cell)]
+        if not free:
+            raise ValueError(f"the city has no free road cell for {s.avs} AVs: make it larger")
+        pos = free[int(self.random_np.integers(len(free)))]
+        heading = (1, 0) if pos[1] % s.spacing == 0 else (0, 1)
+        av = AV(self, policy, label, passengers, heading)
+        self.grid.place_agent(av, pos)
+        return av
+
+    # ------------------------------------------------------------------ one step
+    def _move_pedestrians(self) -> None:
+        s = self.settings
+        for c in self.crosswalks.values():
+            self.counts["crossed"] += sum(len(g.people) for g in c.lane_other)
+            c.lane_other, c.lane_av = c.lane_av, []
+            walk = c.walk(self.step_count, s.light_period)
+            still = []
+            for g in c.curb:
+                if walk:
+                    c.lane_av.append(g)
+                elif self.random_np.random() < s.jaywalk:
+                    c.lane_av.append(Group([Person(p.id, p.role, p.age, False) for p in g.people], False))
+                else:
+                    still.append(g)
+            c.curb = still
+            if self.random_np.random() < s.pedestrian_rate:
+                size = int(self.random_np.integers(1, s.max_group + 1))
+                c.curb.append(Group([self._person("pedestrian") for _ in range(size)], True))
+                self.counts["arrived"] += size
+
+    def _dilemma(self, av: AV, c: Crosswalk) -> Dilemma | None:
+        ahead = tuple(p for g in c.lane_av for p in g.people)
+        other = () if c.barrier else tuple(p for g in c.lane_other for p in g.people)
+        if not ahead or (not c.barrier and not other):
+            return None
+        return Dilemma("barrier" if c.barrier else "lane", tuple(av.passengers), ahead, other,
+                       weighting=self.settings.weighting)
+
+    def step(self) -> None:
+        s = self.settings
+        self._step_dilemmas, self._step_killed = 0, {"passenger": 0, "pedestrian": 0, "jaywalker": 0}
+        self._move_pedestrians()
+        pending: list[tuple[AV, Crosswalk, Dilemma]] = []
+        moves: list[tuple[AV, tuple[int, int]]] = []
+        claimed = {av.pos for av in self.agents_by_type[AV]}     # one AV per cell: the others queue
+        for av in sorted(self.agents_by_type[AV], key=lambda a: a.unique_id):
+            target = av.next_pos()
+            if target in claimed:
+                continue
+            c = self.crosswalks.get(target)
+            if c is None:
+                moves.append((av, target))
+                claimed.add(target)
+                continue
+            must_stop = bool(c.lane_av) or c.walk(self.step_count, s.light_period)
+            if not must_stop:
+                moves.append((av, target))
+                claimed.add(target)
+                continue
+            if self.random_np.random() >= s.brake_failure:
+                self.counts["stops"] += 1
+                continue
+            dilemma = self._dilemma(av, c)
+            if dilemma is None:
+                self.counts["averted" if c.lane_av else "ran_light"] += 1
+            else:
+                pending.append((av, c, dilemma))
+            moves.append((av, target))
+            claimed.add(target)
+        self._replace: list[AV] = []
+        self._decide(pending)
+        for av, target in moves:
+            if av.pos is not None:
+                self.grid.move_agent(av, target)
+        for av in self._replace:          # a new AV of the same type, with new passengers
+            self._spawn(av.label, av.policy)
+            self.counts["replaced"] += 1
+        self.datacollector.collect(self)
+        self.step_count += 1
+
+    def _calls(self) -> int:
+        backends = {id(p.backend): p.backend for _, p in self.deciders if hasattr(p, "backend")}
+        return sum(getattr(b, "calls", 0) for b in backends.values())
+
+    def _decide(self, pending) -> None:
+        before = self._calls()
+        situations = [DilemmaSituation(d) for _, _, d in pending]
+        decisions = decide([(av.policy, sit) for (av, _, _), sit in zip(pending, situations)],
+                           seeds=[self.seed_value * 1_000_003 + self.step_count * 10_007 + av.unique_id
+                                  for av, _, _ in pending],
+                           tags=[{"step": self.step_count, "av": av.unique_id} for av, _, _ in pending])
+        self.backend_calls.append(self._calls() - before)
+        for (av, c, dilemma), decision in zip(pending, decisions):
+            self._resolve(av, c, dilemma, decision)
+
+    def _resolve(self, av: AV, c: Crosswalk, dilemma: Dilemma, decision) -> None:
+        action = decision.action if decision.valid else "stay"      # an invalid answer: brakes failed, no steering
+        killed = dilemma.killed(action)
+        dead = {p.id for p in killed}
+        for group_list in (c.lane_av, c.lane_other):
+            for g in group_list:
+                g.people = [p for p in g.people if p.id not in dead]
+            group_list[:] = [g for g in group_list if g.people]
+        spared_weight = sum(p.weight(dilemma.weighting) for p in dilemma.people if p.id not in dead)
+        w_stay = sum(p.weight(dilemma.weighting) for p in dilemma.killed("stay"))
+        w_swerve = sum(p.weight(dilemma.weighting) for p in dilemma.killed("swerve"))
+        utilitarian = None if w_stay == w_swerve else ("swerve" if w_swerve < w_stay else "stay")
+        probability = (decision.probabilities or {}).get("swerve", float(action == "swerve"))
+        index = len(self.dilemmas)
+        self.dilemmas.append({
+            "dilemma": index, "step": self.step_count, "av": av.unique_id, "decider": av.label,
+            "kind": dilemma.kind, "passengers": len(dilemma.passengers), "ahead": len(dilemma.ahead),
+            "other_lane": len(dilemma.other_lane), "ahead_lawful": all(p.lawful for p in dilemma.ahead),
+            "ahead_children": sum(p.age == "child" for p in dilemma.ahead),
+            "ahead_elderly": sum(p.age == "elderly" for p in dilemma.ahead),
+            "swerve_children": sum(p.age == "child" for p in dilemma.swerve_group),
+            "swerve_elderly": sum(p.age == "elderly" for p in dilemma.swerve_group),
+            "action": action, "valid": decision.valid, "p_swerve": float(probability),
+            "utilitarian": utilitarian, "is_utilitarian": None if utilitarian is None else action == utilitarian,
+            "kappa_threshold": swerve_threshold(dilemma), "killed": len(killed),
+            "spared": len(dilemma.people) - len(killed), "spared_weight": spared_weight})
+        for p in dilemma.people:
+            group = "passenger" if p.role == "passenger" else ("ahead" if p in dilemma.ahead else "other_lane")
+            self.people.append({"dilemma": index, "person": p.id, "role": p.role, "group": group,
+                                "age": p.age, "lawful": p.lawful, "killed": p.id in dead,
+                                "at_stake": p in dilemma.ahead or p in dilemma.swerve_group,
+                                "spared_by_staying": group != "ahead"})
+            if p.id in dead:
+                self._step_killed[p.role] += 1
+                if p.role == "pedestrian" and not p.lawful:
+                    self._step_killed["jaywalker"] += 1
+        self._step_dilemmas += 1
+        if any(p.role == "passenger" for p in killed):
+            self.grid.remove_agent(av)
+            av.remove()
+            self._replace.append(av)
+
+    # ------------------------------------------------------------------ data
+    def dilemma_data(self) -> pd.DataFrame:
+        """One row per dilemma: who was involved, the action, its probability, the outcome."""
+        return pd.DataFrame(self.dilemmas)
+
+    def people_data(self) -> pd.DataFrame:
+        """One row per person in a dilemma: group, attributes, killed or spared."""
+        return pd.DataFrame(self.people)
+
+    def step_data(self) -> pd.DataFrame:
+        return self.datacollector.get_model_vars_dataframe().reset_index(drop=True)
+
+
+def bonnefon_probe(deciders: Sequence[tuple[str, object]], sizes: Sequence[int] = tuple(range(1, 11)),
+                   seed: int = 0) -> pd.DataFrame:
+    """Bonnefon et al.'s (2016) question for each decider type: one adult passenger, N lawful
+    adult pedestrians ahead, a barrier on the other side; answered in one batched call.
+    Returns decider, N, action and P(swerve)."""
+    pairs, rows = [], []
+    for label, policy in dict(deciders).items():
+        for n in sizes:
+            ids = itertools.count()
+            dilemma = Dilemma("barrier", (Person(next(ids), "passenger"),),
+                              tuple(Person(next(ids), "pedestrian") for _ in range(n)))
+            pairs.append((policy, DilemmaSituation(dilemma)))
+            rows.append({"decider": label, "pedestrians": n})
+    decisions = decide(pairs, seeds=[seed * 1_000_003 + i for i in range(len(pairs))],
+                       tags=[{"probe": "bonnefon", **r} for r in rows])
+    for row, d in zip(rows, decisions):
+        row["action"] = d.action
+        row["p_swerve"] = (d.probabilities or {}).get("swerve", float(d.action == "swerve"))
+    return pd.DataFrame(rows)
+
