@@ -184,6 +184,16 @@ def _market_run(args) -> int:
     return 0
 
 
+def _av_run(args) -> int:
+    from scenarios.av import run_av_scenario
+
+    summary = run_av_scenario(args.config, args.out)
+    shown = {k: summary[k] for k in ("scenario", "dilemmas", "backend_calls_per_step", "invalid_decisions", "by_type")}
+    print(json.dumps(shown, indent=2, default=float))
+    print(f"results: {args.out}/ (summary.json, manifest.json, plots)")
+    return 0
+
+
 def _demo(args) -> int:
     from scenarios.demo import run_demo
 
@@ -295,6 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     mr.add_argument("config", help="scenario TOML file, or a bundled scenario name (calvano, llm_base, theory_moralis, ...)")
     mr.add_argument("--out", required=True, help="folder for step data, manifest, decision log, plots")
     mr.set_defaults(run=_market_run)
+
+    av = sub.add_parser("av", help="autonomous-vehicle traffic with brake-failure dilemmas (LLM and theory AVs)")
+    av_sub = av.add_subparsers(dest="av_command", required=True, parser_class=_Parser)
+    ar = av_sub.add_parser("run", help="run a scenario file (scenarios/avs/*.toml)")
+    ar.add_argument("config", help="scenario TOML file, or a bundled scenario name (theory, llm_base, llm_mixed, ...)")
+    ar.add_argument("--out", required=True, help="folder for step data, manifest, decision log, plots")
+    ar.set_defaults(run=_av_run)
 
     demo = sub.add_parser("demo", help="the main job: theory table and Bertrand-by-kappa plot")
     demo.add_argument("--out", default="outputs/demo", help="folder for the report")

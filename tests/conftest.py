@@ -52,3 +52,21 @@ def adapter_backend(model_folder, adapter_dir):
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+class CountingBackend:
+    """Wraps a backend and counts its batched calls."""
+
+    def __init__(self, inner):
+        self.inner, self.calls, self.sizes, self.name = inner, 0, [], "counting"
+        self.model_path = inner.model_path
+
+    def generate(self, requests):
+        self.calls += 1
+        self.sizes.append(len(requests))
+        return self.inner.generate(requests)
+
+    def choose(self, requests):
+        self.calls += 1
+        self.sizes.append(len(requests))
+        return self.inner.choose(requests)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CountingBackend
 
 from agents.llm.decision_log import DecisionLog, read_decisions
 from agents.policies import LLMPolicy
@@ -97,24 +98,6 @@ def test_convergence_period_finds_where_prices_settle():
     prices = np.column_stack([np.r_[np.linspace(1, 2, 10), np.full(20, 2.0)]] * 2)
     assert convergence_period(prices, 1e-9) == 9
     assert convergence_period(prices, 1e-9, window=25) is None
-
-
-class CountingBackend:
-    """Wraps a backend and counts its batched calls."""
-
-    def __init__(self, inner):
-        self.inner, self.calls, self.sizes, self.name = inner, 0, [], "counting"
-        self.model_path = inner.model_path
-
-    def generate(self, requests):
-        self.calls += 1
-        self.sizes.append(len(requests))
-        return self.inner.generate(requests)
-
-    def choose(self, requests):
-        self.calls += 1
-        self.sizes.append(len(requests))
-        return self.inner.choose(requests)
 
 
 @pytest.mark.slow

@@ -1,0 +1,107 @@
+"""`econalign av run CONFIG --out DIR`: an AV traffic scenario, written as data.
+
+Writes steps.parquet (casualties and dilemmas per step), dilemmas.parquet (one row per dilemma:
+who was involved, the action and its probability), people.parquet (one row per person in a
+dilemma, killed or spared), probe.parquet (Bonnefon et al.'s question per AV type),
+casualties.csv, utilitarian.csv, effects.csv, decisions.jsonl (every LLM decision), the plots
+choice_curve.png, casualties.png and effects.png, summary.json and manifest.json.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from scenarios.av_config import AVScenario, load_av_scenario
+from scenarios.runs import build_backend, loaded_adapters, make_policies, write_manifest
+
+
+def deciders(s: AVScenario, policies: dict) -> list[tuple[str, object]]:
+    """One (label, policy) per AV, in the order of the [[av]] tables."""
+    from agents.policies import TheoryPolicy
+    from agents.preferences import preference
+
+    out = []
+    for a in s.avs:
+        if a.type == "llm":
+            policy = policies[a.preference]
+        else:
+            policy = TheoryPolicy(preference(a.preference, a.kappa if a.preference == "moralis" else None))
+        out += [(a.label, policy)] * a.count
+    return out
+
+
+def simulate(s: AVScenario, out: Path, policies: dict, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    from scenarios.av_plots import plot_casualties, plot_choice_curve, plot_effects
+    from simulation.av_metrics import casualties, choice_curve, preference_effects, utilitarian_share
+    from simulation.av_traffic import AVTraffic, TrafficSettings, bonnefon_probe
+
+    avs = deciders(s, policies)
+    model = AVTraffic(avs, TrafficSettings(**s.traffic), seed=s.seed)
+    for _ in tqdm(range(s.run["steps"]), desc=f"{s.name}", unit="step", disable=not progress):
+        model.step()
+    steps, dilemmas, people = model.step_data(), model.dilemma_data(), model.people_data()
+    if not people.empty:
+        people = people.merge(dilemmas[["dilemma", "decider"]], on="dilemma")
+    steps.to_parquet(out / "steps.parquet", index=False)
+    dilemmas.to_parquet(out / "dilemmas.parquet", index=False)
+    people.to_parquet(out / "people.parquet", index=False)
+    dead = casualties(people)
+    dead.to_csv(out / "casualties.csv", index=False)
+    utilitarian = utilitarian_share(dilemmas) if not dilemmas.empty else pd.DataFrame()
+    utilitarian.to_csv(out / "utilitarian.csv", index=False)
+    effects = preference_effects(people, dilemmas) if not people.empty else pd.DataFrame()
+    effects.to_csv(out / "effects.csv", index=False)
+    if not dead.empty:
+        plot_casualties(dead, out / "casualties.png", s.name)
+    if not effects.empty:
+        plot_effects(effects, out / "effects.png", s.name)
+    summary = {"steps": s.run["steps"], "avs": len(avs), "dilemmas": len(dilemmas),
+               "backend_calls_per_step": max(model.backend_calls or [0]),
+               "invalid_decisions": int((~dilemmas.valid).sum()) if len(dilemmas) else 0,
+               **{k: int(v) for k, v in model.counts.items()}, "by_type": {}}
+    for label, d in (dilemmas.groupby("decider") if len(dilemmas) else []):
+        known = d.dropna(subset=["is_utilitarian"])
+        killed = dead[(dead.decider == label)].set_index("group").killed
+        summary["by_type"][label] = {
+            "dilemmas": len(d), "swerve_share": float((d.action == "swerve").mean()),
+            "utilitarian_share": float(known.is_utilitarian.astype(float).mean()) if len(known) else None,
+            "killed": int(killed.get("all", 0)), "killed_passengers": int(killed.get("passenger", 0)),
+            "killed_pedestrians": int(killed.get("all", 0) - killed.get("passenger", 0))}
+    if s.run["probe"]:
+        probe = bonnefon_probe(avs, seed=s.seed)
+        probe.to_parquet(out / "probe.parquet", index=False)
+        curve = choice_curve(probe)
+        curve.to_csv(out / "choice_curve.csv")
+        plot_choice_curve(curve, out / "choice_curve.png", s.name)
+        summary["choice_curve"] = {c: [round(float(v), 4) for v in curve[c]] for c in curve.columns
+                                   if not c.startswith("human")}
+    return summary
+
+
+def run_av_scenario(path: str | Path, out: str | Path, progress: bool = True, backend=None,
+                    overrides: dict | None = None) -> dict:
+    """Load, validate and run an AV scenario file; returns its summary (also out/summary.json).
+    `backend`: an already loaded backend holding the adapters the AVs name."""
+    from agents.llm.decision_log import DecisionLog
+
+    s = load_av_scenario(path, overrides)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started, adapters, policies = time.time(), {}, {}
+    preferences = [a.preference for a in s.avs if a.type == "llm"]
+    with DecisionLog(out / "decisions.jsonl") as log:
+        if s.uses_llm:
+            if backend is not None:
+                policies = make_policies(s.llm, preferences, s.seed, backend, log)
+                adapters = loaded_adapters(backend, policies)
+            else:
+                backend, policies, adapters = build_backend(s.llm, preferences, s.seed, log)
+        summary = {"scenario": s.name, **simulate(s, out, policies, progress)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    write_manifest(out, "av run", s.path, s.raw, s.seed, backend if s.uses_llm else None, adapters, started)
+    return summary

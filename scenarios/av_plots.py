@@ -1,0 +1,51 @@
+"""Plots of AV traffic runs (matplotlib, PNG)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def plot_choice_curve(curve: pd.DataFrame, path: Path, title: str) -> None:
+    """P(swerve) against the number of pedestrians saved (one passenger), per AV type, with
+    Bonnefon et al.'s human shares."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for column in curve.columns:
+        if column.startswith("human"):
+            points = curve[column].dropna()
+            ax.scatter(points.index, points.values, color="black", marker="s", zorder=3, label=column)
+        else:
+            ax.plot(curve.index, curve[column], marker="o", label=column)
+    ax.set(xlabel="pedestrians saved by swerving (one passenger dies)", ylabel="P(swerve)",
+           ylim=(-0.03, 1.03), title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_casualties(casualties: pd.DataFrame, path: Path, title: str) -> None:
+    """Killed people by group and AV type."""
+    table = casualties[casualties.group != "all"].pivot(index="group", columns="decider", values="killed").fillna(0)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    table.plot.bar(ax=ax, rot=30)
+    ax.set(ylabel="killed", xlabel="", title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_effects(effects: pd.DataFrame, path: Path, title: str) -> None:
+    """Difference in the probability of being spared per Moral Machine dimension and AV type."""
+    table = effects.pivot(index="dimension", columns="decider", values="effect")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    table.plot.barh(ax=ax)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set(xlabel="difference in P(spared)", ylabel="", xlim=(-1.05, 1.05), title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
