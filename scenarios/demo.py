@@ -5,7 +5,8 @@ Writes to the output folder: theory_table_{linear,log}.{csv,md}, bertrand_kappa.
 bertrand_kappa.png, games/ (the games evaluation of the embedded base model on the small
 battery: items.parquet, summary.md, plots), finetune/ (the adapters' held-out evaluation),
 markets/ (Calvano's Q-learning replication, theory duopolies and a short LLM duopoly per adapter
-pair; markets.csv) and manifest.json, and prints the tables.
+pair; markets.csv), avs/ (theory AVs and a short LLM AV run per adapter; avs.csv) and
+manifest.json, and prints the tables.
 """
 from __future__ import annotations
 
@@ -115,6 +116,37 @@ def market_runs(out: Path, adapters: str | Path = "adapters", steps: int = SHORT
     return table
 
 
+AV_RUNS = (("base", "llm_base"), ("economicus", "llm_economicus"), ("moralis-0.5", "llm_moralis"))
+
+
+def av_runs(out: Path, adapters: str | Path = "adapters", steps: int = 40) -> pd.DataFrame:
+    """The theory AVs and a short LLM AV run for the base model and each adapter that exists:
+    dilemmas, swerve and utilitarian shares, casualties, and P(swerve) for Bonnefon et al.'s
+    one passenger vs 1 or 10 pedestrians (humans: 23% and 76%)."""
+    from agents.llm.transformers_backend import TransformersBackend
+    from finetune.registry import list_adapters
+    from scenarios.av import run_av_scenario
+
+    summaries = [run_av_scenario("theory", out / "theory", progress=False)]
+    found = list_adapters(adapters)
+    backend = TransformersBackend(adapters={k: v for k, v in found.items() if k in ("economicus", "moralis-0.5")})
+    for name, scenario in AV_RUNS:
+        if name == "base" or name in found:
+            summaries.append(run_av_scenario(scenario, out / scenario, backend=backend, progress=False,
+                                             overrides={"run": {"steps": steps}, "llm": {"adapters": str(adapters)}}))
+    rows = []
+    for summary in summaries:
+        for label, t in summary["by_type"].items():
+            curve = summary["choice_curve"][label]
+            rows.append({"av": label, "dilemmas": t["dilemmas"], "swerve_share": t["swerve_share"],
+                         "utilitarian_share": t["utilitarian_share"], "killed_passengers": t["killed_passengers"],
+                         "killed_pedestrians": t["killed_pedestrians"], "p_swerve_n1": curve[0],
+                         "p_swerve_n10": curve[9]})
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "avs.csv", index=False)
+    return table
+
+
 def run_demo(out: str | Path, finetune: bool = True, adapters: str | Path = "adapters") -> Path:
     from tqdm import tqdm
 
@@ -152,6 +184,9 @@ def run_demo(out: str | Path, finetune: bool = True, adapters: str | Path = "ada
     print("\nRepeated Bertrand markets (Delta over the final window; p_N 1.4729, p_M 1.9250):", flush=True)
     markets = market_runs(out / "markets", adapters)
     print(markets.to_string(index=False, float_format="%.3f"))
+    print("\nAV brake-failure dilemmas (humans swerve for 1 vs 10 pedestrians: 76%, 1 vs 1: 23%):", flush=True)
+    avs = av_runs(out / "avs", adapters)
+    print(avs.to_string(index=False, float_format="%.3f"))
     curve.to_csv(out / "bertrand_kappa.csv", index=False)
     plot_bertrand(curve, out / "bertrand_kappa.png")
     duopoly = curve[curve.firms == 2].set_index("kappa")

@@ -52,3 +52,16 @@ def test_demo_markets_report_calvano_theory_and_the_base_duopoly(report):
     # the base model prices on Calvano's grid: between its lowest and highest point
     assert 1.4277 - 1e-3 <= llm.price <= 1.9702 + 1e-3
     assert (report / "markets" / "llm_base" / "steps.parquet").exists()
+
+
+@pytest.mark.slow
+def test_demo_av_report_theory_and_the_base_model(report):
+    avs = pd.read_csv(report / "avs" / "avs.csv").set_index("av")
+    assert set(avs.index) == {"theory:economicus", "theory:moralis-0.25", "theory:moralis-0.5",
+                              "theory:moralis-1", "llm:base"}
+    assert avs.loc["theory:economicus", "swerve_share"] == 0.0
+    # Bonnefon's one passenger vs N: moralis k swerves iff k N > 1
+    assert avs.loc["theory:moralis-0.5", ["p_swerve_n1", "p_swerve_n10"]].tolist() == [0.0, 1.0]
+    assert avs.loc["theory:moralis-1", "utilitarian_share"] == 1.0
+    assert avs.loc["llm:base", "dilemmas"] > 0 and 0 <= avs.loc["llm:base", "p_swerve_n10"] <= 1
+    assert (report / "avs" / "llm_base" / "choice_curve.png").exists()
