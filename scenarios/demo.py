@@ -119,7 +119,7 @@ def market_runs(out: Path, adapters: str | Path = "adapters", steps: int = SHORT
 AV_RUNS = (("base", "llm_base"), ("economicus", "llm_economicus"), ("moralis-0.5", "llm_moralis"))
 
 
-def av_runs(out: Path, adapters: str | Path = "adapters", steps: int = 40) -> pd.DataFrame:
+def av_runs(out: Path, adapters: str | Path = "adapters", steps: int = 100) -> pd.DataFrame:
     """The theory AVs and a short LLM AV run for the base model and each adapter that exists:
     dilemmas, swerve and utilitarian shares, casualties, and P(swerve) for Bonnefon et al.'s
     one passenger vs 1 or 10 pedestrians (humans: 23% and 76%)."""
