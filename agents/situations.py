@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from agents.policies import Number, Options
 from agents.preferences import best_response, symmetric_equilibrium
-from markets.games import DiscreteGame, Dictator, PrisonersDilemma, PublicGoods, Trust, Ultimatum
+from markets.games import DiscreteGame, PrisonersDilemma, PublicGoods, Trust
 
 SYSTEMS = (
     "You are a participant in an economic decision study. Your choices determine real payoffs to "
