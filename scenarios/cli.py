@@ -201,6 +201,16 @@ def _demo(args) -> int:
     return 0
 
 
+def _scenario_command(sub, name: str, help: str, folder: str, examples: str, run) -> None:
+    """`econalign NAME run CONFIG --out DIR` for the scenario files in scenarios/FOLDER/."""
+    command = sub.add_parser(name, help=help)
+    commands = command.add_subparsers(dest=f"{name}_command", required=True, parser_class=_Parser)
+    runner = commands.add_parser("run", help=f"run a scenario file (scenarios/{folder}/*.toml)")
+    runner.add_argument("config", help=f"scenario TOML file, or a bundled scenario name ({examples})")
+    runner.add_argument("--out", required=True, help="folder for step data, manifest, decision log, plots")
+    runner.set_defaults(run=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="econalign", description="LLM agents with economic preferences in markets.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -299,19 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="training answer style (answer: measured best on the embedded model)")
     fp.set_defaults(run=_finetune_pipeline)
 
-    market = sub.add_parser("market", help="repeated Bertrand markets (LLM, theory, Q-learning firms)")
-    market_sub = market.add_subparsers(dest="market_command", required=True, parser_class=_Parser)
-    mr = market_sub.add_parser("run", help="run a scenario file (scenarios/markets/*.toml)")
-    mr.add_argument("config", help="scenario TOML file, or a bundled scenario name (calvano, llm_base, theory_moralis, ...)")
-    mr.add_argument("--out", required=True, help="folder for step data, manifest, decision log, plots")
-    mr.set_defaults(run=_market_run)
-
-    av = sub.add_parser("av", help="autonomous-vehicle traffic with brake-failure dilemmas (LLM and theory AVs)")
-    av_sub = av.add_subparsers(dest="av_command", required=True, parser_class=_Parser)
-    ar = av_sub.add_parser("run", help="run a scenario file (scenarios/avs/*.toml)")
-    ar.add_argument("config", help="scenario TOML file, or a bundled scenario name (theory, llm_base, llm_mixed, ...)")
-    ar.add_argument("--out", required=True, help="folder for step data, manifest, decision log, plots")
-    ar.set_defaults(run=_av_run)
+    _scenario_command(sub, "market", "repeated Bertrand markets (LLM, theory, Q-learning firms)",
+                      "markets", "calvano, llm_base, theory_moralis, ...", _market_run)
+    _scenario_command(sub, "av", "autonomous-vehicle traffic with brake-failure dilemmas (LLM and theory AVs)",
+                      "avs", "theory, llm_base, llm_mixed, ...", _av_run)
 
     demo = sub.add_parser("demo", help="the main job: theory table and Bertrand-by-kappa plot")
     demo.add_argument("--out", default="outputs/demo", help="folder for the report")

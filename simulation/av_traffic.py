@@ -134,6 +134,7 @@ class AVTraffic(mesa.Model):
             "waiting_pedestrians": lambda m: sum(len(g.people) for c in m.crosswalks.values() for g in c.curb),
             "backend_calls": lambda m: m.backend_calls[-1] if m.backend_calls else 0})
         self._step_dilemmas, self._step_killed = 0, {"passenger": 0, "pedestrian": 0, "jaywalker": 0}
+        self._replace: list[AV] = []      # AVs whose passengers died this step
 
     # ------------------------------------------------------------------ set-up
     def _add_crosswalk(self, pos, heading) -> None:
@@ -217,7 +218,7 @@ class AVTraffic(mesa.Model):
                 pending.append((av, c, dilemma))
             moves.append((av, target))
             claimed.add(target)
-        self._replace: list[AV] = []
+        self._replace = []
         self._decide(pending)
         for av, target in moves:
             if av.pos is not None:
