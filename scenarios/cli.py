@@ -194,6 +194,34 @@ def _av_run(args) -> int:
     return 0
 
 
+def _viz(args) -> int:
+    """Start Mesa's SolaraViz server for one model (simulation/<model>_app.py) until Ctrl-C."""
+    import os
+    import shutil
+    import subprocess
+
+    import simulation
+
+    solara = shutil.which("solara", path=str(Path(sys.executable).parent)) or shutil.which("solara")
+    if solara is None:
+        raise InputError("the visual server needs the viz extra: pip install -e '.[viz]'")
+    if not Path(args.adapters).is_dir() and args.adapters != "adapters":
+        raise InputError(f"--adapters {args.adapters} is not a folder")
+    app = Path(simulation.__file__).parent / f"{args.model}_app.py"
+    env = {**os.environ, "ECONALIGN_ADAPTERS": str(Path(args.adapters).resolve())}
+    print(f"visual server for the {args.model} model at http://{args.host}:{args.port} (Ctrl-C stops it)",
+          flush=True)
+    command = [solara, "run", str(app), "--host", args.host, "--port", str(args.port), "--production",
+               "--no-open", "--no-check-version"]
+    server = subprocess.Popen(command, env=env)
+    try:
+        return server.wait()
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=10)
+
+
 def _demo(args) -> int:
     from scenarios.demo import run_demo
 
@@ -313,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
                       "markets", "calvano, llm_base, theory_moralis, ...", _market_run)
     _scenario_command(sub, "av", "autonomous-vehicle traffic with brake-failure dilemmas (LLM and theory AVs)",
                       "avs", "theory, llm_base, llm_mixed, ...", _av_run)
+
+    viz = sub.add_parser("viz", help="the interactive visual server (Mesa SolaraViz) for a model")
+    viz.add_argument("model", choices=("market", "av"), help="market: Bertrand pricing; av: AV traffic")
+    viz.add_argument("--host", default="127.0.0.1")
+    viz.add_argument("--port", type=int, default=8765)
+    viz.add_argument("--adapters", default="adapters", help="adapter folder for LLM decision makers")
+    viz.set_defaults(run=_viz)
 
     demo = sub.add_parser("demo", help="the main job: theory table and Bertrand-by-kappa plot")
     demo.add_argument("--out", default="outputs/demo", help="folder for the report")
