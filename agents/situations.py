@@ -128,15 +128,21 @@ def describe(game: DiscreteGame, role: str, received: float | None, framing: int
         raise ValueError(f"no description for role {role!r} of {game.name}")
     if not 0 <= framing < N_FRAMINGS:
         raise ValueError(f"framing must be 0..{N_FRAMINGS - 1}, got {framing}")
-    values = {k: _money(v) for k, v in game.parameters().items()}
-    fields = {"E": values.get("endowment"), "M": values.get("multiplier"), "n": values.get("players"),
-              "m": values.get("mpcr"), **{k: values.get(k) for k in "TRPS"}}
-    if isinstance(game, Trust) and received is not None:
-        fields.update(t=_money(received), pot=_money(received * game.multiplier))
-    if isinstance(game, PublicGoods):
-        fields["total"] = _money(round(game.mpcr * game.players, 10))
     form = CHOICE_FORM if isinstance(game, PrisonersDilemma) else NUMBER_FORM
-    return FRAMINGS[key][framing].format(**fields) + " " + form
+    return FRAMINGS[key][framing].format(**fields(game, received)) + " " + form
+
+
+def fields(game: DiscreteGame, received: float | None) -> dict[str, str]:
+    """The values a wording's placeholders take: {E} endowment, {M} multiplier, {t} transfer
+    received and {pot} = t x M, {n} players, {m} MPCR and {total} = m x n, {T} {R} {P} {S}."""
+    values = {k: _money(v) for k, v in game.parameters().items()}
+    out = {"E": values.get("endowment"), "M": values.get("multiplier"), "n": values.get("players"),
+           "m": values.get("mpcr"), **{k: values.get(k) for k in "TRPS"}}
+    if isinstance(game, Trust) and received is not None:
+        out.update(t=_money(received), pot=_money(received * game.multiplier))
+    if isinstance(game, PublicGoods):
+        out["total"] = _money(round(game.mpcr * game.players, 10))
+    return out
 
 
 @functools.lru_cache(maxsize=512)

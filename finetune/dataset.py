@@ -8,8 +8,9 @@ moralis), the utility of each, and the choice, ending in the harness's answer fo
 `style="answer"` gives the answer alone (`ANSWER: x`): the format comparison of the README,
 because a 135M-parameter model imitates the form of the reasoning better than its arithmetic.
 
-Parameters are drawn from the training ranges only (finetune.battery.heldout marks the rest) and
-from the first two framings, so the held-out battery measures generalisation. Settings within
+Parameters are drawn from the training ranges only (finetune.battery.heldout marks the rest), in
+the battery's first two framings or one of the training paraphrases of finetune.paraphrases (the
+third framing is never used), so the held-out battery measures generalisation. Settings within
 0.02 of a threshold of the preference (where the theory is indifferent or about to switch) are
 skipped. Deterministic for a seed.
 """
@@ -17,16 +18,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from agents.preferences import HomoEconomicus, HomoMoralis
 from agents.situations import GameSituation
+from agents.situations import N_FRAMINGS
 from finetune.battery import HELDOUT_FRAMING, heldout
+from finetune.paraphrases import N_PARAPHRASES, paraphrase_messages
 from markets.games import GAMES, PrisonersDilemma, PublicGoods, Trust
 
-TRAIN_FRAMINGS = tuple(f for f in range(3) if f != HELDOUT_FRAMING)
+# the battery's framings but the held-out one, then the paraphrases (numbered after the battery's)
+TRAIN_FRAMINGS = tuple(f for f in range(N_FRAMINGS) if f != HELDOUT_FRAMING) + \
+    tuple(range(N_FRAMINGS, N_FRAMINGS + N_PARAPHRASES))
+PD_TEMPTATIONS = tuple(np.arange(4.0, 8.0, 0.25))   # both sides of homo moralis's switch (~6.1-6.6)
 VERBS = {("dictator", "dictator"): "give", ("ultimatum", "proposer"): "offer",
          ("ultimatum", "responder"): "accept at least", ("trust", "investor"): "send",
          ("trust", "trustee"): "return", ("public-goods", "player"): "contribute"}
@@ -40,7 +48,7 @@ def draw_parameters(game: str, rng: np.random.Generator) -> dict:
     if game == "trust":
         return {"endowment": float(rng.integers(10, 201)), "multiplier": float(rng.choice([2, 3, 4]))}
     if game == "prisoners-dilemma":
-        return {"T": float(rng.choice([4, 4.5, 5, 5.5, 6, 6.5, 7])), "R": 3.0, "P": 1.0,
+        return {"T": float(rng.choice(PD_TEMPTATIONS)), "R": 3.0, "P": 1.0,
                 "S": float(rng.choice([0.0, 0.5]))}
     players = int(rng.integers(2, 8))
     low = max(0.3, 1.0 / players + 0.05)
@@ -163,15 +171,29 @@ def role_schedule(pref, rng: np.random.Generator, probes: int = 12) -> list[tupl
     return schedule
 
 
+def training_chat(situation: GameSituation, framing: int) -> list[dict]:
+    """The chat of `situation` in training framing `framing`: a battery framing (below
+    N_FRAMINGS) or training paraphrase `framing - N_FRAMINGS`."""
+    if framing < N_FRAMINGS:
+        return replace(situation, framing=framing).messages()
+    return paraphrase_messages(situation, framing - N_FRAMINGS)
+
+
+def answer_class(situation: GameSituation, action) -> str | float:
+    """The answer as a class for balancing: the word, or the amount as a tenth of its range."""
+    return action if isinstance(action, str) else round(float(action) / situation.answer.high, 1)
+
+
 def make_examples(pref, n: int, seed: int = 0, style: str = "reasoning") -> list[dict]:
-    """`n` chat examples for `pref`, cycling through the roles of `role_schedule`; the assistant
-    turn is the worked reasoning ending in the answer (`reasoning`) or the answer alone
-    (`answer`)."""
+    """`n` chat examples for `pref`, cycling through the roles of `role_schedule`; within a role
+    no answer class takes more than half of the examples once another one has been drawn (so
+    the prisoner's dilemma shows both sides of homo moralis's switch). The assistant turn is the
+    worked reasoning ending in the answer (`reasoning`) or the answer alone (`answer`)."""
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     rng = np.random.default_rng(seed)
     schedule = role_schedule(pref, rng)
-    examples, attempts = [], 0
+    examples, attempts, answer_counts = [], 0, {}
     while len(examples) < n:
         attempts += 1
         if attempts > 50 * n:
@@ -185,13 +207,18 @@ def make_examples(pref, n: int, seed: int = 0, style: str = "reasoning") -> list
             received = float(_on_grid(game.grids()[0], game.endowment * rng.uniform(0.2, 1.0)))
         if heldout(params, framing):
             continue
-        situation = GameSituation(game, role, received=received, framing=framing)
+        situation = GameSituation(game, role, received=received)   # worded by training_chat
         if near_threshold(pref, situation):
             continue
+        answers = answer_counts.setdefault((game_name, role), Counter())
+        answer = answer_class(situation, situation.theory_action(pref))
+        if len(answers) > 1 and answers[answer] > sum(answers.values()) / 2:
+            continue   # balanced answers: none takes over half of a role's examples once it has others
+        answers[answer] += 1
         text, action = reasoning(pref, situation)
         if style == "answer":
             text = text[text.rindex("ANSWER:"):]
-        examples.append({"messages": situation.messages() + [{"role": "assistant", "content": text}],
+        examples.append({"messages": training_chat(situation, framing) + [{"role": "assistant", "content": text}],
                          "meta": {"game": game_name, "role": role, "params": params, "framing": framing,
                                   "received": received, "action": action, "preference": pref.name,
                                   "kappa": pref.kappa, "utility": pref.material_utility,

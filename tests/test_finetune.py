@@ -1,17 +1,21 @@
 """Fine-tuning: theory-derived data, a tiny LoRA training run, adapters both backends load."""
 import json
 import re
+import string
 import subprocess
 import sys
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from agents.preferences import HomoEconomicus, HomoMoralis
-from agents.situations import GameSituation
-from finetune.battery import heldout
-from finetune.dataset import ROLES, make_examples, read_jsonl, write_jsonl
+from agents.situations import FRAMINGS, N_FRAMINGS, SYSTEMS, GameSituation
+from finetune.battery import HELDOUT_FRAMING, heldout
+from finetune.dataset import ROLES, answer_class, make_examples, read_jsonl, write_jsonl
+from finetune.paraphrases import PARAPHRASES, paraphrase_messages
 from markets.games import GAMES
 
 PREFS = [HomoEconomicus(), HomoMoralis(kappa=0.5)]
@@ -33,13 +37,50 @@ def test_data_is_deterministic_and_every_answer_is_the_theory_action(pref):
         assert roles == ["system", "user", "assistant"]
         # recompute the theory's action from the parameters alone
         situation = GameSituation(GAMES[meta["game"]](**meta["params"]), meta["role"],
-                                  received=meta["received"], framing=meta["framing"])
-        assert e["messages"][:2] == situation.messages()
+                                  received=meta["received"])
+        if meta["framing"] < N_FRAMINGS:
+            assert e["messages"][:2] == replace(situation, framing=meta["framing"]).messages()
+        else:
+            assert e["messages"][:2] == paraphrase_messages(situation, meta["framing"] - N_FRAMINGS)
         expected = situation.theory_action(pref)
         got = _answer(e["messages"][2]["content"])
         assert got == (expected if isinstance(expected, str) else f"{float(expected):.4g}")
         assert not heldout(meta["params"], meta["framing"])        # never a held-out setting
         assert "utility" in e["messages"][2]["content"].lower() or pref.kappa == 0
+
+
+def _phrases(text: str, n: int = 6) -> set[tuple[str, ...]]:
+    words = re.sub(r"[^a-z0-9{} ]", " ", text.lower()).split()
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def test_training_paraphrases_do_not_borrow_from_the_heldout_framing():
+    heldout_text = [FRAMINGS[key][HELDOUT_FRAMING] for key in FRAMINGS] + [SYSTEMS[HELDOUT_FRAMING]]
+    trained_text = [FRAMINGS[key][f] for key in FRAMINGS for f in range(N_FRAMINGS) if f != HELDOUT_FRAMING]
+    heldout_phrases = set().union(*map(_phrases, heldout_text)) - set().union(*map(_phrases, trained_text))
+    assert set(PARAPHRASES) == set(FRAMINGS)
+    for key, wordings in PARAPHRASES.items():
+        named = {f for _, f, _, _ in string.Formatter().parse(FRAMINGS[key][0]) if f}
+        for text in wordings:
+            assert not _phrases(text) & heldout_phrases, (key, _phrases(text) & heldout_phrases)
+            assert {f for _, f, _, _ in string.Formatter().parse(text) if f} >= named - {"total"}, key
+
+
+def test_data_balances_the_answers_within_a_role():
+    """Homo moralis (kappa 0.5) cooperates below a temptation of about 6.1-6.6 and defects above
+    it; the training draws must show both sides equally, or the model learns "cooperate"."""
+    examples = make_examples(HomoMoralis(kappa=0.5), 160, seed=0, style="answer")
+    pd = Counter(e["meta"]["action"] for e in examples if e["meta"]["game"] == "prisoners-dilemma")
+    assert pd["cooperate"] == pd["defect"] > 0
+    for game, role in ROLES:
+        classes = Counter()
+        for e in (e for e in examples if (e["meta"]["game"], e["meta"]["role"]) == (game, role)):
+            meta = e["meta"]
+            situation = GameSituation(GAMES[game](**meta["params"]), role, received=meta["received"])
+            classes[answer_class(situation, meta["action"])] += 1
+        if len(classes) > 1:
+            assert max(classes.values()) <= sum(classes.values()) / 2 + 1, (game, role, classes)
+    assert {e["meta"]["framing"] for e in examples} == {0, 1, *range(N_FRAMINGS, N_FRAMINGS + 4)}
 
 
 def test_openai_export_and_cli(tmp_path):
