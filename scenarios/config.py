@@ -60,13 +60,20 @@ def scenario_path(path: str | Path, folder: Path) -> Path:
 
 
 def read_toml(path: Path, overrides: dict | None = None) -> dict:
-    """The file's tables, with `overrides` ({section: {key: value}}) merged into them."""
+    """The file's tables, with `overrides` ({section: {key: value}}) merged into them: section ""
+    is the top level, and a section that is an array of tables ([[firm]]) gets the values in
+    every table."""
     try:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
     for section, values in (overrides or {}).items():
-        raw[section] = {**raw.get(section, {}), **values}
+        if section == "":
+            raw.update(values)
+        elif isinstance(raw.get(section), list):
+            raw[section] = [{**table, **values} for table in raw[section]]
+        else:
+            raw[section] = {**raw.get(section, {}), **values}
     return raw
 
 

@@ -1,0 +1,224 @@
+"""Batch parameter studies: one market scenario run over a grid of settings and seeds, each cell
+a full `market run`, collected into one table and plot (collusion, Delta, by setting).
+
+A study file (TOML):
+
+    name = "calvano-alpha-beta"
+    scenario = "calvano"              # a bundled market scenario, or a file beside the study
+    seeds = [0, 1]                    # every cell once per seed (default [the scenario's seed])
+    [set]                             # overrides for every cell
+    "run.sessions" = 20
+    [grid]                            # dotted keys into the scenario; every combination is a cell
+    "qlearning.alpha" = [0.05, 0.15, 0.25]
+    "qlearning.beta" = [2e-6, 8e-6]
+    [study]
+    executor = "local"                # or "ray": cells as Ray tasks on `workers` processes
+    workers = 2
+
+Keys are "section.key" ([market], [grid], [qlearning], [run], [llm]), "firm.key" (every [[firm]]),
+or "market.firms" (the [[firm]] tables repeated to that many firms). A cell whose summary.json
+exists is not run again, so an interrupted study resumes; `study.csv`, `study.md` and
+`study.png` in the output folder hold one row per cell.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from scenarios.config import (ConfigError, check_keys, check_range, check_type, read_toml,
+                              scenario_path)
+from scenarios.market_config import BUNDLED, SECTIONS, load_scenario
+
+STUDIES = Path(__file__).parent / "studies"
+EXECUTORS = ("local", "ray")
+MEASURES = ("mean_delta", "sd_delta", "converged_share", "mean_price", "mean_price_index",
+            "mean_periods", "invalid_decisions", "backend_calls_per_step", "seconds")
+
+
+@dataclass
+class Study:
+    path: Path
+    name: str
+    scenario: Path
+    seeds: list[int]
+    fixed: dict                      # {"section.key": value}
+    grid: dict                       # {"section.key": [values]}
+    executor: str
+    workers: int
+
+    def cells(self) -> list[dict]:
+        """Every combination of the grid values, once per seed: {"section.key": value, "seed": s}."""
+        keys = list(self.grid)
+        return [{**dict(zip(keys, values)), "seed": seed}
+                for values in itertools.product(*self.grid.values()) for seed in self.seeds]
+
+
+def overrides(settings: dict) -> dict:
+    """{"section.key": value, "seed": s} as read_toml overrides {section: {key: value}}."""
+    out: dict = {}
+    for key, value in settings.items():
+        section, _, name = key.rpartition(".")
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def _check_key(where: str, key: str) -> None:
+    section, dot, name = key.partition(".")
+    if not dot or section not in (*SECTIONS, "firm") or not name:
+        raise ConfigError(f"{where} key {key!r} must be section.key with section one of "
+                          f"{', '.join((*SECTIONS, 'firm'))}")
+
+
+def load_study(path: str | Path) -> Study:
+    """The validated study of a TOML file (or the name of a study bundled in scenarios/studies)."""
+    path = scenario_path(path, STUDIES)
+    raw = read_toml(path)
+    check_keys(f"{path}:", raw, {"name": str, "scenario": str, "seeds": list, "set": dict,
+                                 "grid": dict, "study": dict})
+    if "scenario" not in raw:
+        raise ConfigError(f"{path}: scenario is missing (a bundled market scenario or a file)")
+    beside = path.parent / raw["scenario"]
+    scenario = beside if beside.is_file() else scenario_path(raw["scenario"], BUNDLED)
+    grid, fixed = raw.get("grid", {}), raw.get("set", {})
+    if not grid:
+        raise ConfigError(f"{path}: [grid] needs at least one key with a list of values")
+    for key, values in grid.items():
+        _check_key(f"{path}: [grid]", key)
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: [grid] {key} must be a non-empty list, got {values!r}")
+    for key in fixed:
+        _check_key(f"{path}: [set]", key)
+    seeds = raw.get("seeds", [int(read_toml(scenario).get("seed", 0))])
+    for seed in seeds:
+        check_type(f"{path}:", "seeds", seed, int)
+    study = raw.get("study", {})
+    check_keys(f"{path}: [study]", study, {"executor": str, "workers": int})
+    executor, workers = study.get("executor", "local"), study.get("workers", os.cpu_count() or 1)
+    check_range(f"{path}: [study]", "executor", executor in EXECUTORS, " or ".join(EXECUTORS), executor)
+    check_range(f"{path}: [study]", "workers", workers >= 1, ">= 1", workers)
+    s = Study(path, raw.get("name", path.stem), scenario, list(seeds), fixed, grid, executor, workers)
+    for cell in s.cells():    # every cell must be a valid scenario before anything runs
+        load_scenario(scenario, overrides({**fixed, **_renamed(cell)}))
+    return s
+
+
+def _renamed(cell: dict) -> dict:
+    """The cell's settings as override keys (its seed is the scenario's top-level seed)."""
+    return {(".seed" if k == "seed" else k): v for k, v in cell.items()}
+
+
+def cell_folder(out: Path, index: int, cell: dict) -> Path:
+    slug = "_".join(k.rpartition(".")[2] + (f"{v:g}" if isinstance(v, (int, float)) else str(v))
+                    for k, v in cell.items())
+    return out / "cells" / f"{index:04d}_{slug}"
+
+
+def run_cell(scenario: str, folder: str, settings: dict) -> dict:
+    """One cell: a market run of the scenario with the cell's overrides (in any process)."""
+    from scenarios.market import run_scenario
+
+    return run_scenario(scenario, folder, progress=False, overrides=overrides(settings))
+
+
+def run_study(path: str | Path, out: str | Path, progress: bool = True, log=print) -> pd.DataFrame:
+    """Run every cell not yet done (locally or on Ray), then write the table and the plot."""
+    from tqdm import tqdm
+
+    s = load_study(path)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = s.cells()
+    folders = [cell_folder(out, i, c) for i, c in enumerate(cells)]
+    pending = [i for i, f in enumerate(folders) if not (f / "summary.json").exists()]
+    log(f"{s.name}: {len(cells)} cells, {len(cells) - len(pending)} done, executor {s.executor}")
+    started = time.time()
+    with tqdm(total=len(cells), initial=len(cells) - len(pending), desc=f"{s.name}: cells",
+              unit="cell", disable=not progress) as bar:
+        jobs = [(str(s.scenario), str(folders[i]), {**s.fixed, **_renamed(cells[i])}) for i in pending]
+        if s.executor == "ray":
+            _run_on_ray(jobs, s.workers, bar)
+        else:
+            for job in jobs:
+                run_cell(*job)
+                bar.update()
+    table = collect(cells, folders)
+    table.to_csv(out / "study.csv", index=False)
+    (out / "study.md").write_text(to_markdown(table))
+    plot_study(table, list(s.grid), out / "study.png", title=s.name)
+    (out / "study.json").write_text(json.dumps(
+        {"name": s.name, "scenario": str(s.scenario), "grid": s.grid, "set": s.fixed, "seeds": s.seeds,
+         "executor": s.executor, "workers": s.workers, "cells": len(cells), "ran": len(pending),
+         "seconds": round(time.time() - started, 1)}, indent=2, default=str) + "\n")
+    return table
+
+
+def _run_on_ray(jobs: list, workers: int, bar) -> None:
+    """The cells as Ray tasks on a local cluster of `workers` CPUs (or the one RAY_ADDRESS names),
+    one numba thread each so that tasks do not oversubscribe the cores."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("executor = \"ray\" needs Ray: pip install -e '.[batch]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(num_cpus=None if os.environ.get("RAY_ADDRESS") else workers, include_dashboard=False,
+                 log_to_driver=False, runtime_env={"env_vars": {"NUMBA_NUM_THREADS": "1"}})
+    try:
+        task = ray.remote(num_cpus=1)(run_cell)
+        waiting = [task.remote(*job) for job in jobs]
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=1)
+            ray.get(done)          # a failed cell raises here, after the finished ones are saved
+            bar.update(len(done))
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def collect(cells: list[dict], folders: list[Path]) -> pd.DataFrame:
+    """One row per cell: its settings and the scalar measures of its summary."""
+    rows = []
+    for cell, folder in zip(cells, folders):
+        summary = json.loads((folder / "summary.json").read_text())
+        rows.append({**cell, **{m: summary[m] for m in MEASURES if m in summary}, "folder": folder.name})
+    return pd.DataFrame(rows)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    shown = table.drop(columns=["folder"])
+    lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
+    for row in shown.itertuples(index=False):
+        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_study(table: pd.DataFrame, keys: list[str], path: Path, title: str) -> None:
+    """Mean Delta over seeds against the first grid key, one line per value of the second."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x, lines = keys[0], keys[1:2]
+    groups = table.groupby(lines) if lines else [((None,), table)]
+    for value, rows in groups:
+        stats = rows.groupby(x)["mean_delta"].agg(["mean", "std"]).reset_index()
+        label = None if not lines else f"{lines[0]} = {value[0]:g}" if isinstance(value[0], float) \
+            else f"{lines[0]} = {value[0]}"
+        ax.errorbar(stats[x], stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=label)
+    ax.axhline(0, color="grey", ls="--", lw=1)
+    ax.axhline(1, color="black", ls=":", lw=1)
+    ax.set_xlabel(x)
+    ax.set_ylabel("Delta (0 Nash, 1 monopoly)")
+    ax.set_title(title + (f" (other keys: {', '.join(keys[2:])} pooled)" if len(keys) > 2 else ""))
+    if lines:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,88 @@
+"""Batch parameter studies: every cell of the grid runs once (resumable), the table holds the
+equilibrium Delta of homo moralis firms for each kappa and n, Ray cells equal local ones, and bad
+study files fail in one line."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.preferences import preference, symmetric_equilibrium
+from markets.bertrand import LogitBertrand
+from scenarios.study import load_study, run_study
+
+STUDY = """
+name = "t"
+scenario = "theory_moralis"
+[set]
+"run.deviation" = false
+"run.steps" = 25
+[grid]
+"firm.kappa" = [0.0, 0.5, 1.0]
+[study]
+executor = "{executor}"
+workers = 2
+"""
+
+
+def _delta(kappa: float, n: int) -> float:
+    """Calvano et al.'s Delta at the symmetric homo moralis equilibrium of the n-firm market."""
+    market = LogitBertrand(firms=n)
+    pref = preference("moralis", kappa) if kappa else preference("economicus")
+    price = symmetric_equilibrium(pref, market.firm(0)).strategy
+    profit = market.profits(np.full(n, price))[0]
+    pi_n, pi_m = market.nash_profits()[0], market.monopoly_profits()[0]
+    return float((profit - pi_n) / (pi_m - pi_n))
+
+
+def test_kappa_study_gives_the_equilibrium_delta_and_resumes(tmp_path):
+    table = run_study("kappa", tmp_path, progress=False, log=lambda _: None)
+    assert len(table) == 10 and set(table["market.firms"]) == {2, 3}
+    for row in table.itertuples():
+        assert row.mean_delta == pytest.approx(_delta(row[1], row[2]), abs=1e-4)
+    assert table.loc[table["firm.kappa"] == 0.0, "mean_delta"].abs().max() < 1e-6    # Bertrand-Nash
+    assert table.loc[table["firm.kappa"] == 1.0, "mean_delta"].sub(1).abs().max() < 1e-6  # monopoly
+    duopoly = table[table["market.firms"] == 2].set_index("firm.kappa").mean_delta
+    assert duopoly[0.5] == pytest.approx(0.734, abs=1e-3)      # docs/theory.md
+    assert (tmp_path / "study.png").exists() and (tmp_path / "study.md").read_text().count("\n") == 12
+    stamps = {p: p.stat().st_mtime for p in tmp_path.glob("cells/*/summary.json")}
+    messages = []
+    again = run_study("kappa", tmp_path, progress=False, log=messages.append)
+    assert "10 done" in messages[0]
+    assert {p: p.stat().st_mtime for p in tmp_path.glob("cells/*/summary.json")} == stamps
+    assert again.equals(table)
+
+
+def test_ray_cells_equal_local_cells(tmp_path):
+    pytest.importorskip("ray", reason="the batch extra is installed by `make test`")
+    tables = {}
+    for executor in ("local", "ray"):
+        path = tmp_path / f"{executor}.toml"
+        path.write_text(STUDY.format(executor=executor))
+        tables[executor] = run_study(path, tmp_path / executor, progress=False, log=lambda _: None)
+    assert tables["ray"].mean_delta.tolist() == tables["local"].mean_delta.tolist()
+    assert tables["ray"].mean_delta.tolist() == pytest.approx([_delta(k, 2) for k in (0.0, 0.5, 1.0)], abs=1e-4)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('scenario = "theory_moralis"\n[grid]\n"firm.kappa" = []', "must be a non-empty list"),
+    ('scenario = "theory_moralis"\n[grid]\n"kappa" = [0.5]', "must be section.key"),
+    ('scenario = "theory_moralis"\n[grid]\n"firm.kappa" = [1.5]', "kappa"),
+    ('scenario = "nowhere"\n[grid]\n"firm.kappa" = [0.5]', "does not exist"),
+    ('scenario = "theory_moralis"\n[grid]\n"firm.kappa" = [0.5]\n[study]\nexecutor = "dask"', "executor"),
+    ('scenario = "theory_moralis"\nsweep = 1\n[grid]\n"firm.kappa" = [0.5]', "sweep"),
+])
+def test_bad_study_files_get_one_line_errors(tmp_path, text, message):
+    path = tmp_path / "study.toml"
+    path.write_text(text)
+    exe = Path(sys.executable).parent / "econalign"
+    result = subprocess.run([str(exe), "study", "run", str(path), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+
+
+def test_bundled_studies_are_valid():
+    for path in (Path(__file__).resolve().parents[1] / "scenarios" / "studies").glob("*.toml"):
+        assert load_study(path).cells()
