@@ -30,6 +30,7 @@ class TrainOptions:
     rank: int = 8
     alpha: int = 16
     target_modules: tuple[str, ...] = ALL_LINEAR
+    top_layers: int = 0               # > 0: adapt only the top N decoder layers (backward stops there)
     epochs: float = 2.0
     batch_size: int = 8
     learning_rate: float = 5e-4
@@ -46,6 +47,8 @@ class TrainOptions:
             raise ValueError(f"rank must be 1..{MAX_RANK} (vLLM serves up to {MAX_RANK} by default), got {self.rank}")
         if not Path(self.data).exists():
             raise ValueError(f"data file {self.data} does not exist")
+        if self.top_layers < 0:
+            raise ValueError(f"top_layers must be >= 0 (0: every layer), got {self.top_layers}")
         if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError("epochs, batch_size and learning_rate must be positive")
 
@@ -116,8 +119,13 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
         bf16=bf16, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
         disable_tqdm=not show_progress, train_sampling_strategy="group_by_length",
         **{recompute: False}, **options.extra)
+    layers = model.config.num_hidden_layers
+    if options.top_layers > layers:
+        raise ValueError(f"top_layers must be at most the model's {layers} layers, got {options.top_layers}")
+    top = {"layers_to_transform": list(range(layers - options.top_layers, layers)), "layers_pattern": "layers"} \
+        if options.top_layers else {}
     lora = LoraConfig(r=options.rank, lora_alpha=options.alpha, target_modules=list(options.target_modules),
-                      lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+                      lora_dropout=0.0, bias="none", task_type="CAUSAL_LM", **top)
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora)
     resume = checkpoints.exists() and any(checkpoints.glob("checkpoint-*"))

@@ -94,7 +94,7 @@ def market_runs(out: Path, adapters: str | Path = "adapters", steps: int = SHORT
     rows.append({"market": "Q-learning vs Q-learning (Calvano, 100 sessions)",
                  "price": calvano["mean_price"], "delta": calvano["mean_delta"], "periods": calvano["mean_periods"]})
     for name in ("theory_economicus", "theory_moralis"):
-        theory = run_scenario(name, out / name, progress=False)
+        theory = run_scenario(name, out / name, progress=False, restart_if_changed=True)
         rows.append({"market": f"theory {theory['scenario'].removeprefix('theory-')} duopoly",
                      "price": theory["sessions"][0]["price"], "delta": theory["mean_delta"],
                      "periods": 30})
@@ -103,7 +103,7 @@ def market_runs(out: Path, adapters: str | Path = "adapters", steps: int = SHORT
     for first, second, scenario in DUOPOLIES:
         if any(p != "base" and p not in found for p in (first, second)):
             continue
-        summary = run_scenario(scenario, out / scenario, backend=backend,
+        summary = run_scenario(scenario, out / scenario, backend=backend, restart_if_changed=True,
                                overrides={"run": {**SHORT_RUN, "steps": steps},
                                           "llm": {"adapters": str(adapters)}})
         session = summary["sessions"][0]

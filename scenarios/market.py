@@ -12,14 +12,16 @@ Vectorised engine (Q-learning firms only, Calvano's replication):
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from scenarios.config import ConfigError
 from scenarios.market_config import MarketScenario, load_scenario
-from scenarios.runs import build_backend, loaded_adapters, make_policies, write_manifest
+from scenarios.runs import build_backend, loaded_adapters, make_policies, sha256, write_manifest
 
 
 def _market(s: MarketScenario):
@@ -54,44 +56,92 @@ def firm_makers(s: MarketScenario, policies: dict) -> list:
 # ------------------------------------------------------------------ runs
 
 
-def run_mesa(s: MarketScenario, out: Path, log=None, policies=None, progress: bool = True) -> dict:
-    from tqdm import tqdm
-
+def _run_session(s: MarketScenario, market, session: int, folder: Path, policies, bar,
+                 log_path: Path | None) -> None:
+    """One session: its steps, window means, reward-punishment regression and deviation test,
+    written to `folder` (record.json last, so a half-written session is run again)."""
     from simulation.bertrand_market import BertrandMarket
     from simulation.metrics import (convergence_period, deviation_test, impulse_summary,
                                     reward_punishment, window_means)
 
+    run = s.run
+    model = BertrandMarket(market, firm_makers(s, policies or {}), grid=(s.grid["m"], s.grid["xi"]),
+                           ceiling=run.get("ceiling"), seed=s.seed, session=session,
+                           qlearning=_settings(s), initial_prices=run.get("initial_prices"))
+    for _ in range(run["steps"]):
+        model.step()
+        bar.update()
+    folder.mkdir(parents=True, exist_ok=True)
+    data = model.step_data()
+    data.insert(0, "session", session)
+    data.to_parquet(folder / "steps.parquet", index=False)
+    prices = model.prices()
+    record = {"session": session, **window_means(data, run["window"]),
+              "invalid": model.invalid, "max_calls_per_step": max(model.backend_calls),
+              "convergence_period": convergence_period(prices, 0.01 * market.price_scale,
+                                                       window=run["window"])}
+    if len(prices) >= 4 and np.ptp(prices, axis=0).min() > 0:
+        reg = reward_punishment(prices)
+        reg.insert(0, "session", session)
+        reg.to_csv(folder / "regression.csv", index=False)
+    if run["deviation"]:
+        ir = deviation_test(model, 0, run["deviation_periods"])
+        bar.update(run["deviation_periods"] + 1)
+        ir.insert(0, "session", session)
+        ir.to_parquet(folder / "impulse.parquet", index=False)
+        record["impulse"] = impulse_summary(ir.filter(like="price_").to_numpy())
+    record["backend_calls"] = list(model.backend_calls)
+    record["log_bytes"] = log_path.stat().st_size if log_path is not None and log_path.exists() else 0
+    (folder / "record.json").write_text(json.dumps(record, default=float) + "\n")
+
+
+def resume_sessions(s: MarketScenario, out: Path, restart_if_changed: bool = False) -> None:
+    """Prepare `out` for a (re)run: sessions of another scenario (settings or adapter weights)
+    are refused, or with `restart_if_changed` deleted; the decision log is cut back to the end of
+    the last finished session (an interrupted session is run again whole)."""
+    sessions = out / "sessions"
+    stamp = sessions / "scenario.json"
+    weights = {name: sha256(Path(s.llm["adapters"]) / name / "adapter_model.safetensors")
+               for name in sorted(set(llm_preferences(s)) - {"base"})
+               if (Path(s.llm["adapters"]) / name / "adapter_model.safetensors").exists()}
+    config = json.dumps({"scenario": s.raw, "adapters": weights}, sort_keys=True, default=str)
+    if stamp.exists() and stamp.read_text() != config:
+        if not restart_if_changed:
+            raise ConfigError(f"{out} holds sessions of a different scenario: use another --out or delete it")
+        shutil.rmtree(sessions)
+        (out / "decisions.jsonl").unlink(missing_ok=True)
+    sessions.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(config)
+    log = out / "decisions.jsonl"
+    if log.exists():
+        done = [json.loads(p.read_text()).get("log_bytes", 0) for p in sessions.glob("*/record.json")]
+        with open(log, "r+b") as handle:
+            handle.truncate(max(done, default=0))
+
+
+def run_mesa(s: MarketScenario, out: Path, log=None, policies=None, progress: bool = True) -> dict:
+    """Every session of the Mesa market; a finished session is saved in out/sessions/NNNN/ and
+    not run again, so an interrupted run resumes at the session it was in."""
+    from tqdm import tqdm
+
     market, run = _market(s), s.run
     steps, impulses, regressions, sessions, calls = [], [], [], [], []
-    total = run["sessions"] * (run["steps"] + (run["deviation_periods"] + 1 if run["deviation"] else 0))
-    with tqdm(total=total, desc=s.name, unit="period", disable=not progress) as bar:
+    per_session = run["steps"] + (run["deviation_periods"] + 1 if run["deviation"] else 0)
+    with tqdm(total=run["sessions"] * per_session, desc=s.name, unit="period", disable=not progress) as bar:
         for session in range(run["sessions"]):
-            model = BertrandMarket(market, firm_makers(s, policies or {}), grid=(s.grid["m"], s.grid["xi"]),
-                                   ceiling=run.get("ceiling"), seed=s.seed, session=session,
-                                   qlearning=_settings(s), initial_prices=run.get("initial_prices"))
-            for _ in range(run["steps"]):
-                model.step()
-                bar.update()
-            data = model.step_data()
-            data.insert(0, "session", session)
-            steps.append(data)
-            prices = model.prices()
-            record = {"session": session, **window_means(data, run["window"]),
-                      "invalid": model.invalid, "max_calls_per_step": max(model.backend_calls),
-                      "convergence_period": convergence_period(prices, 0.01 * market.price_scale,
-                                                               window=run["window"])}
-            if len(prices) >= 4 and np.ptp(prices, axis=0).min() > 0:
-                reg = reward_punishment(prices)
-                reg.insert(0, "session", session)
-                regressions.append(reg)
-            if run["deviation"]:
-                ir = deviation_test(model, 0, run["deviation_periods"])
-                bar.update(run["deviation_periods"] + 1)
-                ir.insert(0, "session", session)
-                impulses.append(ir)
-                record["impulse"] = impulse_summary(ir.filter(like="price_").to_numpy())
-            calls.extend(model.backend_calls)
+            folder = out / "sessions" / f"{session:04d}"
+            if not (folder / "record.json").exists():
+                _run_session(s, market, session, folder, policies, bar, getattr(log, "path", None))
+            bar.n = (session + 1) * per_session
+            bar.refresh()
+            record = json.loads((folder / "record.json").read_text())
+            calls.extend(record.pop("backend_calls"))
             sessions.append(record)
+            steps.append(pd.read_parquet(folder / "steps.parquet"))
+            if (folder / "regression.csv").exists():
+                regressions.append(pd.read_csv(folder / "regression.csv"))
+            if (folder / "impulse.parquet").exists():
+                impulses.append(pd.read_parquet(folder / "impulse.parquet"))
     frame = pd.concat(steps, ignore_index=True)
     frame.to_parquet(out / "steps.parquet", index=False)
     summary = {"engine": "mesa", "sessions": sessions,
@@ -156,10 +206,11 @@ def run_vectorised(s: MarketScenario, out: Path, progress: bool = True) -> dict:
 
 
 def run_scenario(path: str | Path, out: str | Path, progress: bool = True, backend=None,
-                 overrides: dict | None = None) -> dict:
+                 overrides: dict | None = None, restart_if_changed: bool = False) -> dict:
     """Load, validate and run a scenario file; returns its summary (also in out/summary.json).
     `backend`: an already loaded backend holding the adapters the firms name (reused across
-    scenarios); `overrides`: {section: {key: value}} applied to the file before validation."""
+    scenarios); `overrides`: {section: {key: value}} applied to the file before validation.
+    Mesa runs resume: finished sessions in `out` are kept (resume_sessions)."""
     from agents.llm.decision_log import DecisionLog
 
     s = load_scenario(path, overrides)
@@ -170,6 +221,7 @@ def run_scenario(path: str | Path, out: str | Path, progress: bool = True, backe
     if s.run["engine"] == "vectorised":
         summary = run_vectorised(s, out, progress)
     else:
+        resume_sessions(s, out, restart_if_changed)
         with DecisionLog(out / "decisions.jsonl") as log:
             policies = {}
             if s.uses_llm:

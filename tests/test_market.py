@@ -216,3 +216,27 @@ def test_every_shipped_scenario_file_is_valid():
     assert len(files) >= 8
     for path in files:
         load_scenario(path)
+
+
+@pytest.mark.slow
+def test_interrupted_llm_run_resumes_at_its_session_and_keeps_one_log(backend, tmp_path):
+    """A run stopped inside session 1 reruns only session 1; the decision log ends up with each
+    decision once; a different scenario in the same folder is refused in one line."""
+    from scenarios.config import ConfigError
+    from scenarios.market import run_scenario
+
+    short = {"run": {"steps": 3, "sessions": 2, "window": 2, "deviation": False}}
+    first = run_scenario("llm_base", tmp_path, progress=False, backend=backend, overrides=short)
+    log = tmp_path / "decisions.jsonl"
+    complete = log.read_text()
+    assert len(complete.splitlines()) == 2 * 3 * 2                 # sessions x steps x firms
+    kept = (tmp_path / "sessions" / "0000" / "record.json").stat().st_mtime
+    (tmp_path / "sessions" / "0001" / "record.json").unlink()       # "interrupted" in session 1 ...
+    log.write_text(complete + complete.splitlines(keepends=True)[-1])  # ... after logging a decision
+    again = run_scenario("llm_base", tmp_path, progress=False, backend=backend, overrides=short)
+    assert (tmp_path / "sessions" / "0000" / "record.json").stat().st_mtime == kept
+    assert log.read_text() == complete
+    assert again["sessions"] == first["sessions"] and again["mean_delta"] == first["mean_delta"]
+    with pytest.raises(ConfigError, match="different scenario"):
+        run_scenario("llm_base", tmp_path, progress=False, backend=backend,
+                     overrides={"run": {**short["run"], "steps": 4}})
