@@ -63,6 +63,19 @@ def _row(policy: str, item: Item, decision) -> dict:
     return row
 
 
+def policy_identity(policy) -> str:
+    """What a policy's answers depend on: the theory it plays, or its model and the SHA-256 of
+    its adapter's weights (a resumed run does not reuse answers of other weights)."""
+    adapter = getattr(policy, "adapter", None)
+    backend = getattr(policy, "backend", None)
+    if backend is None:
+        return getattr(policy, "name", repr(policy))
+    path = getattr(backend, "adapters", {}).get(adapter) if adapter else None
+    weights = Path(path) / "adapter_model.safetensors" if path else None
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights and weights.exists() else adapter
+    return f"{getattr(backend, 'model_path', '?')}|{digest}"
+
+
 def run(items: Sequence[Item], policies: dict, out: str | Path, batch_size: int = 64,
         show_progress: bool = True) -> pd.DataFrame:
     """Answer every item with every policy; returns the tidy per-item results (and writes
@@ -72,12 +85,18 @@ def run(items: Sequence[Item], policies: dict, out: str | Path, batch_size: int 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "items.jsonl"
+    identities = {name: policy_identity(p) for name, p in policies.items()}
+    stamp = out / "policies.json"
+    known = json.loads(stamp.read_text()) if stamp.exists() else {}
+    changed = {name for name, ident in identities.items() if known.get(name, ident) != ident}
+    stamp.write_text(json.dumps({**known, **identities}, indent=2, sort_keys=True) + "\n")
     done = set()
     if checkpoint.exists():
         for line in checkpoint.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
-                done.add((row["policy"], row["item_id"]))
+                if row["policy"] not in changed:   # answers of other weights are answered again
+                    done.add((row["policy"], row["item_id"]))
     pending = [(name, item) for name, _ in policies.items() for item in items
                if (name, item.item_id) not in done]
     with open(checkpoint, "a", encoding="utf-8") as sink, \
@@ -94,7 +113,7 @@ def run(items: Sequence[Item], policies: dict, out: str | Path, batch_size: int 
     wanted = {(name, item.item_id) for name in policies for item in items}
     rows = [json.loads(line) for line in checkpoint.read_text().splitlines() if line.strip()]
     frame = pd.DataFrame([r for r in rows if (r["policy"], r["item_id"]) in wanted])
-    frame = frame.drop_duplicates(["policy", "item_id"], keep="last").reset_index(drop=True)
+    frame = frame.drop_duplicates(["policy", "item_id"], keep="last").reset_index(drop=True)   # newest
     frame.to_parquet(out / "items.parquet", index=False)
     return frame
 

@@ -16,16 +16,21 @@ from finetune.train import TrainOptions, file_sha256, read_manifest, train, writ
 EVAL_TOKENS = 128   # room for the worked reasoning before ANSWER:
 
 
+# Examples and epochs per preference, measured on the embedded model (README, fine-tuning):
+# homo economicus answers "nothing"/"defect" almost everywhere and learns it from few examples;
+# homo moralis needs about 640 example-passes to reach 80% on the held-out battery.
+RECIPES = {"economicus": {"examples": 32, "epochs": 2.0}, "moralis": {"examples": 160, "epochs": 4.0}}
+
+
 @dataclass
 class PipelineOptions:
     adapters: str = "adapters"
     out: str = "outputs/finetune"
     base: str | None = None
-    examples: int = 160                         # per adapter ...
-    economicus_examples: int | None = 128       # ... but homo economicus learns from fewer
+    examples: int | None = None                 # every adapter's examples (default: RECIPES)
     seed: int = 0
     preferences: tuple = (("economicus", None), ("moralis", 0.5))
-    train: dict = field(default_factory=dict)   # TrainOptions overrides (epochs, rank, ...)
+    train: dict = field(default_factory=dict)   # TrainOptions overrides for every adapter (epochs, rank, ...)
     small: bool = False                         # evaluate on the small battery's held-out items
     style: str = "answer"                       # finetune.dataset styles (README: measured best)
 
@@ -70,11 +75,12 @@ def run_pipeline(options: PipelineOptions, log=print) -> dict:
     for name, kappa in options.preferences:
         pref = _preference(name, kappa)
         adapter = adapter_name(name, kappa)
-        n = options.economicus_examples if name == "economicus" and options.economicus_examples \
-            else options.examples
+        recipe = dict(RECIPES[name])
+        n = options.examples or recipe.pop("examples")
+        recipe.pop("examples", None)
         data = make_data(pref, n, options.seed, out / "data", options.style)
         train_options = TrainOptions(str(data), str(registry / adapter), str(base), seed=options.seed,
-                                     **options.train)
+                                     **{**recipe, **options.train})
         if _up_to_date(registry / adapter, data, train_options, base_hash):
             log(f"{adapter}: up to date ({registry / adapter})")
         else:
@@ -104,9 +110,12 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
         raise ValueError(f"adapters trained on different answer styles {sorted(styles)}: evaluate apart")
     style = styles.pop()
     key = {"items": "small" if small else "full", "style": style}
-    if all(m.get("evaluation", {}).get("battery") == key for m in manifests.values()):
+    weights = {name: file_sha256(registry / name / "adapter_model.safetensors") for name in adapters}
+    if all(m.get("evaluation", {}).get("battery") == key
+           and m["evaluation"].get("adapter_sha256") == weights[name] for name, m in manifests.items()):
         log("evaluation: up to date")
         return
+    out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     items = [i for i in build_battery("linear", small=small) if i.split == "heldout"]
     theories = {pref.name: ("economicus" if pref.kappa == 0 else kappa_column(pref.kappa))
@@ -114,7 +123,6 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
     excluded = {pref.name: {i.item_id for i in items if near_threshold(pref, i.situation())}
                 for pref in adapters.values()}
     backend = TransformersBackend(base, adapters={n: registry / n for n in adapters})
-    out.mkdir(parents=True, exist_ok=True)
     with DecisionLog(out / "decisions.jsonl") as log_file:
         reasoning = style == "reasoning"   # every policy answers as the adapters were trained to
         policies = {name: LLMPolicy(backend, None if name == "base" else name,
@@ -131,7 +139,8 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
         target = pref.name
         mine = scores[scores.policy == name]
         summary = {
-            "battery": key, "heldout_items": len(items), "seconds": round(time.time() - started, 1),
+            "battery": key, "adapter_sha256": weights[name], "heldout_items": len(items),
+            "seconds": round(time.time() - started, 1),
             "excluded_near_threshold": len(excluded[target]),
             "target": target, "scores": mine.to_dict("records"),
             "base": base_rows.to_dict("records"),

@@ -163,9 +163,13 @@ def _finetune_evaluate(args) -> int:
 def _finetune_pipeline(args) -> int:
     from finetune.pipeline import PipelineOptions, run_pipeline
 
+    if args.examples is not None and args.examples < 1:
+        raise InputError(f"--examples must be at least 1, got {args.examples}")
+    if args.epochs is not None and not args.epochs > 0:
+        raise InputError(f"--epochs must be positive, got {args.epochs}")
     run_pipeline(PipelineOptions(adapters=args.adapters, out=args.out, base=args.base,
                                  examples=args.examples, small=args.small, style=args.style,
-                                 economicus_examples=args.examples if args.examples_all else 128))
+                                 train={"epochs": args.epochs} if args.epochs else {}))
     return 0
 
 
@@ -339,8 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--adapters", default="adapters")
     fp.add_argument("--out", default="outputs/finetune")
     fp.add_argument("--base")
-    fp.add_argument("--examples", type=int, default=160, help="examples per adapter (economicus: 128)")
-    fp.add_argument("--examples-all", action="store_true", help="give economicus --examples too")
+    fp.add_argument("--examples", type=int, help="examples per adapter (default: economicus 32, moralis 160)")
+    fp.add_argument("--epochs", type=float, help="epochs per adapter (default: economicus 2, moralis 4)")
     fp.add_argument("--small", action="store_true", help="evaluate on the small held-out battery")
     fp.add_argument("--style", choices=("reasoning", "answer"), default="answer",
                     help="training answer style (answer: measured best on the embedded model)")

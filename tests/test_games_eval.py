@@ -1,5 +1,6 @@
 """The games evaluation harness: theory policies score what theory says, kappa is recovered,
 the embedded model runs end to end, human figures match their publications."""
+import hashlib
 import json
 
 import numpy as np
@@ -132,3 +133,28 @@ def test_embedded_model_small_battery_end_to_end_and_resume(tmp_path):
     assert len(again) == len(frame)
     new_decisions = (out / "decisions.jsonl").read_text().splitlines()
     assert len(new_decisions) == len(decisions) + len(base) - kept
+
+
+@pytest.mark.slow
+def test_resumed_run_answers_again_when_an_adapter_changes(model_folder, tmp_path):
+    """Answers saved for one adapter's weights are not reused for other weights under the same
+    name (the resume key is the policy's model and adapter hash, not its name)."""
+    from conftest import make_adapter
+
+    from agents.llm.transformers_backend import TransformersBackend
+    from agents.policies import LLMPolicy
+
+    items = [i for i in build_battery("linear", small=True) if i.game == "prisoners-dilemma"][:3]
+    first = make_adapter(model_folder, tmp_path / "a" / "x", seed=1)
+    second = make_adapter(model_folder, tmp_path / "b" / "x", seed=2)
+    theory = TheoryPolicy(HomoEconomicus())
+    out = tmp_path / "eval"
+    for path in (first, first, second):
+        policy = LLMPolicy(TransformersBackend(model_folder, adapters={"x": path}), "x")
+        frame = run(items, {"x": policy, "theory": theory}, out, show_progress=False)
+        assert len(frame) == 6
+    lines = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
+    assert sum(r["policy"] == "x" for r in lines) == 6          # first run, not the resumed one, then the new weights
+    assert sum(r["policy"] == "theory" for r in lines) == 3     # the theory is answered once
+    stamp = json.loads((out / "policies.json").read_text())
+    assert stamp["x"].endswith(hashlib.sha256((second / "adapter_model.safetensors").read_bytes()).hexdigest())
