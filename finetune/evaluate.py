@@ -88,7 +88,7 @@ def run(items: Sequence[Item], policies: dict, out: str | Path, batch_size: int 
     identities = {name: policy_identity(p) for name, p in policies.items()}
     stamp = out / "policies.json"
     known = json.loads(stamp.read_text()) if stamp.exists() else {}
-    changed = {name for name, ident in identities.items() if known.get(name, ident) != ident}
+    changed = {name for name, ident in identities.items() if known.get(name) != ident}   # unknown: answer again
     stamp.write_text(json.dumps({**known, **identities}, indent=2, sort_keys=True) + "\n")
     done = set()
     if checkpoint.exists():
