@@ -16,10 +16,10 @@ from finetune.train import TrainOptions, file_sha256, read_manifest, train, writ
 EVAL_TOKENS = 128   # room for the worked reasoning before ANSWER:
 
 
-# Examples and epochs per preference, measured on the embedded model (README, fine-tuning):
-# homo economicus answers "nothing"/"defect" almost everywhere and learns it from few examples;
-# homo moralis needs about 640 example-passes to reach 80% on the held-out battery.
-RECIPES = {"economicus": {"examples": 32, "epochs": 2.0}, "moralis": {"examples": 160, "epochs": 4.0}}
+# Examples and epochs per preference, chosen on the embedded model within the main job's 8-minute
+# training budget (README, fine-tuning: 32 economicus examples were too few; 4 moralis epochs
+# cost 4 more minutes for no reliable gain).
+RECIPES = {"economicus": {"examples": 128, "epochs": 2.0}, "moralis": {"examples": 160, "epochs": 2.0}}
 
 
 @dataclass

@@ -343,8 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--adapters", default="adapters")
     fp.add_argument("--out", default="outputs/finetune")
     fp.add_argument("--base")
-    fp.add_argument("--examples", type=int, help="examples per adapter (default: economicus 32, moralis 160)")
-    fp.add_argument("--epochs", type=float, help="epochs per adapter (default: economicus 2, moralis 4)")
+    fp.add_argument("--examples", type=int, help="examples per adapter (default: economicus 128, moralis 160)")
+    fp.add_argument("--epochs", type=float, help="epochs per adapter (default 2)")
     fp.add_argument("--small", action="store_true", help="evaluate on the small held-out battery")
     fp.add_argument("--style", choices=("reasoning", "answer"), default="answer",
                     help="training answer style (answer: measured best on the embedded model)")
