@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from agents.preferences import HomoEconomicus, HomoMoralis
-from agents.situations import GameSituation
-from agents.situations import N_FRAMINGS
+from agents.situations import N_FRAMINGS, GameSituation
 from finetune.battery import HELDOUT_FRAMING, heldout
 from finetune.paraphrases import N_PARAPHRASES, paraphrase_messages
 from markets.games import GAMES, PrisonersDilemma, PublicGoods, Trust

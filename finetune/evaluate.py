@@ -24,6 +24,7 @@ import pandas as pd
 from agents.policies import decide
 from finetune.battery import INCENTIVES, KAPPAS, Item
 from finetune.human import CITATION, load_moblab, tenths, wasserstein_tenths
+from finetune.train import file_sha256
 
 PARAMETER_COLUMNS = ("endowment", "multiplier", "players", "mpcr", "T", "R", "P", "S", "received")
 
@@ -72,7 +73,7 @@ def policy_identity(policy) -> str:
         return getattr(policy, "name", repr(policy))
     path = getattr(backend, "adapters", {}).get(adapter) if adapter else None
     weights = Path(path) / "adapter_model.safetensors" if path else None
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights and weights.exists() else adapter
+    digest = file_sha256(weights) if weights and weights.exists() else adapter
     return f"{getattr(backend, 'model_path', '?')}|{digest}"
 
 
@@ -113,7 +114,7 @@ def run(items: Sequence[Item], policies: dict, out: str | Path, batch_size: int 
     wanted = {(name, item.item_id) for name in policies for item in items}
     rows = [json.loads(line) for line in checkpoint.read_text().splitlines() if line.strip()]
     frame = pd.DataFrame([r for r in rows if (r["policy"], r["item_id"]) in wanted])
-    frame = frame.drop_duplicates(["policy", "item_id"], keep="last").reset_index(drop=True)   # newest
+    frame = frame.drop_duplicates(["policy", "item_id"], keep="last").reset_index(drop=True)
     frame.to_parquet(out / "items.parquet", index=False)
     return frame
 

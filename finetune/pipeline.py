@@ -75,9 +75,8 @@ def run_pipeline(options: PipelineOptions, log=print) -> dict:
     for name, kappa in options.preferences:
         pref = _preference(name, kappa)
         adapter = adapter_name(name, kappa)
-        recipe = dict(RECIPES[name])
-        n = options.examples or recipe.pop("examples")
-        recipe.pop("examples", None)
+        recipe = {k: v for k, v in RECIPES[name].items() if k != "examples"}
+        n = options.examples or RECIPES[name]["examples"]
         data = make_data(pref, n, options.seed, out / "data", options.style)
         train_options = TrainOptions(str(data), str(registry / adapter), str(base), seed=options.seed,
                                      **{**recipe, **options.train})

@@ -101,9 +101,9 @@ def resume_sessions(s: MarketScenario, out: Path, restart_if_changed: bool = Fal
     the last finished session (an interrupted session is run again whole)."""
     sessions = out / "sessions"
     stamp = sessions / "scenario.json"
-    weights = {name: sha256(Path(s.llm["adapters"]) / name / "adapter_model.safetensors")
-               for name in sorted(set(llm_preferences(s)) - {"base"})
-               if (Path(s.llm["adapters"]) / name / "adapter_model.safetensors").exists()}
+    files = {name: Path(s.llm["adapters"]) / name / "adapter_model.safetensors"
+             for name in sorted(set(llm_preferences(s)) - {"base"})}
+    weights = {name: sha256(path) for name, path in files.items() if path.exists()}
     config = json.dumps({"scenario": s.raw, "adapters": weights}, sort_keys=True, default=str)
     if stamp.exists() and stamp.read_text() != config:
         if not restart_if_changed:

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scenarios.config import (NUMBER, LLM_KEYS, ConfigError, check_keys, check_llm_preference,
-                              check_range, check_theory_preference, check_type, llm_section, read_toml, scenario_path)
+                              check_range, check_theory_preference, check_type, llm_section,
+                              read_toml, scenario_path)
 
 
 SECTIONS = {
@@ -76,6 +77,11 @@ class MarketScenario:
 BUNDLED = Path(__file__).parent / "markets"
 
 
+def _repeat(values: list, n: int) -> list:
+    """`values` repeated in order to length n."""
+    return [values[i % len(values)] for i in range(max(n, 0))]
+
+
 def load_scenario(path: str | Path, overrides: dict | None = None) -> MarketScenario:
     """The validated scenario of a TOML file (or bundled scenario name); `overrides`
     ({section: {key: value}}) are merged into its sections first (and validated like the file);
@@ -86,10 +92,10 @@ def load_scenario(path: str | Path, overrides: dict | None = None) -> MarketScen
     n = (overrides or {}).get("market", {}).get("firms")
     if n is not None and isinstance(raw.get("firm"), list) and raw["firm"]:
         check_type(f"{path}: [market]", "firms", n, int)
-        raw["firm"] = [raw["firm"][i % len(raw["firm"])] for i in range(max(n, 0))]
+        raw["firm"] = _repeat(raw["firm"], n)
         start = raw.get("run", {}).get("initial_prices")
         if isinstance(start, list) and start:
-            raw["run"]["initial_prices"] = [start[i % len(start)] for i in range(max(n, 0))]
+            raw["run"]["initial_prices"] = _repeat(start, n)
     top = {"name": str, "seed": int, "firm": list, **{s: dict for s in SECTIONS}}
     check_keys(f"{path}:", raw, top)
     sections = {s: raw.get(s, {}) for s in SECTIONS}
