@@ -338,19 +338,22 @@ def plot_human(frame: pd.DataFrame, path: Path) -> None:
 
 
 def theory_scores(frame: pd.DataFrame, theories: dict[str, str],
-                  excluded: dict[str, set] | None = None) -> pd.DataFrame:
+                  excluded: dict[str, set] | None = None, by: tuple[str, ...] = ()) -> pd.DataFrame:
     """For every policy and theory (name -> column of the theory's action, e.g. economicus or
     moralis_0.50): the share of items whose action equals the theory's, the mean absolute
     deviation from it as a fraction of the action range (valid numeric answers), and the valid
-    rate. Items in `excluded[theory]` (the theory is indifferent there) are left out."""
+    rate; per value of the `by` columns too (e.g. game and role). Items in `excluded[theory]`
+    (the theory is indifferent there) are left out."""
     rows = []
-    for policy, group in frame.groupby("policy", sort=False):
+    for keys, group in frame.groupby(["policy", *by], sort=False):
         for theory, column in theories.items():
             part = group[~group.item_id.isin((excluded or {}).get(theory, set()))]
+            if part.empty:
+                continue
             match = part["match_" + column] if column != "economicus" else part.match_economicus
             numeric = part[part.valid]
             deviation = (numeric.action - numeric[column]).abs() / numeric.scale
-            rows.append({"policy": policy, "theory": theory, "items": len(part),
+            rows.append({"policy": keys[0], **dict(zip(by, keys[1:])), "theory": theory, "items": len(part),
                          "share_equal": float(match.mean()), "mad_fraction": float(deviation.mean()),
                          "valid_rate": float(part.valid.mean())})
     return pd.DataFrame(rows)

@@ -132,11 +132,14 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
     scores = theory_scores(frame, theories, excluded)
     scores.to_csv(out / "scores.csv", index=False)
     (out / "scores.md").write_text(_markdown(scores, list(scores.columns)))
+    by_role = theory_scores(frame, theories, excluded, by=("game", "role"))
+    (out / "scores_by_role.md").write_text(_markdown(by_role, list(by_role.columns)))
     plot_theory_scores(scores, out / "scores.png")
     base_rows = scores[scores.policy == "base"]
     for name, pref in adapters.items():
         target = pref.name
         mine = scores[scores.policy == name]
+        roles = by_role[(by_role.policy == name) & (by_role.theory == target)]
         summary = {
             "battery": key, "adapter_sha256": weights[name], "heldout_items": len(items),
             "seconds": round(time.time() - started, 1),
@@ -145,6 +148,7 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
             "base": base_rows.to_dict("records"),
             "share_target": float(mine[mine.theory == target].share_equal.iloc[0]),
             "base_share_target": float(base_rows[base_rows.theory == target].share_equal.iloc[0]),
+            "share_target_by_role": {f"{r.game}/{r.role}": [r.share_equal, r.items] for r in roles.itertuples()},
         }
         manifest = read_manifest(registry / name)
         manifest["evaluation"] = summary

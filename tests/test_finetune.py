@@ -15,7 +15,7 @@ from agents.preferences import HomoEconomicus, HomoMoralis
 from agents.situations import FRAMINGS, N_FRAMINGS, SYSTEMS, GameSituation
 from finetune.battery import HELDOUT_FRAMING, heldout
 from finetune.dataset import ROLES, answer_class, make_examples, read_jsonl, write_jsonl
-from finetune.paraphrases import PARAPHRASES, paraphrase_messages
+from finetune.paraphrases import N_PARAPHRASES, PARAPHRASES, paraphrase_messages
 from markets.games import GAMES
 
 PREFS = [HomoEconomicus(), HomoMoralis(kappa=0.5)]
@@ -80,7 +80,7 @@ def test_data_balances_the_answers_within_a_role():
             classes[answer_class(situation, meta["action"])] += 1
         if len(classes) > 1:
             assert max(classes.values()) <= sum(classes.values()) / 2 + 1, (game, role, classes)
-    assert {e["meta"]["framing"] for e in examples} == {0, 1, *range(N_FRAMINGS, N_FRAMINGS + 4)}
+    assert {e["meta"]["framing"] for e in examples} == {0, 1, *range(N_FRAMINGS, N_FRAMINGS + N_PARAPHRASES)}
 
 
 def test_openai_export_and_cli(tmp_path):

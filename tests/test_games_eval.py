@@ -10,7 +10,7 @@ import pytest
 from agents.policies import TheoryPolicy
 from agents.preferences import HomoEconomicus, HomoMoralis
 from finetune.battery import INCENTIVES, KAPPAS, build_battery
-from finetune.evaluate import run, summarize, overall, write_report
+from finetune.evaluate import kappa_column, overall, run, summarize, theory_scores, write_report
 from finetune.human import load_moblab, tenths, wasserstein_tenths
 from scenarios.cli import main
 
@@ -85,6 +85,24 @@ def test_moralis_policy_recovers_its_kappa(theory_run, kappa):
     dictator = summary[(summary.policy == f"moralis-{kappa:g}") & (summary.game == "dictator")].iloc[0]
     # log utility: g* = (k(1 + E) - 1)/(1 + k), so the slope on the endowment is k/(1 + k)
     assert dictator.slope_endowment == pytest.approx(kappa / (1 + kappa), abs=0.01)
+
+
+def test_theory_scores_per_game_and_role(theory_run):
+    """Each theory policy equals its own theory in every role; the per-role item counts add up
+    to the overall count and the overall share is their item-weighted mean."""
+    _, frame, _, _ = theory_run
+    theories = {"economicus": "economicus", "moralis-0.7": kappa_column(0.7)}
+    overall_scores = theory_scores(frame, theories).set_index(["policy", "theory"])
+    by_role = theory_scores(frame, theories, by=("game", "role"))
+    assert len(by_role.groupby(["game", "role"])) == 7
+    for theory in theories:
+        own = by_role[(by_role.policy == theory) & (by_role.theory == theory)]
+        assert (own.share_equal == 1.0).all() and (own.valid_rate == 1.0).all()
+    other = by_role[(by_role.policy == "economicus") & (by_role.theory == "moralis-0.7")]
+    total = overall_scores.loc[("economicus", "moralis-0.7")]
+    assert other["items"].sum() == total["items"]
+    assert (other.share_equal * other["items"]).sum() / other["items"].sum() == pytest.approx(total.share_equal)
+    assert other.share_equal.min() < 1.0   # the two theories differ somewhere
 
 
 def test_report_files(theory_run):
