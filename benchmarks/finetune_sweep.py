@@ -1,11 +1,12 @@
 """How far fine-tuning moves the embedded model toward homo moralis, by training setting: one
-`finetune pipeline` per setting (homo moralis, kappa 0.5, answer style), each evaluated on the
+`finetune pipeline` per setting (homo moralis, kappa 0.5), each evaluated on the
 held-out battery, printed side by side with the base model.
 
     python benchmarks/finetune_sweep.py [--out runs/finetune_sweep] \
         --run examples=160 --run examples=320 --run examples=160,epochs=4 --run examples=160,rank=16,alpha=32
 
-Keys of --run: examples, seed (the data draw and the training seed, 0 by default), and any
+Keys of --run: examples, seed (the data draw and the training seed, 0 by default), style
+(finetune.dataset.STYLES, answer by default), and any
 finetune.train.TrainOptions field (epochs, rank, alpha, learning_rate, batch_size); the same
 setting under several seeds separates its effect from the noise of the data draw. Settings already trained and evaluated in --out are not run again,
 so an interrupted sweep resumes where it stopped.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from finetune.dataset import STYLES  # noqa: E402
 from finetune.pipeline import PipelineOptions, run_pipeline  # noqa: E402
 from finetune.train import TrainOptions  # noqa: E402
 
@@ -29,8 +31,13 @@ def parse_run(text: str) -> dict:
     setting = {}
     for pair in filter(None, text.split(",")):
         key, _, value = pair.partition("=")
+        if key == "style":
+            if value not in STYLES:
+                raise SystemExit(f"--run {text}: style must be one of {', '.join(STYLES)}, got {value!r}")
+            setting[key] = value
+            continue
         if key not in ("examples", "seed") and key not in NUMERIC:
-            raise SystemExit(f"--run {text}: unknown key {key!r} (examples, seed, {', '.join(sorted(NUMERIC))})")
+            raise SystemExit(f"--run {text}: unknown key {key!r} (examples, seed, style, {', '.join(sorted(NUMERIC))})")
         try:
             setting[key] = int(value) if key in ("examples", "seed") else NUMERIC[key](value)
         except ValueError:
@@ -47,11 +54,12 @@ def main() -> None:
     rows, by_role = [], {}
     for text in args.run:
         setting = parse_run(text)
-        examples, seed = setting.pop("examples", 160), setting.pop("seed", 0)
-        tag = "-".join(f"{k}{v:g}" for k, v in {"n": examples, **setting}.items()) + (f"-seed{seed}" if seed else "")
+        examples, seed, style = setting.pop("examples", 160), setting.pop("seed", 0), setting.pop("style", "answer")
+        tag = "-".join(f"{k}{v:g}" for k, v in {"n": examples, **setting}.items()) + \
+            (f"-seed{seed}" if seed else "") + (f"-{style}" if style != "answer" else "")
         folder = Path(args.out) / tag
         manifests = run_pipeline(PipelineOptions(
-            adapters=str(folder / "adapters"), out=str(folder / "out"), examples=examples, seed=seed,
+            adapters=str(folder / "adapters"), out=str(folder / "out"), examples=examples, seed=seed, style=style,
             preferences=(("moralis", args.kappa),), train=setting))
         m = next(iter(manifests.values()))
         rows.append((tag, m["train_seconds"], m["samples_per_second"], m["loss_curve"][-1][1],

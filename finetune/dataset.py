@@ -5,8 +5,10 @@ games harness asks, answered by a short worked reasoning from the preference's u
 payoff of each candidate action to the player, what it would get if everyone acted alike (homo
 moralis), the utility of each, and the choice, ending in the harness's answer form `ANSWER: x`.
 
-`style="answer"` gives the answer alone (`ANSWER: x`): the format comparison of the README,
-because a 135M-parameter model imitates the form of the reasoning better than its arithmetic.
+`style="answer"` gives the answer alone (`ANSWER: x`); `style="role"` names the game and the
+player's role first (`Trust game, investor.` then `ANSWER: x`), the one step of the reasoning a
+small model can do reliably and the one it fails on a new wording (README, fine-tuning: format
+comparison; a 135M-parameter model imitates the form of the reasoning better than its arithmetic).
 
 Parameters are drawn from the training ranges only (finetune.battery.heldout marks the rest), in
 the battery's first two framings or one of the training paraphrases of finetune.paraphrases (the
@@ -148,7 +150,11 @@ def near_threshold(pref, situation: GameSituation, margin: float = 0.02) -> bool
     return False
 
 
-STYLES = ("reasoning", "answer")
+STYLES = ("reasoning", "answer", "role")
+ROLE_NAMES = {("dictator", "dictator"): "Dictator game, dictator", ("ultimatum", "proposer"): "Ultimatum game, proposer",
+              ("ultimatum", "responder"): "Ultimatum game, responder", ("trust", "investor"): "Trust game, investor",
+              ("trust", "trustee"): "Trust game, trustee", ("prisoners-dilemma", "player"): "Prisoner's dilemma",
+              ("public-goods", "player"): "Public goods game"}
 
 
 def role_schedule(pref, rng: np.random.Generator, probes: int = 12) -> list[tuple[str, str]]:
@@ -187,7 +193,8 @@ def make_examples(pref, n: int, seed: int = 0, style: str = "reasoning") -> list
     """`n` chat examples for `pref`, cycling through the roles of `role_schedule`; within a role
     no answer class takes more than half of the examples once another one has been drawn (so
     the prisoner's dilemma shows both sides of homo moralis's switch). The assistant turn is the
-    worked reasoning ending in the answer (`reasoning`) or the answer alone (`answer`)."""
+    worked reasoning ending in the answer (`reasoning`), the game and role then the answer
+    (`role`) or the answer alone (`answer`)."""
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     rng = np.random.default_rng(seed)
@@ -215,8 +222,8 @@ def make_examples(pref, n: int, seed: int = 0, style: str = "reasoning") -> list
             continue   # balanced answers: none takes over half of a role's examples once it has others
         answers[answer] += 1
         text, action = reasoning(pref, situation)
-        if style == "answer":
-            text = text[text.rindex("ANSWER:"):]
+        if style != "reasoning":
+            text = ("" if style == "answer" else ROLE_NAMES[(game_name, role)] + ".\n") + text[text.rindex("ANSWER:"):]
         examples.append({"messages": training_chat(situation, framing) + [{"role": "assistant", "content": text}],
                          "meta": {"game": game_name, "role": role, "params": params, "framing": framing,
                                   "received": received, "action": action, "preference": pref.name,

@@ -123,9 +123,10 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
                 for pref in adapters.values()}
     backend = TransformersBackend(base, adapters={n: registry / n for n in adapters})
     with DecisionLog(out / "decisions.jsonl") as log_file:
-        reasoning = style == "reasoning"   # every policy answers as the adapters were trained to
+        # every policy answers as the adapters were trained to: reasoning (or the role) first
+        tokens = {"reasoning": EVAL_TOKENS, "role": 24, "answer": 16}[style]
         policies = {name: LLMPolicy(backend, None if name == "base" else name,
-                                    max_tokens=EVAL_TOKENS if reasoning else 16, reason=reasoning,
+                                    max_tokens=tokens, reason=style != "answer",
                                     log=log_file)
                     for name in ["base", *adapters]}
         frame = run(items, policies, out)

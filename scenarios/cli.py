@@ -253,6 +253,8 @@ def _scenario_command(sub, name: str, help: str, folder: str, examples: str, run
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from finetune.dataset import STYLES
+
     parser = _Parser(prog="econalign", description="LLM agents with economic preferences in markets.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -315,8 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--utility", choices=("linear", "log"), default="linear")
     data.add_argument("--n", type=int, required=True, help="number of examples")
     data.add_argument("--seed", type=int, default=0)
-    data.add_argument("--style", choices=("reasoning", "answer"), default="reasoning",
-                      help="assistant turn: worked reasoning ending in the answer, or the answer alone")
+    data.add_argument("--style", choices=STYLES, default="reasoning",
+                      help="assistant turn: worked reasoning ending in the answer, the game and role "
+                           "then the answer, or the answer alone")
     data.add_argument("--out", required=True, help="JSONL file")
     data.add_argument("--openai", help="also write the OpenAI fine-tuning format here "
                                        "(default: OUT with .openai.jsonl)")
@@ -346,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--examples", type=int, help="examples per adapter (default: economicus 128, moralis 160)")
     fp.add_argument("--epochs", type=float, help="epochs per adapter (default 2)")
     fp.add_argument("--small", action="store_true", help="evaluate on the small held-out battery")
-    fp.add_argument("--style", choices=("reasoning", "answer"), default="answer",
+    fp.add_argument("--style", choices=STYLES, default="answer",
                     help="training answer style (answer: measured best on the embedded model)")
     fp.set_defaults(run=_finetune_pipeline)
 

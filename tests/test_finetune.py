@@ -49,6 +49,22 @@ def test_data_is_deterministic_and_every_answer_is_the_theory_action(pref):
         assert "utility" in e["messages"][2]["content"].lower() or pref.kappa == 0
 
 
+def test_answer_styles_share_the_situations_and_answers():
+    """`answer` is the reasoning's last line; `role` puts the game and role before it."""
+    pref = HomoMoralis(kappa=0.5)
+    styles = {style: make_examples(pref, 14, seed=3, style=style) for style in ("reasoning", "answer", "role")}
+    for reasoning, answer, role in zip(*styles.values()):
+        assert reasoning["messages"][:2] == answer["messages"][:2] == role["messages"][:2]
+        last = reasoning["messages"][2]["content"].splitlines()[-1]
+        assert answer["messages"][2]["content"] == last
+        name = {("trust", "investor"): "Trust game, investor", ("public-goods", "player"): "Public goods game",
+                ("prisoners-dilemma", "player"): "Prisoner's dilemma"}.get((role["meta"]["game"], role["meta"]["role"]))
+        lines = role["messages"][2]["content"].splitlines()
+        assert lines[1] == last and (name is None or lines[0] == name + ".")
+    with pytest.raises(ValueError, match="style must be one of"):
+        make_examples(pref, 2, style="essay")
+
+
 def _phrases(text: str, n: int = 6) -> set[tuple[str, ...]]:
     words = re.sub(r"[^a-z0-9{} ]", " ", text.lower()).split()
     return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
