@@ -12,8 +12,7 @@ comparison; a 135M-parameter model imitates the form of the reasoning better tha
 
 Parameters are drawn from the training ranges only (finetune.battery.heldout marks the rest), in
 the battery's first two framings or one of the training paraphrases of finetune.paraphrases (the
-third framing is never used; half the examples close with another training wording's question
-and open with another training system prompt), so the held-out battery measures generalisation. Settings within
+third framing is never used), so the held-out battery measures generalisation. Settings within
 0.02 of a threshold of the preference (where the theory is indifferent or about to switch) are
 skipped. Deterministic for a seed.
 """
@@ -29,11 +28,13 @@ import numpy as np
 
 from agents.preferences import HomoEconomicus, HomoMoralis
 from agents.situations import N_FRAMINGS, GameSituation
-from finetune.battery import heldout
-from finetune.paraphrases import TRAIN_FRAMINGS, TRAIN_SYSTEMS, own_system, recombined_messages
+from finetune.battery import HELDOUT_FRAMING, heldout
+from finetune.paraphrases import N_PARAPHRASES, paraphrase_messages
 from markets.games import GAMES, PrisonersDilemma, PublicGoods, Trust
 
-RECOMBINED = 0.5   # share of examples whose wording takes another wording's question and system prompt
+# the battery's framings but the held-out one, then the paraphrases (numbered after the battery's)
+TRAIN_FRAMINGS = tuple(f for f in range(N_FRAMINGS) if f != HELDOUT_FRAMING) + \
+    tuple(range(N_FRAMINGS, N_FRAMINGS + N_PARAPHRASES))
 PD_TEMPTATIONS = tuple(np.arange(4.0, 8.0, 0.25))   # both sides of homo moralis's switch (~6.1-6.6)
 VERBS = {("dictator", "dictator"): "give", ("ultimatum", "proposer"): "offer",
          ("ultimatum", "responder"): "accept at least", ("trust", "investor"): "send",
@@ -177,15 +178,12 @@ def role_schedule(answers: dict[tuple[str, str], set]) -> list[tuple[str, str]]:
     return [key for key, found in answers.items() for _ in range(1 if found == {0.0} else 2)]
 
 
-def training_chat(situation: GameSituation, framing: int, question: int | None = None,
-                  system: int | None = None) -> list[dict]:
-    """The chat of `situation` in training framing `framing` (a battery framing below
-    N_FRAMINGS, else training paraphrase `framing - N_FRAMINGS`), closed by the question of
-    training framing `question` and opened by TRAIN_SYSTEMS[`system`] (default: its own)."""
-    if framing < N_FRAMINGS and question in (None, framing) and system in (None, own_system(framing)):
+def training_chat(situation: GameSituation, framing: int) -> list[dict]:
+    """The chat of `situation` in training framing `framing`: a battery framing (below
+    N_FRAMINGS) or training paraphrase `framing - N_FRAMINGS`."""
+    if framing < N_FRAMINGS:
         return replace(situation, framing=framing).messages()
-    return recombined_messages(situation, framing, framing if question is None else question,
-                               own_system(framing) if system is None else system)
+    return paraphrase_messages(situation, framing - N_FRAMINGS)
 
 
 def answer_class(situation: GameSituation, action) -> str | float:
@@ -212,19 +210,12 @@ def make_examples(pref, n: int, seed: int = 0, style: str = "reasoning") -> list
         if attempts > 50 * n:
             raise RuntimeError("could not draw enough settings away from the thresholds")
         game_name, role = schedule[len(examples) % len(schedule)]
-        partner = partners.get((game_name, role))   # (wording, answer, attempt) of the pair's first half
+        partner = partners.get((game_name, role))   # (framing, answer, attempt) of the pair's first half
         if partner and attempts - partner[2] > 200:   # no setting answers the other way in this wording
             del partners[(game_name, role)]
             partner = None
         params = draw_parameters(game_name, rng)
-        if partner:
-            wording = partner[0]
-        else:
-            framing = int(rng.choice(TRAIN_FRAMINGS))
-            wording = (framing, framing, own_system(framing))
-            if rng.random() < RECOMBINED:
-                wording = (framing, int(rng.choice(TRAIN_FRAMINGS)), int(rng.integers(len(TRAIN_SYSTEMS))))
-        framing = wording[0]
+        framing = partner[0] if partner else int(rng.choice(TRAIN_FRAMINGS))
         game = GAMES[game_name](**params)
         received = None
         if isinstance(game, Trust) and role == "trustee":
@@ -244,13 +235,12 @@ def make_examples(pref, n: int, seed: int = 0, style: str = "reasoning") -> list
         if partner:
             del partners[(game_name, role)]
         elif len(answers_seen[(game_name, role)]) > 1:
-            partners[(game_name, role)] = (wording, answer, attempts)
+            partners[(game_name, role)] = (framing, answer, attempts)
         text, action = reasoning(pref, situation)
         if style != "reasoning":
             text = ("" if style == "answer" else ROLE_NAMES[(game_name, role)] + ".\n") + text[text.rindex("ANSWER:"):]
-        examples.append({"messages": training_chat(situation, *wording) + [{"role": "assistant", "content": text}],
+        examples.append({"messages": training_chat(situation, framing) + [{"role": "assistant", "content": text}],
                          "meta": {"game": game_name, "role": role, "params": params, "framing": framing,
-                                  "question": wording[1], "system": wording[2],
                                   "received": received, "action": action, "preference": pref.name,
                                   "kappa": pref.kappa, "utility": pref.material_utility,
                                   "style": style}})

@@ -7,20 +7,12 @@ style as agents.situations (every payoff named, no hint of an answer). None of t
 the held-out framing: tests/test_finetune.py checks that no six-word phrase of a held-out
 framing appears here.
 
-Training wordings are also recombined (`recombined_messages`): the body of one wording with the
-closing question of another and any training system prompt, so that no sentence of a wording
-identifies the role alone (without it the model keys on cues like the question's form).
-
 Placeholders as in agents.situations.FRAMINGS: {E} endowment, {M} multiplier, {t} transfer
 received, {pot} = t x M, {n} players, {m} MPCR, {total} = m x n, {T} {R} {P} {S} payoffs.
 """
 from __future__ import annotations
 
-import re
-
-from agents.situations import CHOICE_FORM, FRAMINGS, N_FRAMINGS, NUMBER_FORM, fields
-from agents.situations import SYSTEMS as BATTERY_SYSTEMS
-from finetune.battery import HELDOUT_FRAMING
+from agents.situations import CHOICE_FORM, NUMBER_FORM, fields
 
 SYSTEMS = (
     "You are a subject in a study about decisions with money. The payments below are real, for you "
@@ -179,7 +171,7 @@ PARAPHRASES: dict[tuple[str, str], tuple[str, ...]] = {
         "you both cooperate each gets {R}, and if you both defect each gets {P}. What do you pick?",
         "Choose cooperate or defect; another participant chooses at the same time. Mutual cooperation: "
         "{R} dollars each. Mutual defection: {P} dollars each. Defecting against a cooperator: {T} "
-        "dollars for the defector, {S} for the cooperator. Which do you choose?",
+        "dollars for the defector, {S} for the cooperator. What is your choice?",
         "Defect while the other participant cooperates and you earn {T} dollars, while they earn {S}. "
         "Cooperate while they defect and you earn {S}, they earn {T}. Both cooperate: {R} dollars "
         "each; both defect: {P} dollars each. You both decide at the same moment. Cooperate or defect?",
@@ -233,47 +225,14 @@ PARAPHRASES: dict[tuple[str, str], tuple[str, ...]] = {
 N_PARAPHRASES = 8
 
 
-# the battery's framings but the held-out one, then the paraphrases (numbered after the battery's)
-TRAIN_FRAMINGS = tuple(f for f in range(N_FRAMINGS) if f != HELDOUT_FRAMING) + \
-    tuple(range(N_FRAMINGS, N_FRAMINGS + N_PARAPHRASES))
-TRAIN_SYSTEMS = tuple(BATTERY_SYSTEMS[f] for f in TRAIN_FRAMINGS if f < N_FRAMINGS) + SYSTEMS
-
-
-def _template(key: tuple[str, str], framing: int) -> str:
-    """The wording of role `key` in training framing `framing` (battery framing or paraphrase)."""
-    if framing not in TRAIN_FRAMINGS:
-        raise ValueError(f"training framing must be one of {TRAIN_FRAMINGS}, got {framing}")
-    return FRAMINGS[key][framing] if framing < N_FRAMINGS else PARAPHRASES[key][framing - N_FRAMINGS]
-
-
-def split_question(template: str) -> tuple[str, str]:
-    """(body, closing question) of a wording: the question is its last sentence."""
-    body, question = re.match(r"(.*[.;:!]) ([^.;:!]+\?)$", template, re.S).groups()
-    return body, question
-
-
-def own_system(framing: int) -> int:
-    """The index in TRAIN_SYSTEMS of training framing `framing`'s own system prompt."""
-    text = BATTERY_SYSTEMS[framing] if framing < N_FRAMINGS else SYSTEMS[(framing - N_FRAMINGS) % len(SYSTEMS)]
-    return TRAIN_SYSTEMS.index(text)
-
-
 def paraphrase_messages(situation, index: int) -> list[dict]:
     """The chat of `situation` in training paraphrase `index` (0 .. N_PARAPHRASES - 1)."""
-    if not 0 <= index < N_PARAPHRASES:
-        raise ValueError(f"paraphrase must be 0..{N_PARAPHRASES - 1}, got {index}")
-    framing = N_FRAMINGS + index
-    return recombined_messages(situation, framing, framing, own_system(framing))
-
-
-def recombined_messages(situation, framing: int, question: int, system: int) -> list[dict]:
-    """The chat of `situation`: the body of training framing `framing`, the closing question of
-    training framing `question` and training system prompt `system` (TRAIN_SYSTEMS)."""
     key = (situation.game.name, situation.role)
     if key not in PARAPHRASES:
         raise ValueError(f"no paraphrase for role {situation.role!r} of {situation.game.name}")
-    body = split_question(_template(key, framing))[0]
-    text = body + " " + split_question(_template(key, question))[1]
+    if not 0 <= index < N_PARAPHRASES:
+        raise ValueError(f"paraphrase must be 0..{N_PARAPHRASES - 1}, got {index}")
     form = CHOICE_FORM if situation.game.name == "prisoners-dilemma" else NUMBER_FORM
-    return [{"role": "system", "content": TRAIN_SYSTEMS[system]},
-            {"role": "user", "content": text.format(**fields(situation.game, situation.received)) + " " + form}]
+    text = PARAPHRASES[key][index].format(**fields(situation.game, situation.received))
+    return [{"role": "system", "content": SYSTEMS[index % len(SYSTEMS)]},
+            {"role": "user", "content": text + " " + form}]

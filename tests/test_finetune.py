@@ -15,8 +15,7 @@ from agents.preferences import HomoEconomicus, HomoMoralis
 from agents.situations import FRAMINGS, N_FRAMINGS, SYSTEMS, GameSituation
 from finetune.battery import HELDOUT_FRAMING, heldout
 from finetune.dataset import ROLES, answer_class, make_examples, read_jsonl, write_jsonl
-from finetune.paraphrases import (N_PARAPHRASES, PARAPHRASES, TRAIN_FRAMINGS, own_system, paraphrase_messages,
-                                  recombined_messages, split_question)
+from finetune.paraphrases import N_PARAPHRASES, PARAPHRASES, paraphrase_messages
 from markets.games import GAMES
 
 PREFS = [HomoEconomicus(), HomoMoralis(kappa=0.5)]
@@ -39,14 +38,10 @@ def test_data_is_deterministic_and_every_answer_is_the_theory_action(pref):
         # recompute the theory's action from the parameters alone
         situation = GameSituation(GAMES[meta["game"]](**meta["params"]), meta["role"],
                                   received=meta["received"])
-        wording = meta["framing"], meta["question"], meta["system"]
-        if wording == (meta["framing"], meta["framing"], own_system(meta["framing"])):
-            if meta["framing"] < N_FRAMINGS:   # a battery framing as the battery words it
-                assert e["messages"][:2] == replace(situation, framing=meta["framing"]).messages()
-            else:
-                assert e["messages"][:2] == paraphrase_messages(situation, meta["framing"] - N_FRAMINGS)
+        if meta["framing"] < N_FRAMINGS:
+            assert e["messages"][:2] == replace(situation, framing=meta["framing"]).messages()
         else:
-            assert e["messages"][:2] == recombined_messages(situation, *wording)
+            assert e["messages"][:2] == paraphrase_messages(situation, meta["framing"] - N_FRAMINGS)
         expected = situation.theory_action(pref)
         got = _answer(e["messages"][2]["content"])
         assert got == (expected if isinstance(expected, str) else f"{float(expected):.4g}")
@@ -85,11 +80,6 @@ def test_training_paraphrases_do_not_borrow_from_the_heldout_framing():
         for text in wordings:
             assert not _phrases(text) & heldout_phrases, (key, _phrases(text) & heldout_phrases)
             assert {f for _, f, _, _ in string.Formatter().parse(text) if f} >= named - {"total"}, key
-        bodies, questions = zip(*(split_question(t) for t in (*FRAMINGS[key][:HELDOUT_FRAMING], *wordings)))
-        own_heldout = _phrases(FRAMINGS[key][HELDOUT_FRAMING]) & heldout_phrases
-        for body in bodies:   # recombined wordings: none of the role's held-out phrases across the junction
-            for question in questions:
-                assert not _phrases(body + " " + question) & own_heldout, (key, body, question)
 
 
 def test_data_balances_the_answers_within_a_role():
@@ -114,13 +104,11 @@ def test_wording_tells_nothing_about_the_answer_where_it_depends_on_the_incentiv
     by the temptation, so each training wording shows both answers equally often."""
     examples = make_examples(HomoMoralis(kappa=0.5), 160, seed=0, style="answer")
     pd = [e["meta"] for e in examples if e["meta"]["game"] == "prisoners-dilemma"]
-    wording = lambda m: (m["framing"], m["question"], m["system"])
-    by_wording = Counter((wording(m), m["action"]) for m in pd)
-    for w in {wording(m) for m in pd}:
-        assert by_wording[(w, "cooperate")] == by_wording[(w, "defect")] > 0
-    assert len({m["question"] for m in pd}) > 3 and len({m["system"] for m in pd}) > 3   # recombined
+    by_wording = Counter((m["framing"], m["action"]) for m in pd)
+    for framing in {m["framing"] for m in pd}:
+        assert by_wording[(framing, "cooperate")] == by_wording[(framing, "defect")] > 0
     for first, second in zip(pd[::2], pd[1::2]):   # consecutive halves of a pair
-        assert wording(first) == wording(second) and first["action"] != second["action"]
+        assert first["framing"] == second["framing"] and first["action"] != second["action"]
         assert (first["params"]["T"] < second["params"]["T"]) == (first["action"] == "cooperate")
 
 
