@@ -157,25 +157,23 @@ ROLE_NAMES = {("dictator", "dictator"): "Dictator game, dictator", ("ultimatum",
               ("public-goods", "player"): "Public goods game"}
 
 
-def role_answers(pref, rng: np.random.Generator, probes: int = 12) -> dict[tuple[str, str], set]:
-    """The answer classes (answer_class) of `pref` in `probes` training draws of every role."""
-    answers = {}
-    for game_name, role in ROLES:
-        found = answers.setdefault((game_name, role), set())
-        for _ in range(probes):
-            game = GAMES[game_name](**draw_parameters(game_name, rng))
-            received = game.endowment / 2 if isinstance(game, Trust) and role == "trustee" else None
-            situation = GameSituation(game, role, received=received)
-            found.add(answer_class(situation, situation.theory_action(pref)))
-    return answers
-
-
-def role_schedule(answers: dict[tuple[str, str], set]) -> list[tuple[str, str]]:
+def role_schedule(pref, rng: np.random.Generator, probes: int = 12) -> list[tuple[str, str]]:
     """The roles in the order examples are drawn: every role once, and a second time where the
-    preference's answer is not simply "nothing" (0) in every probe, i.e. where it depends on
-    the incentives or must be read off the situation: the examples go where there is
-    something to learn."""
-    return [key for key, found in answers.items() for _ in range(1 if found == {0.0} else 2)]
+    preference's answer is not simply "nothing" (0) in every one of `probes` training draws, i.e.
+    where it depends on the incentives or must be read off the situation: the examples go where
+    there is something to learn."""
+    schedule = []
+    for game_name, role in ROLES:
+        answers = set()
+        for _ in range(probes):
+            params = draw_parameters(game_name, rng)
+            game = GAMES[game_name](**params)
+            received = game.endowment / 2 if isinstance(game, Trust) and role == "trustee" else None
+            action = GameSituation(game, role, received=received).theory_action(pref)
+            answers.add(action if isinstance(action, str) else round(float(action) / GameSituation(
+                game, role, received=received).answer.high, 2))
+        schedule += [(game_name, role)] * (1 if answers == {0.0} else 2)
+    return schedule
 
 
 def training_chat(situation: GameSituation, framing: int) -> list[dict]:
@@ -194,28 +192,21 @@ def answer_class(situation: GameSituation, action) -> str | float:
 def make_examples(pref, n: int, seed: int = 0, style: str = "reasoning") -> list[dict]:
     """`n` chat examples for `pref`, cycling through the roles of `role_schedule`; within a role
     no answer class takes more than half of the examples once another one has been drawn (so
-    the prisoner's dilemma shows both sides of homo moralis's switch). Where a role's answer
-    depends on the incentives, examples come in minimal pairs: the same wording with parameters
-    on the other side of the switch, so the wording tells nothing about the answer and only the
-    numbers do. The assistant turn is the worked reasoning ending in the answer (`reasoning`),
-    the game and role then the answer (`role`) or the answer alone (`answer`)."""
+    the prisoner's dilemma shows both sides of homo moralis's switch). The assistant turn is the
+    worked reasoning ending in the answer (`reasoning`), the game and role then the answer
+    (`role`) or the answer alone (`answer`)."""
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     rng = np.random.default_rng(seed)
-    answers_seen = role_answers(pref, rng)
-    schedule = role_schedule(answers_seen)
-    examples, attempts, answer_counts, partners = [], 0, {}, {}
+    schedule = role_schedule(pref, rng)
+    examples, attempts, answer_counts = [], 0, {}
     while len(examples) < n:
         attempts += 1
         if attempts > 50 * n:
             raise RuntimeError("could not draw enough settings away from the thresholds")
         game_name, role = schedule[len(examples) % len(schedule)]
-        partner = partners.get((game_name, role))   # (framing, answer, attempt) of the pair's first half
-        if partner and attempts - partner[2] > 200:   # no setting answers the other way in this wording
-            del partners[(game_name, role)]
-            partner = None
         params = draw_parameters(game_name, rng)
-        framing = partner[0] if partner else int(rng.choice(TRAIN_FRAMINGS))
+        framing = int(rng.choice(TRAIN_FRAMINGS))
         game = GAMES[game_name](**params)
         received = None
         if isinstance(game, Trust) and role == "trustee":
@@ -227,15 +218,9 @@ def make_examples(pref, n: int, seed: int = 0, style: str = "reasoning") -> list
             continue
         answers = answer_counts.setdefault((game_name, role), Counter())
         answer = answer_class(situation, situation.theory_action(pref))
-        if partner and answer == partner[1]:
-            continue   # the pair's second half answers the other way
         if len(answers) > 1 and answers[answer] > sum(answers.values()) / 2:
             continue   # balanced answers: none takes over half of a role's examples once it has others
         answers[answer] += 1
-        if partner:
-            del partners[(game_name, role)]
-        elif len(answers_seen[(game_name, role)]) > 1:
-            partners[(game_name, role)] = (framing, answer, attempts)
         text, action = reasoning(pref, situation)
         if style != "reasoning":
             text = ("" if style == "answer" else ROLE_NAMES[(game_name, role)] + ".\n") + text[text.rindex("ANSWER:"):]

@@ -99,19 +99,6 @@ def test_data_balances_the_answers_within_a_role():
     assert {e["meta"]["framing"] for e in examples} == {0, 1, *range(N_FRAMINGS, N_FRAMINGS + N_PARAPHRASES)}
 
 
-def test_wording_tells_nothing_about_the_answer_where_it_depends_on_the_incentives():
-    """Minimal pairs: in the prisoner's dilemma homo moralis (kappa 0.5) cooperates or defects
-    by the temptation, so each training wording shows both answers equally often."""
-    examples = make_examples(HomoMoralis(kappa=0.5), 160, seed=0, style="answer")
-    pd = [e["meta"] for e in examples if e["meta"]["game"] == "prisoners-dilemma"]
-    by_wording = Counter((m["framing"], m["action"]) for m in pd)
-    for framing in {m["framing"] for m in pd}:
-        assert by_wording[(framing, "cooperate")] == by_wording[(framing, "defect")] > 0
-    for first, second in zip(pd[::2], pd[1::2]):   # consecutive halves of a pair
-        assert first["framing"] == second["framing"] and first["action"] != second["action"]
-        assert (first["params"]["T"] < second["params"]["T"]) == (first["action"] == "cooperate")
-
-
 def test_openai_export_and_cli(tmp_path):
     from scenarios.cli import main
 
