@@ -2,10 +2,11 @@
 
 With two wordings per role a 135M-parameter model learns which sentence means which answer, not
 what the game is, and then confuses roles in the held-out third framing (README, fine-tuning).
-These paraphrases vary the verbs, the order of the facts and the question, in the same neutral
-style as agents.situations (every payoff named, no hint of an answer). None of them borrows from
-the held-out framing: tests/test_finetune.py checks that no six-word phrase of a held-out
-framing appears here.
+These eight per role vary the verbs, the order of the facts and the question, in the same neutral
+style as agents.situations (every payoff named, no hint of an answer), and cross the verbs between
+games ("invest", "send", "give", "contribute" each appear in several), so that no verb tells the
+role. None of them borrows from the held-out framing: tests/test_finetune.py checks that no
+six-word phrase of a held-out framing appears here.
 
 Placeholders as in agents.situations.FRAMINGS: {E} endowment, {M} multiplier, {t} transfer
 received, {pot} = t x M, {n} players, {m} MPCR, {total} = m x n, {T} {R} {P} {S} payoffs.
