@@ -1,15 +1,16 @@
 """How far fine-tuning moves the embedded model toward homo moralis, by training setting: one
-`finetune pipeline` per setting (homo moralis, kappa 0.5), each evaluated on the
-held-out battery, printed side by side with the base model.
+`finetune pipeline` per setting (homo moralis, kappa 0.5), each evaluated on the held-out
+battery, printed side by side with the base model.
 
     python benchmarks/finetune_sweep.py [--out runs/finetune_sweep] \
         --run examples=160 --run examples=320 --run examples=160,epochs=4 --run examples=160,rank=16,alpha=32
 
 Keys of --run: examples, seed (the data draw and the training seed, 0 by default), style
-(finetune.dataset.STYLES, answer by default), and any
-finetune.train.TrainOptions field (epochs, rank, alpha, learning_rate, batch_size); the same
-setting under several seeds separates its effect from the noise of the data draw. Settings already trained and evaluated in --out are not run again,
-so an interrupted sweep resumes where it stopped.
+(finetune.dataset.STYLES, answer by default), and any finetune.train.TrainOptions field (epochs,
+rank, alpha, learning_rate, batch_size); the same setting under several seeds separates its
+effect from the noise of the data draw. Below the table, the share per game and role shows where
+the misses are. Settings already trained and evaluated in --out are not run again, so an
+interrupted sweep resumes where it stopped.
 """
 from __future__ import annotations
 

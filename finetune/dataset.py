@@ -5,10 +5,10 @@ games harness asks, answered by a short worked reasoning from the preference's u
 payoff of each candidate action to the player, what it would get if everyone acted alike (homo
 moralis), the utility of each, and the choice, ending in the harness's answer form `ANSWER: x`.
 
-`style="answer"` gives the answer alone (`ANSWER: x`); `style="role"` names the game and the
-player's role first (`Trust game, investor.` then `ANSWER: x`), the one step of the reasoning a
-small model can do reliably and the one it fails on a new wording (README, fine-tuning: format
-comparison; a 135M-parameter model imitates the form of the reasoning better than its arithmetic).
+`style="answer"` gives the answer alone (`ANSWER: x`), because a 135M-parameter model imitates the
+form of the reasoning better than its arithmetic; `style="role"` names the game and the player's
+role first (`Trust game, investor.` then `ANSWER: x`), which shows whether the model recognises
+the situation (README, fine-tuning: on a new wording the embedded model often does not).
 
 Parameters are drawn from the training ranges only (finetune.battery.heldout marks the rest), in
 the battery's first two framings or one of the training paraphrases of finetune.paraphrases (the
