@@ -24,6 +24,7 @@ from finetune.dataset import STYLES  # noqa: E402
 from finetune.pipeline import PipelineOptions, run_pipeline  # noqa: E402
 from finetune.train import TrainOptions  # noqa: E402
 
+INTEGER_KEYS = ("examples", "seed")
 NUMERIC = {name: type(value) for name, value in
            vars(TrainOptions("", "")).items() if isinstance(value, (int, float)) and name != "seed"}
 
@@ -37,10 +38,11 @@ def parse_run(text: str) -> dict:
                 raise SystemExit(f"--run {text}: style must be one of {', '.join(STYLES)}, got {value!r}")
             setting[key] = value
             continue
-        if key not in ("examples", "seed") and key not in NUMERIC:
-            raise SystemExit(f"--run {text}: unknown key {key!r} (examples, seed, style, {', '.join(sorted(NUMERIC))})")
+        if key not in INTEGER_KEYS and key not in NUMERIC:
+            known = ", ".join([*INTEGER_KEYS, "style", *sorted(NUMERIC)])
+            raise SystemExit(f"--run {text}: unknown key {key!r} ({known})")
         try:
-            setting[key] = int(value) if key in ("examples", "seed") else NUMERIC[key](value)
+            setting[key] = int(value) if key in INTEGER_KEYS else NUMERIC[key](value)
         except ValueError:
             raise SystemExit(f"--run {text}: {key} must be a number, got {value!r}") from None
     return setting
@@ -55,13 +57,14 @@ def main() -> None:
     rows, by_role = [], {}
     for text in args.run:
         setting = parse_run(text)
-        examples, seed, style = setting.pop("examples", 160), setting.pop("seed", 0), setting.pop("style", "answer")
+        examples, seed = setting.pop("examples", 160), setting.pop("seed", 0)
+        style = setting.pop("style", "answer")
         tag = "-".join(f"{k}{v:g}" for k, v in {"n": examples, **setting}.items()) + \
             (f"-seed{seed}" if seed else "") + (f"-{style}" if style != "answer" else "")
         folder = Path(args.out) / tag
         manifests = run_pipeline(PipelineOptions(
-            adapters=str(folder / "adapters"), out=str(folder / "out"), examples=examples, seed=seed, style=style,
-            preferences=(("moralis", args.kappa),), train=setting))
+            adapters=str(folder / "adapters"), out=str(folder / "out"), examples=examples, seed=seed,
+            style=style, preferences=(("moralis", args.kappa),), train=setting))
         m = next(iter(manifests.values()))
         rows.append((tag, m["train_seconds"], m["samples_per_second"], m["loss_curve"][-1][1],
                      m["evaluation"]["share_target"], m["evaluation"]["base_share_target"]))

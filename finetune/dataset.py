@@ -151,10 +151,15 @@ def near_threshold(pref, situation: GameSituation, margin: float = 0.02) -> bool
 
 
 STYLES = ("reasoning", "answer", "role")
-ROLE_NAMES = {("dictator", "dictator"): "Dictator game, dictator", ("ultimatum", "proposer"): "Ultimatum game, proposer",
-              ("ultimatum", "responder"): "Ultimatum game, responder", ("trust", "investor"): "Trust game, investor",
-              ("trust", "trustee"): "Trust game, trustee", ("prisoners-dilemma", "player"): "Prisoner's dilemma",
-              ("public-goods", "player"): "Public goods game"}
+ROLE_NAMES = {   # the first line of the `role` style
+    ("dictator", "dictator"): "Dictator game, dictator",
+    ("ultimatum", "proposer"): "Ultimatum game, proposer",
+    ("ultimatum", "responder"): "Ultimatum game, responder",
+    ("trust", "investor"): "Trust game, investor",
+    ("trust", "trustee"): "Trust game, trustee",
+    ("prisoners-dilemma", "player"): "Prisoner's dilemma",
+    ("public-goods", "player"): "Public goods game",
+}
 
 
 def role_schedule(pref, rng: np.random.Generator, probes: int = 12) -> list[tuple[str, str]]:
@@ -223,7 +228,9 @@ def make_examples(pref, n: int, seed: int = 0, style: str = "reasoning") -> list
         answers[answer] += 1
         text, action = reasoning(pref, situation)
         if style != "reasoning":
-            text = ("" if style == "answer" else ROLE_NAMES[(game_name, role)] + ".\n") + text[text.rindex("ANSWER:"):]
+            text = text[text.rindex("ANSWER:"):]
+        if style == "role":
+            text = f"{ROLE_NAMES[(game_name, role)]}.\n{text}"
         examples.append({"messages": training_chat(situation, framing) + [{"role": "assistant", "content": text}],
                          "meta": {"game": game_name, "role": role, "params": params, "framing": framing,
                                   "received": received, "action": action, "preference": pref.name,
