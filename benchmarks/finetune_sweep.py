@@ -1,20 +1,24 @@
-"""How far fine-tuning moves the embedded model toward homo moralis, by training setting: one
-`finetune pipeline` per setting (homo moralis, kappa 0.5), each evaluated on the held-out
-battery, printed side by side with the base model.
+"""How far fine-tuning moves the embedded model toward its theory, by training setting: one
+`finetune pipeline` per setting (homo moralis with --kappa, or homo economicus), each evaluated on
+the held-out battery, printed side by side with the base model.
 
-    python benchmarks/finetune_sweep.py [--out runs/finetune_sweep] \
-        --run examples=160 --run examples=320 --run examples=160,epochs=4 --run examples=160,rank=16,alpha=32
+    python benchmarks/finetune_sweep.py [--out runs/finetune_sweep] [--plot curve.png] \
+        --run examples=160 --run examples=320 --run examples=160,epochs=4 --run examples=160,rank=16,alpha=32 \
+        --run preference=economicus,examples=64
 
-Keys of --run: examples, seed (the data draw and the training seed, 0 by default), style
-(finetune.dataset.STYLES, answer by default), and any finetune.train.TrainOptions field (epochs,
-rank, alpha, learning_rate, batch_size); the same setting under several seeds separates its
-effect from the noise of the data draw. Below the table, the share per game and role shows where
-the misses are. Settings already trained and evaluated in --out are not run again, so an
-interrupted sweep resumes where it stopped.
+Keys of --run: preference (moralis by default, or economicus), examples, seed (the data draw and
+the training seed, 0 by default), style (finetune.dataset.STYLES, answer by default), and any
+finetune.train.TrainOptions field (epochs, rank, alpha, learning_rate, batch_size); the same
+setting under several seeds separates its effect from the noise of the data draw. Below the
+table, the share per game and role shows where the misses are; the table is also written to
+`sweep.csv` in --out, and --plot draws the held-out share against the number of training examples
+per preference, epochs, rank and seed, beside the base model and the targets. Settings already trained
+and evaluated in --out are not run again, so an interrupted sweep resumes where it stopped.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 
@@ -25,6 +29,8 @@ from finetune.pipeline import PipelineOptions, run_pipeline  # noqa: E402
 from finetune.train import TrainOptions  # noqa: E402
 
 INTEGER_KEYS = ("examples", "seed")
+PREFERENCES = ("moralis", "economicus")
+TARGETS = {"economicus": 0.9, "moralis": 0.8}   # issue 5: held-out share each adapter must reach
 NUMERIC = {name: type(value) for name, value in
            vars(TrainOptions("", "")).items() if isinstance(value, (int, float)) and name != "seed"}
 
@@ -33,13 +39,14 @@ def parse_run(text: str) -> dict:
     setting = {}
     for pair in filter(None, text.split(",")):
         key, _, value = pair.partition("=")
-        if key == "style":
-            if value not in STYLES:
-                raise SystemExit(f"--run {text}: style must be one of {', '.join(STYLES)}, got {value!r}")
+        if key in ("style", "preference"):
+            allowed = STYLES if key == "style" else PREFERENCES
+            if value not in allowed:
+                raise SystemExit(f"--run {text}: {key} must be one of {', '.join(allowed)}, got {value!r}")
             setting[key] = value
             continue
         if key not in INTEGER_KEYS and key not in NUMERIC:
-            known = ", ".join([*INTEGER_KEYS, "style", *sorted(NUMERIC)])
+            known = ", ".join([*INTEGER_KEYS, "preference", "style", *sorted(NUMERIC)])
             raise SystemExit(f"--run {text}: unknown key {key!r} ({known})")
         try:
             setting[key] = int(value) if key in INTEGER_KEYS else NUMERIC[key](value)
@@ -48,38 +55,83 @@ def parse_run(text: str) -> dict:
     return setting
 
 
+def plot_curve(rows: list[dict], path: Path) -> None:
+    """Held-out share against the number of training examples, one line per preference, epochs,
+    rank and seed, with the base model's share dashed and the targets dotted."""
+    from finetune.evaluate import _pyplot, _save
+
+    fig, ax = _pyplot().subplots(figsize=(9, 4.5))
+    lines, bases = {}, {}
+    for row in rows:
+        bases[row["preference"]] = row["base"]
+        if row["style"] == "answer" and row["top_layers"] == 0:
+            lines.setdefault((row["preference"], row["epochs"], row["rank"], row["seed"]), []).append(row)
+    for (preference, epochs, rank, seed), points in sorted(lines.items()):
+        points.sort(key=lambda r: r["examples"])
+        ax.plot([r["examples"] for r in points], [r["share"] for r in points], "o-" if len(points) > 1 else "s",
+                label=f"{preference}, {epochs:g} epochs, rank {rank}, seed {seed}")
+    for preference, base in bases.items():
+        ax.axhline(base, color="black", ls="--", lw=0.8)
+        ax.annotate(f"{preference}: base model", (0.01, base + 0.01), xycoords=("axes fraction", "data"), fontsize=7)
+    for preference, target in TARGETS.items():
+        ax.axhline(target, color="grey", ls=":", lw=0.8)
+        ax.annotate(f"{preference} target", (0.01, target + 0.01), xycoords=("axes fraction", "data"), fontsize=7)
+    ax.set_xlabel("training examples")
+    ax.set_ylabel("held-out items equal to the theory")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Held-out share by amount of training (embedded SmolLM2-135M, LoRA)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    _save(fig, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/finetune_sweep")
     parser.add_argument("--run", action="append", required=True, help="examples=N,epochs=E,rank=R,...")
     parser.add_argument("--kappa", type=float, default=0.5)
+    parser.add_argument("--plot", help="write the held-out share against the training examples to this PNG")
     args = parser.parse_args()
     rows, by_role = [], {}
     for text in args.run:
         setting = parse_run(text)
+        preference = setting.pop("preference", "moralis")
         examples, seed = setting.pop("examples", 160), setting.pop("seed", 0)
         style = setting.pop("style", "answer")
-        tag = "-".join(f"{k}{v:g}" for k, v in {"n": examples, **setting}.items()) + \
+        tag = ("economicus-" if preference == "economicus" else "") + \
+            "-".join(f"{k}{v:g}" for k, v in {"n": examples, **setting}.items()) + \
             (f"-seed{seed}" if seed else "") + (f"-{style}" if style != "answer" else "")
         folder = Path(args.out) / tag
+        kappa = args.kappa if preference == "moralis" else None
         manifests = run_pipeline(PipelineOptions(
             adapters=str(folder / "adapters"), out=str(folder / "out"), examples=examples, seed=seed,
-            style=style, preferences=(("moralis", args.kappa),), train=setting))
+            style=style, preferences=((preference, kappa),), train=setting))
         m = next(iter(manifests.values()))
-        rows.append((tag, m["train_seconds"], m["samples_per_second"], m["loss_curve"][-1][1],
-                     m["evaluation"]["share_target"], m["evaluation"]["base_share_target"]))
+        hyper = m["hyperparameters"]
+        rows.append({"setting": tag, "preference": preference, "examples": examples, "seed": seed,
+                     "style": style, "epochs": hyper["epochs"], "rank": hyper["rank"],
+                     "top_layers": hyper["top_layers"],
+                     "train_seconds": m["train_seconds"], "samples_per_second": m["samples_per_second"],
+                     "last_loss": m["loss_curve"][-1][1], "share": m["evaluation"]["share_target"],
+                     "base": m["evaluation"]["base_share_target"]})
         by_role[tag] = m["evaluation"].get("share_target_by_role", {})
-    print(f"\nhomo moralis, kappa {args.kappa:g}: held-out share equal to the theory")
+    with open(Path(args.out) / "sweep.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"\nheld-out share equal to the adapter's theory (homo moralis at kappa {args.kappa:g})")
     print(f"{'setting':<32}{'train s':>9}{'samples/s':>11}{'last loss':>11}{'adapter':>9}{'base':>7}{'gain':>7}")
-    for tag, seconds, speed, loss, share, base in rows:
-        print(f"{tag:<32}{seconds:>9.0f}{speed:>11.2f}{loss:>11.3f}{share:>9.0%}{base:>7.0%}"
-              f"{(share - base) * 100:>+6.0f}pt")
+    for r in rows:
+        print(f"{r['setting']:<32}{r['train_seconds']:>9.0f}{r['samples_per_second']:>11.2f}{r['last_loss']:>11.3f}"
+              f"{r['share']:>9.0%}{r['base']:>7.0%}{(r['share'] - r['base']) * 100:>+6.0f}pt")
     roles = list(dict.fromkeys(role for shares in by_role.values() for role in shares))
     if roles:   # where the misses are: the share per game and role (held-out items in brackets)
         print(f"\nper game and role\n{'setting':<32}" + "".join(f"{r:>28}" for r in roles))
         for tag, shares in by_role.items():
             print(f"{tag:<32}" + "".join(f"{shares[r][0]:>22.0%} ({shares[r][1]:>3})" if r in shares
                                          else f"{'':>28}" for r in roles))
+    if args.plot:
+        plot_curve(rows, Path(args.plot))
+        print(f"\ncurve: {args.plot}")
 
 
 if __name__ == "__main__":
