@@ -3,17 +3,18 @@
 the held-out battery, printed side by side with the base model.
 
     python benchmarks/finetune_sweep.py [--out runs/finetune_sweep] [--plot curve.png] \
-        --run examples=160 --run examples=320 --run examples=160,epochs=4 --run examples=160,rank=16,alpha=32 \
-        --run preference=economicus,examples=64
+        --run examples=160 --run examples=320 --run examples=160,epochs=4 \
+        --run examples=160,rank=16,alpha=32 --run preference=economicus,examples=64
 
 Keys of --run: preference (moralis by default, or economicus), examples, seed (the data draw and
 the training seed, 0 by default), style (finetune.dataset.STYLES, answer by default), and any
 finetune.train.TrainOptions field (epochs, rank, alpha, learning_rate, batch_size); the same
 setting under several seeds separates its effect from the noise of the data draw. Below the
 table, the share per game and role shows where the misses are; the table is also written to
-`sweep.csv` in --out, and --plot draws the held-out share against the number of training examples
-per preference, epochs, rank and seed, beside the base model and the targets. Settings already trained
-and evaluated in --out are not run again, so an interrupted sweep resumes where it stopped.
+`sweep.csv` in --out, and --plot draws the held-out share against the number of training
+examples per preference, epochs, rank and seed, beside the base model and the targets. Settings
+already trained and evaluated in --out are not run again, so an interrupted sweep resumes where it
+stopped.
 """
 from __future__ import annotations
 
@@ -65,17 +66,20 @@ def plot_curve(rows: list[dict], path: Path) -> None:
     for row in rows:
         bases[row["preference"]] = row["base"]
         if row["style"] == "answer" and row["top_layers"] == 0:
-            lines.setdefault((row["preference"], row["epochs"], row["rank"], row["seed"]), []).append(row)
+            key = (row["preference"], row["epochs"], row["rank"], row["seed"])
+            lines.setdefault(key, []).append(row)
     for (preference, epochs, rank, seed), points in sorted(lines.items()):
         points.sort(key=lambda r: r["examples"])
-        ax.plot([r["examples"] for r in points], [r["share"] for r in points], "o-" if len(points) > 1 else "s",
-                label=f"{preference}, {epochs:g} epochs, rank {rank}, seed {seed}")
+        ax.plot([r["examples"] for r in points], [r["share"] for r in points],
+                "o-" if len(points) > 1 else "s", label=f"{preference}, {epochs:g} epochs, rank {rank}, seed {seed}")
     for preference, base in bases.items():
         ax.axhline(base, color="black", ls="--", lw=0.8)
-        ax.annotate(f"{preference}: base model", (0.01, base + 0.01), xycoords=("axes fraction", "data"), fontsize=7)
+        ax.annotate(f"{preference}: base model", (0.01, base + 0.01), xycoords=("axes fraction", "data"),
+                    fontsize=7)
     for preference, target in TARGETS.items():
         ax.axhline(target, color="grey", ls=":", lw=0.8)
-        ax.annotate(f"{preference} target", (0.01, target + 0.01), xycoords=("axes fraction", "data"), fontsize=7)
+        ax.annotate(f"{preference} target", (0.01, target + 0.01), xycoords=("axes fraction", "data"),
+                    fontsize=7)
     ax.set_xlabel("training examples")
     ax.set_ylabel("held-out items equal to the theory")
     ax.set_ylim(0, 1.05)
@@ -121,8 +125,8 @@ def main() -> None:
     print(f"\nheld-out share equal to the adapter's theory (homo moralis at kappa {args.kappa:g})")
     print(f"{'setting':<32}{'train s':>9}{'samples/s':>11}{'last loss':>11}{'adapter':>9}{'base':>7}{'gain':>7}")
     for r in rows:
-        print(f"{r['setting']:<32}{r['train_seconds']:>9.0f}{r['samples_per_second']:>11.2f}{r['last_loss']:>11.3f}"
-              f"{r['share']:>9.0%}{r['base']:>7.0%}{(r['share'] - r['base']) * 100:>+6.0f}pt")
+        print(f"{r['setting']:<32}{r['train_seconds']:>9.0f}{r['samples_per_second']:>11.2f}"
+              f"{r['last_loss']:>11.3f}{r['share']:>9.0%}{r['base']:>7.0%}{(r['share'] - r['base']) * 100:>+6.0f}pt")
     roles = list(dict.fromkeys(role for shares in by_role.values() for role in shares))
     if roles:   # where the misses are: the share per game and role (held-out items in brackets)
         print(f"\nper game and role\n{'setting':<32}" + "".join(f"{r:>28}" for r in roles))
