@@ -208,9 +208,11 @@ def _study_run(args) -> int:
 
 
 def _viz(args) -> int:
-    """Start Mesa's SolaraViz server for one model (simulation/<model>_app.py) until Ctrl-C."""
+    """Start Mesa's SolaraViz server for one model (simulation/<model>_app.py) until Ctrl-C or
+    SIGTERM; either stops the server too."""
     import os
     import shutil
+    import signal
     import subprocess
 
     import simulation
@@ -227,6 +229,8 @@ def _viz(args) -> int:
     command = [solara, "run", str(app), "--host", args.host, "--port", str(args.port), "--production",
                "--no-open", "--no-check-version"]
     server = subprocess.Popen(command, env=env)
+    # SIGTERM would end this process at once and leave the server running: unwind instead
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         return server.wait()
     finally:

@@ -58,6 +58,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _port_closed(port: int, seconds: float = 20) -> bool:
+    """Whether nothing accepts connections on `port` within `seconds`."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def test_viz_command_serves_the_page_and_stops():
     port = _free_port()
     exe = Path(sys.executable).parent / "econalign"
@@ -76,5 +88,6 @@ def test_viz_command_serves_the_page_and_stops():
     finally:
         server.terminate()
         server.wait(timeout=30)
+    assert _port_closed(port), "the solara server outlived `econalign viz` after SIGTERM"
     bad = subprocess.run([str(exe), "viz", "traffic"], capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "invalid choice" in bad.stderr
