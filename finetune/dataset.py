@@ -171,12 +171,11 @@ def role_schedule(pref, rng: np.random.Generator, probes: int = 12) -> list[tupl
     for game_name, role in ROLES:
         answers = set()
         for _ in range(probes):
-            params = draw_parameters(game_name, rng)
-            game = GAMES[game_name](**params)
+            game = GAMES[game_name](**draw_parameters(game_name, rng))
             received = game.endowment / 2 if isinstance(game, Trust) and role == "trustee" else None
-            action = GameSituation(game, role, received=received).theory_action(pref)
-            answers.add(action if isinstance(action, str) else round(float(action) / GameSituation(
-                game, role, received=received).answer.high, 2))
+            situation = GameSituation(game, role, received=received)
+            action = situation.theory_action(pref)
+            answers.add(action if isinstance(action, str) else round(float(action) / situation.answer.high, 2))
         schedule += [(game_name, role)] * (1 if answers == {0.0} else 2)
     return schedule
 

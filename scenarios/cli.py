@@ -230,13 +230,14 @@ def _viz(args) -> int:
                "--no-open", "--no-check-version"]
     server = subprocess.Popen(command, env=env)
     # SIGTERM would end this process at once and leave the server running: unwind instead
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         return server.wait()
     finally:
         if server.poll() is None:
             server.terminate()
             server.wait(timeout=10)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _demo(args) -> int:
