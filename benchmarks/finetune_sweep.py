@@ -6,8 +6,9 @@ the held-out battery, printed side by side with the base model.
         --run examples=160 --run examples=320 --run examples=160,epochs=4 \
         --run examples=160,rank=16,alpha=32 --run preference=economicus,examples=64
 
-Keys of --run: preference (moralis by default, or economicus), examples, seed (the data draw and
-the training seed, 0 by default), style (finetune.dataset.STYLES, answer by default), and any
+Keys of --run: preference (moralis by default, or economicus), examples (games), pricing and av
+(application examples; 0 leaves the situation out, unset takes the recipe's count), seed (the data
+draw and the training seed, 0 by default), style (finetune.dataset.STYLES, answer by default), and any
 finetune.train.TrainOptions field (epochs, rank, alpha, learning_rate, batch_size); the same
 setting under several seeds separates its effect from the noise of the data draw. Below the
 table, the share per game and role shows where the misses are; the table is also written to
@@ -29,7 +30,7 @@ from finetune.dataset import STYLES  # noqa: E402
 from finetune.pipeline import PipelineOptions, run_pipeline  # noqa: E402
 from finetune.train import TrainOptions  # noqa: E402
 
-INTEGER_KEYS = ("examples", "seed")
+INTEGER_KEYS = ("examples", "pricing", "av", "seed")
 PREFERENCES = ("moralis", "economicus")
 TARGETS = {"economicus": 0.9, "moralis": 0.8}   # issue 5: held-out share each adapter must reach
 NUMERIC = {name: type(value) for name, value in
@@ -101,13 +102,16 @@ def main() -> None:
         preference = setting.pop("preference", "moralis")
         examples, seed = setting.pop("examples", 160), setting.pop("seed", 0)
         style = setting.pop("style", "answer")
+        counts = {"games": examples, "pricing": setting.pop("pricing", None), "av": setting.pop("av", None)}
+        situations = {k: n for k, n in counts.items() if n != 0}
+        mix = "".join(f"-{k[0]}{n}" for k, n in counts.items() if k != "games" and n is not None)
         tag = ("economicus-" if preference == "economicus" else "") + \
-            "-".join(f"{k}{v:g}" for k, v in {"n": examples, **setting}.items()) + \
+            "-".join(f"{k}{v:g}" for k, v in {"n": examples, **setting}.items()) + mix + \
             (f"-seed{seed}" if seed else "") + (f"-{style}" if style != "answer" else "")
         folder = Path(args.out) / tag
         kappa = args.kappa if preference == "moralis" else None
         manifests = run_pipeline(PipelineOptions(
-            adapters=str(folder / "adapters"), out=str(folder / "out"), examples=examples, seed=seed,
+            adapters=str(folder / "adapters"), out=str(folder / "out"), situations=situations, seed=seed,
             style=style, preferences=((preference, kappa),), train=setting))
         m = next(iter(manifests.values()))
         hyper = m["hyperparameters"]
@@ -116,17 +120,24 @@ def main() -> None:
                      "top_layers": hyper["top_layers"],
                      "train_seconds": m["train_seconds"], "samples_per_second": m["samples_per_second"],
                      "last_loss": m["loss_curve"][-1][1], "share": m["evaluation"]["share_target"],
-                     "base": m["evaluation"]["base_share_target"]})
+                     "base": m["evaluation"]["base_share_target"],
+                     "pricing_within": m["evaluation"]["domains"]["pricing"]["share_within_step"],
+                     "pricing_exact": m["evaluation"]["domains"]["pricing"]["share_equal"],
+                     "av": m["evaluation"]["domains"]["av"]["share_equal"],
+                     **{f"p_swerve_n{n}": m["evaluation"]["choice_curve"]["adapter"][n - 1] for n in (1, 2, 3, 10)}})
         by_role[tag] = m["evaluation"].get("share_target_by_role", {})
     with open(Path(args.out) / "sweep.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     print(f"\nheld-out share equal to the adapter's theory (homo moralis at kappa {args.kappa:g})")
-    print(f"{'setting':<32}{'train s':>9}{'samples/s':>11}{'last loss':>11}{'adapter':>9}{'base':>7}{'gain':>7}")
+    print(f"{'setting':<40}{'train s':>9}{'samples/s':>11}{'last loss':>11}{'games':>7}{'base':>7}"
+          f"{'pricing':>9}{'exact':>7}{'AV':>6}{'P(sw) N=1,2,3,10':>24}")
     for r in rows:
-        print(f"{r['setting']:<32}{r['train_seconds']:>9.0f}{r['samples_per_second']:>11.2f}"
-              f"{r['last_loss']:>11.3f}{r['share']:>9.0%}{r['base']:>7.0%}{(r['share'] - r['base']) * 100:>+6.0f}pt")
+        curve = " ".join(f"{r[f'p_swerve_n{n}']:.2f}" for n in (1, 2, 3, 10))
+        print(f"{r['setting']:<40}{r['train_seconds']:>9.0f}{r['samples_per_second']:>11.2f}"
+              f"{r['last_loss']:>11.3f}{r['share']:>7.0%}{r['base']:>7.0%}{r['pricing_within']:>9.0%}"
+              f"{r['pricing_exact']:>7.0%}{r['av']:>6.0%}{curve:>24}")
     roles = list(dict.fromkeys(role for shares in by_role.values() for role in shares))
     if roles:   # where the misses are: the share per game and role (held-out items in brackets)
         print(f"\nper game and role\n{'setting':<32}" + "".join(f"{r:>28}" for r in roles))

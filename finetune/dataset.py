@@ -231,11 +231,57 @@ def make_examples(pref, n: int, seed: int = 0, style: str = "reasoning") -> list
         if style == "role":
             text = f"{ROLE_NAMES[(game_name, role)]}.\n{text}"
         examples.append({"messages": training_chat(situation, framing) + [{"role": "assistant", "content": text}],
-                         "meta": {"game": game_name, "role": role, "params": params, "framing": framing,
+                         "meta": {"domain": "games", "game": game_name, "role": role, "params": params, "framing": framing,
                                   "received": received, "action": action, "preference": pref.name,
                                   "kappa": pref.kappa, "utility": pref.material_utility,
                                   "style": style}})
     return examples
+
+
+SITUATIONS = ("games", "pricing", "av")
+MAX_EXAMPLES = 100_000      # per situation: a bound on what a run may be asked to draw
+
+
+def parse_situations(text: str) -> dict[str, int | None]:
+    """`games,pricing,av` (names: counts from a recipe) or `games=160,pricing=64` (counts), in
+    SITUATIONS order; a bad name or count is a ValueError naming it."""
+    out: dict[str, int | None] = {}
+    for part in (p.strip() for p in text.split(",")):
+        name, sep, count = part.partition("=")
+        name = name.strip()
+        if name not in SITUATIONS:
+            raise ValueError(f"--situations: unknown situation {name!r} (expected some of {', '.join(SITUATIONS)})")
+        if name in out:
+            raise ValueError(f"--situations: {name} named twice")
+        if sep:
+            try:
+                n = int(count)
+            except ValueError:
+                raise ValueError(f"--situations: {name} needs a whole number of examples, got {count.strip()!r}") from None
+            if not 1 <= n <= MAX_EXAMPLES:
+                raise ValueError(f"--situations: {name} takes 1 to {MAX_EXAMPLES:,} examples, got {n}")
+            out[name] = n
+        else:
+            out[name] = None
+    return {name: out[name] for name in SITUATIONS if name in out}
+
+
+def make_mixed_examples(pref, counts: dict[str, int], seed: int = 0, style: str = "answer") -> list[dict]:
+    """Examples of every situation in `counts` ({"games": n, "pricing": n, "av": n}: the games
+    of make_examples in `style`, the pricing decisions of finetune.pricing_data and the AV
+    dilemmas of finetune.av_data), interleaved in a seeded order."""
+    from finetune.av_data import make_av_examples
+    from finetune.pricing_data import make_pricing_examples
+
+    makers = {"games": lambda n: make_examples(pref, n, seed, style),
+              "pricing": lambda n: make_pricing_examples(pref, n, seed),
+              "av": lambda n: make_av_examples(pref, n, seed)}
+    unknown = set(counts) - set(SITUATIONS)
+    if unknown:
+        raise ValueError(f"unknown situations {sorted(unknown)} (expected some of {', '.join(SITUATIONS)})")
+    examples = [e for name in SITUATIONS if counts.get(name) for e in makers[name](counts[name])]
+    order = np.random.default_rng([seed, 3]).permutation(len(examples))
+    return [examples[i] for i in order]
 
 
 def write_jsonl(examples: list[dict], path: str | Path, openai: bool = False) -> str:

@@ -78,16 +78,18 @@ def policy_identity(policy) -> str:
 
 
 def run(items: Sequence[Item], policies: dict, out: str | Path, batch_size: int = 64,
-        show_progress: bool = True) -> pd.DataFrame:
-    """Answer every item with every policy; returns the tidy per-item results (and writes
-    items.jsonl as it goes, items.parquet at the end)."""
+        show_progress: bool = True, row=None, stem: str = "items") -> pd.DataFrame:
+    """Answer every item (anything with `item_id` and `situation()`) with every policy; returns
+    the tidy per-item results, one `row(policy name, item, decision)` each (default: the games
+    battery's), and writes `<stem>.jsonl` as it goes, `<stem>.parquet` at the end."""
     from tqdm import tqdm
 
+    row = row or _row
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint = out / "items.jsonl"
+    checkpoint = out / f"{stem}.jsonl"
     identities = {name: policy_identity(p) for name, p in policies.items()}
-    stamp = out / "policies.json"
+    stamp = out / f"{stem}.policies.json" if stem != "items" else out / "policies.json"
     known = json.loads(stamp.read_text()) if stamp.exists() else {}
     changed = {name for name, ident in identities.items() if known.get(name) != ident}   # unknown: answer again
     stamp.write_text(json.dumps({**known, **identities}, indent=2, sort_keys=True) + "\n")
@@ -101,21 +103,22 @@ def run(items: Sequence[Item], policies: dict, out: str | Path, batch_size: int 
     pending = [(name, item) for name, _ in policies.items() for item in items
                if (name, item.item_id) not in done]
     with open(checkpoint, "a", encoding="utf-8") as sink, \
-            tqdm(total=len(pending), desc="battery", unit="item", disable=not show_progress) as bar:
+            tqdm(total=len(pending), desc="battery" if stem == "items" else stem, unit="item",
+                 disable=not show_progress) as bar:
         for start in range(0, len(pending), batch_size):
             batch = pending[start:start + batch_size]
             decisions = decide([(policies[name], item.situation()) for name, item in batch],
                                seeds=[_seed(item.item_id, name) for name, item in batch],
                                tags=[{"policy": name, "item_id": item.item_id} for name, item in batch])
             for (name, item), decision in zip(batch, decisions):
-                sink.write(json.dumps(_row(name, item, decision), default=_plain) + "\n")
+                sink.write(json.dumps(row(name, item, decision), default=_plain) + "\n")
             sink.flush()
             bar.update(len(batch))
     wanted = {(name, item.item_id) for name in policies for item in items}
     rows = [json.loads(line) for line in checkpoint.read_text().splitlines() if line.strip()]
     frame = pd.DataFrame([r for r in rows if (r["policy"], r["item_id"]) in wanted])
     frame = frame.drop_duplicates(["policy", "item_id"], keep="last").reset_index(drop=True)
-    frame.to_parquet(out / "items.parquet", index=False)
+    frame.to_parquet(out / f"{stem}.parquet", index=False)
     return frame
 
 

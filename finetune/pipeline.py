@@ -10,16 +10,19 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
+from finetune.dataset import SITUATIONS
 from finetune.registry import adapter_name
 from finetune.train import TrainOptions, file_sha256, read_manifest, train, write_manifest
 
 EVAL_TOKENS = 128   # room for the worked reasoning before ANSWER:
 
 
-# Examples and epochs per preference, chosen on the embedded model within the main job's 8-minute
-# training budget (README, fine-tuning: 32 economicus examples were too few; 4 moralis epochs
-# cost 4 more minutes for no reliable gain).
-RECIPES = {"economicus": {"examples": 128, "epochs": 2.0}, "moralis": {"examples": 160, "epochs": 2.0}}
+# Examples per situation, epochs and adapted layers per preference, chosen on the embedded model
+# within the main job's 10-minute training budget for both adapters (README, fine-tuning).
+RECIPES = {"economicus": {"games": 128, "pricing": 64, "av": 32, "epochs": 2.0, "top_layers": 15},
+           "moralis": {"games": 160, "pricing": 64, "av": 96, "epochs": 2.0, "top_layers": 15}}
 
 
 @dataclass
@@ -27,7 +30,8 @@ class PipelineOptions:
     adapters: str = "adapters"
     out: str = "outputs/finetune"
     base: str | None = None
-    examples: int | None = None                 # every adapter's examples (default: RECIPES)
+    situations: dict = field(default_factory=lambda: {name: None for name in SITUATIONS})
+    examples: int | None = None                 # games examples of every adapter (default: RECIPES)
     seed: int = 0
     preferences: tuple = (("economicus", None), ("moralis", 0.5))
     train: dict = field(default_factory=dict)   # TrainOptions overrides for every adapter (epochs, rank, ...)
@@ -40,14 +44,25 @@ def _preference(name: str, kappa):
     return preference(name, kappa)
 
 
-def make_data(pref, n: int, seed: int, folder: Path, style: str = "reasoning") -> Path:
+def situation_counts(name: str, situations: dict, games: int | None = None) -> dict[str, int]:
+    """Examples per situation for preference `name`: the given counts, else the recipe's
+    (`games` overrides the games count)."""
+    recipe = RECIPES[name]
+    counts = {k: (n if n is not None else recipe[k]) for k, n in situations.items()}
+    if games is not None and "games" in counts:
+        counts["games"] = games
+    return counts
+
+
+def make_data(pref, counts: dict[str, int], seed: int, folder: Path, style: str = "answer") -> Path:
     """The training data of one preference (and its OpenAI-format copy); kept if already there."""
-    from finetune.dataset import make_examples, write_jsonl
+    from finetune.dataset import make_mixed_examples, write_jsonl
 
     name = adapter_name(pref.name.split('-')[0], pref.kappa or None)
-    path = folder / f"{name}-{style}-n{n}-s{seed}.jsonl"
+    mix = "-".join(f"{k}{n}" for k, n in counts.items())
+    path = folder / f"{name}-{style}-{mix}-s{seed}.jsonl"
     if not path.exists():
-        examples = make_examples(pref, n, seed, style)
+        examples = make_mixed_examples(pref, counts, seed, style)
         write_jsonl(examples, path.with_suffix(".openai.jsonl"), openai=True)
         write_jsonl(examples, path)
     return path
@@ -75,15 +90,16 @@ def run_pipeline(options: PipelineOptions, log=print) -> dict:
     for name, kappa in options.preferences:
         pref = _preference(name, kappa)
         adapter = adapter_name(name, kappa)
-        recipe = {k: v for k, v in RECIPES[name].items() if k != "examples"}
-        n = options.examples or RECIPES[name]["examples"]
-        data = make_data(pref, n, options.seed, out / "data", options.style)
+        recipe = {k: v for k, v in RECIPES[name].items() if k not in SITUATIONS}
+        counts = situation_counts(name, options.situations, options.examples)
+        data = make_data(pref, counts, options.seed, out / "data", options.style)
         train_options = TrainOptions(str(data), str(registry / adapter), str(base), seed=options.seed,
                                      **{**recipe, **options.train})
         if _up_to_date(registry / adapter, data, train_options, base_hash):
             log(f"{adapter}: up to date ({registry / adapter})")
         else:
-            log(f"{adapter}: training on {n} examples ...")
+            log(f"{adapter}: training on {sum(counts.values())} examples "
+                f"({', '.join(f'{k} {n}' for k, n in counts.items())}) ...")
             train(train_options)
             m = read_manifest(registry / adapter)
             log(f"{adapter}: {m['train_seconds']} s, {m['samples_per_second']} samples/s, "
@@ -95,10 +111,12 @@ def run_pipeline(options: PipelineOptions, log=print) -> dict:
 
 def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, small: bool = False,
                       log=print):
-    """Base model vs each adapter on the held-out battery; scores go into each manifest."""
+    """Base model vs each adapter on the held-out items of every domain (games battery, pricing,
+    AV) and the AV choice curve; scores go into each manifest."""
     from agents.llm.decision_log import DecisionLog
     from agents.llm.transformers_backend import TransformersBackend
     from agents.policies import LLMPolicy
+    from finetune.application_eval import evaluate_applications
     from finetune.battery import build_battery
     from finetune.dataset import near_threshold
     from finetune.evaluate import kappa_column, plot_theory_scores, run, theory_scores, _markdown
@@ -108,7 +126,7 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
     if len(styles) != 1:
         raise ValueError(f"adapters trained on different answer styles {sorted(styles)}: evaluate apart")
     style = styles.pop()
-    key = {"items": "small" if small else "full", "style": style}
+    key = {"items": "small" if small else "full", "style": style, "domains": list(SITUATIONS)}
     weights = {name: file_sha256(registry / name / "adapter_model.safetensors") for name in adapters}
     if all(m.get("evaluation", {}).get("battery") == key
            and m["evaluation"].get("adapter_sha256") == weights[name] for name, m in manifests.items()):
@@ -130,29 +148,50 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
                                     log=log_file)
                     for name in ["base", *adapters]}
         frame = run(items, policies, out)
-    scores = theory_scores(frame, theories, excluded)
+        # the applications are asked as the simulations ask them: the answer alone
+        plain = {name: LLMPolicy(backend, None if name == "base" else name, log=log_file)
+                 for name in ["base", *adapters]}
+        applied, by_feature, curve = evaluate_applications(plain, {p.name: p for p in adapters.values()}, out)
+    scores = theory_scores(frame, theories, excluded).assign(domain="games")
+    scores = pd.concat([scores, applied], ignore_index=True)
     scores.to_csv(out / "scores.csv", index=False)
-    (out / "scores.md").write_text(_markdown(scores, list(scores.columns)))
+    (out / "scores.md").write_text(_markdown(scores, ["domain", *[c for c in scores.columns if c != "domain"]]))
     by_role = theory_scores(frame, theories, excluded, by=("game", "role"))
     (out / "scores_by_role.md").write_text(_markdown(by_role, list(by_role.columns)))
-    plot_theory_scores(scores, out / "scores.png")
-    base_rows = scores[scores.policy == "base"]
+    (out / "scores_by_feature.md").write_text(_markdown(by_feature, list(by_feature.columns)))
+    plot_theory_scores(scores[scores.domain == "games"], out / "scores.png")
     for name, pref in adapters.items():
         target = pref.name
-        mine = scores[scores.policy == name]
+        games = scores[(scores.domain == "games") & (scores.policy == name)]
+        base_games = scores[(scores.domain == "games") & (scores.policy == "base")]
         roles = by_role[(by_role.policy == name) & (by_role.theory == target)]
+        domains = {}
+        for domain, part in scores[scores.theory == target].groupby("domain", sort=False):
+            mine, theirs = part[part.policy == name].iloc[0], part[part.policy == "base"].iloc[0]
+            domains[domain] = {"share_equal": float(mine.share_equal), "base_share_equal": float(theirs.share_equal),
+                               "items": int(mine["items"])}
+            if domain == "pricing":
+                domains[domain].update(share_within_step=float(mine.share_within_step),
+                                       base_share_within_step=float(theirs.share_within_step))
         summary = {
             "battery": key, "adapter_sha256": weights[name], "heldout_items": len(items),
             "seconds": round(time.time() - started, 1),
             "excluded_near_threshold": len(excluded[target]),
-            "target": target, "scores": mine.to_dict("records"),
-            "base": base_rows.to_dict("records"),
-            "share_target": float(mine[mine.theory == target].share_equal.iloc[0]),
-            "base_share_target": float(base_rows[base_rows.theory == target].share_equal.iloc[0]),
+            "target": target, "scores": games.to_dict("records"),
+            "base": base_games.to_dict("records"),
+            "share_target": domains["games"]["share_equal"],
+            "base_share_target": domains["games"]["base_share_equal"],
             "share_target_by_role": {f"{r.game}/{r.role}": [r.share_equal, r.items] for r in roles.itertuples()},
+            "domains": domains,
+            "choice_curve": {"adapter": [round(float(v), 4) for v in curve[name]],
+                             "base": [round(float(v), 4) for v in curve["base"]],
+                             "theory": [float(v) for v in curve[f"theory {target}"]]},
         }
         manifest = read_manifest(registry / name)
         manifest["evaluation"] = summary
         write_manifest(registry / name, manifest)
-        log(f"{name}: held-out share equal to {target}: {summary['share_target']:.0%} "
-            f"(base model {summary['base_share_target']:.0%})")
+        pricing = domains["pricing"]
+        log(f"{name}: held-out share equal to {target}: games {summary['share_target']:.0%} "
+            f"(base {summary['base_share_target']:.0%}), pricing {pricing['share_equal']:.0%} exact / "
+            f"{pricing['share_within_step']:.0%} within a grid step (base {pricing['base_share_within_step']:.0%}), "
+            f"AV {domains['av']['share_equal']:.0%} (base {domains['av']['base_share_equal']:.0%})")

@@ -13,6 +13,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,10 +35,12 @@ class TrainOptions:
     epochs: float = 2.0
     batch_size: int = 8
     learning_rate: float = 5e-4
+    loraplus_ratio: float = 16.0      # LoRA+: the B matrices learn this many times faster (1: plain LoRA)
     max_length: int = 512
     max_steps: int = -1
     seed: int = 0
-    bf16: bool | None = None          # None: bf16 autocast where the hardware computes it natively
+    bf16: bool = False                # bf16 autocast (about as fast as float32 on a CPU; float32 is the same everywhere)
+    attention: str = "eager"          # eager attention trains faster than sdpa on CPUs (benchmarks/train_speed.py)
     save_steps: int = 10
     logging_steps: int = 2
     extra: dict = field(default_factory=dict)
@@ -49,8 +52,8 @@ class TrainOptions:
             raise ValueError(f"data file {self.data} does not exist")
         if self.top_layers < 0:
             raise ValueError(f"top_layers must be >= 0 (0: every layer), got {self.top_layers}")
-        if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0:
-            raise ValueError("epochs, batch_size and learning_rate must be positive")
+        if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0 or self.loraplus_ratio <= 0:
+            raise ValueError("epochs, batch_size, learning_rate and loraplus_ratio must be positive")
 
 
 def native_bf16() -> bool:
@@ -84,7 +87,8 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
     """Train one adapter; returns its folder."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
+    from peft import LoraConfig, get_peft_model
+    from peft.optimizers import create_loraplus_optimizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
@@ -105,9 +109,10 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
     dataset = Dataset.from_list([{"prompt": e["messages"][:-1], "completion": e["messages"][-1:]}
                                  for e in examples])
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32,
+                                                 attn_implementation=options.attention)
     checkpoints = out / "checkpoints"
-    bf16 = native_bf16() if options.bf16 is None else options.bf16
+    bf16 = options.bf16
     recompute = "activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__ \
         else "gradient_checkpointing"
     config = SFTConfig(
@@ -126,8 +131,13 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
         if options.top_layers else {}
     lora = LoraConfig(r=options.rank, lora_alpha=options.alpha, target_modules=list(options.target_modules),
                       lora_dropout=0.0, bias="none", task_type="CAUSAL_LM", **top)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=lora)
+    model = get_peft_model(model, lora)
+    # LoRA+ (Hayou, Ghosh & Yu 2024, arXiv 2402.12354): lr_B = ratio x lr_A; on the embedded model
+    # it learns the count-dependent AV answer in a third of the steps (README, fine-tuning)
+    optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=options.learning_rate,
+                                          loraplus_lr_ratio=options.loraplus_ratio)
+    trainer = _answer_only_trainer(SFTTrainer)(model=model, args=config, train_dataset=dataset,
+                                               processing_class=tokenizer, optimizers=(optimizer, None))
     resume = checkpoints.exists() and any(checkpoints.glob("checkpoint-*"))
     started = time.time()
     result = trainer.train(resume_from_checkpoint=True if resume else None)
@@ -137,17 +147,46 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
     manifest = {
         "name": out.name, "preference": preference, "kappa": kappa,
         "material_utility": examples[0].get("meta", {}).get("utility", "linear"),
-        "style": examples[0].get("meta", {}).get("style", "reasoning"),
+        "style": next((e["meta"]["style"] for e in examples if "style" in e.get("meta", {})), "answer"),
+        "situations": dict(Counter(e.get("meta", {}).get("domain", "games") for e in examples)),
         "base_model": base.name, "base_model_sha256": model_hash(base),
         "data": {"path": str(options.data), "sha256": file_sha256(options.data), "examples": len(examples)},
         "hyperparameters": {k: v for k, v in asdict(options).items() if k not in ("data", "out", "base")},
         "versions": library_versions(), "loss_curve": losses,
         "train_seconds": round(seconds, 1), "resumed": resume, "bf16_autocast": bf16,
+        "precision": "bfloat16 autocast" if bf16 else "float32",
         "samples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 3),
     }
     write_manifest(out, manifest)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return out
+
+
+def _answer_only_trainer(base):
+    """SFTTrainer whose loss projects only the answer tokens through the LM head: the mean
+    cross-entropy of the completion tokens, -sum log p(y_t | y_<t) / T, as SFTTrainer's
+    completion-only loss. TRL's tiled fused LM head took about half of every step on 2 CPU cores
+    (benchmarks/train_speed.py); the answers are a handful of tokens, so their logits are cheap."""
+    import torch
+
+    class AnswerOnlyTrainer(base):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+            hidden = causal_lm.base_model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                                          use_cache=False).last_hidden_state[:, :-1]
+            labels = inputs["labels"][:, 1:]
+            mask = labels != -100
+            logits = causal_lm.get_output_embeddings()(hidden[mask]).float()
+            targets = labels[mask]
+            count = mask.sum() if num_items_in_batch is None else num_items_in_batch
+            loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / torch.as_tensor(count).clamp(min=1)
+            mode = "train" if model.training else "eval"
+            with torch.no_grad():
+                self._metrics[mode]["mean_token_accuracy"].append(
+                    (logits.argmax(-1) == targets).float().mean().item() if len(targets) else 0.0)
+            return (loss, None) if return_outputs else loss
+
+    return AnswerOnlyTrainer
 
 
 def read_manifest(folder: str | Path) -> dict:

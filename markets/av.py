@@ -36,6 +36,9 @@ WEIGHTINGS = ("lives", "life_years")
 KINDS = ("barrier", "lane")
 STAY, SWERVE = 0, 1
 ACTIONS = ("stay", "swerve")
+# Bonnefon, Shariff & Rahwan (2016), Science 352:1573, study 2: share of respondents who judged it
+# more moral for an AV to sacrifice its one passenger to save N pedestrians, by N.
+BONNEFON_2016 = {1: 0.23, 10: 0.76}
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,11 @@ def deciders(s: AVScenario, policies: dict) -> list[tuple[str, object]]:
 def simulate(s: AVScenario, out: Path, policies: dict, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    from scenarios.av_plots import plot_casualties, plot_choice_curve, plot_effects
-    from simulation.av_metrics import casualties, choice_curve, preference_effects, utilitarian_share
-    from simulation.av_traffic import AVTraffic, TrafficSettings, bonnefon_probe
+    from agents.dilemma import bonnefon_probe, choice_curve
+    from finetune.application_eval import plot_choice_curve
+    from scenarios.av_plots import plot_casualties, plot_effects
+    from simulation.av_metrics import casualties, preference_effects, utilitarian_share
+    from simulation.av_traffic import AVTraffic, TrafficSettings
 
     avs = deciders(s, policies)
     model = AVTraffic(avs, TrafficSettings(**s.traffic), seed=s.seed)

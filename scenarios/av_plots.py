@@ -10,24 +10,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def plot_choice_curve(curve: pd.DataFrame, path: Path, title: str) -> None:
-    """P(swerve) against the number of pedestrians saved (one passenger), per AV type, with
-    Bonnefon et al.'s human shares."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for column in curve.columns:
-        if column.startswith("human"):
-            points = curve[column].dropna()
-            ax.scatter(points.index, points.values, color="black", marker="s", zorder=3, label=column)
-        else:
-            ax.plot(curve.index, curve[column], marker="o", label=column)
-    ax.set(xlabel="pedestrians saved by swerving (one passenger dies)", ylabel="P(swerve)",
-           ylim=(-0.03, 1.03), title=title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def plot_casualties(casualties: pd.DataFrame, path: Path, title: str) -> None:
     """Killed people by group and AV type."""
     table = casualties[casualties.group != "all"].pivot(index="group", columns="decider", values="killed").fillna(0)

@@ -89,21 +89,32 @@ def _games_eval(args) -> int:
     return 0
 
 
+def _situations(text: str) -> dict:
+    from finetune.dataset import parse_situations
+
+    try:
+        return parse_situations(text)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+
+
 def _finetune_data(args) -> int:
     from scenarios.theory import make_preference
-    from finetune.dataset import make_examples, write_jsonl
+    from finetune.dataset import MAX_EXAMPLES, make_mixed_examples, write_jsonl
 
-    if args.n < 1:
-        raise InputError(f"--n must be at least 1, got {args.n}")
+    if not 1 <= args.n <= MAX_EXAMPLES:
+        raise InputError(f"--n must be 1 to {MAX_EXAMPLES:,}, got {args.n}")
     pref = make_preference(args.preference, args.kappa, args.utility)
+    counts = {name: n or args.n for name, n in _situations(args.situations).items()}
     try:
-        examples = make_examples(pref, args.n, args.seed, args.style)
+        examples = make_mixed_examples(pref, counts, args.seed, args.style)
     except ValueError as err:
         raise InputError(str(err)) from None
     digest = write_jsonl(examples, args.out)
     openai = args.openai or str(Path(args.out).with_suffix(".openai.jsonl"))
     write_jsonl(examples, openai, openai=True)
-    print(f"{len(examples)} examples for {pref.name} -> {args.out} (sha256 {digest[:12]}); "
+    mix = ", ".join(f"{name} {n}" for name, n in counts.items())
+    print(f"{len(examples)} examples ({mix}) for {pref.name} -> {args.out} (sha256 {digest[:12]}); "
           f"OpenAI format -> {openai}")
     return 0
 
@@ -113,7 +124,7 @@ def _finetune_train(args) -> int:
 
     options = TrainOptions(args.data, args.out, args.base, rank=args.rank, epochs=args.epochs,
                            batch_size=args.batch_size, learning_rate=args.lr, max_steps=args.max_steps,
-                           seed=args.seed)
+                           seed=args.seed, top_layers=args.top_layers, bf16=args.bf16)
     try:
         options.check()
         folder = train(options)
@@ -167,9 +178,12 @@ def _finetune_pipeline(args) -> int:
         raise InputError(f"--examples must be at least 1, got {args.examples}")
     if args.epochs is not None and not args.epochs > 0:
         raise InputError(f"--epochs must be positive, got {args.epochs}")
+    train = {"epochs": args.epochs} if args.epochs else {}
+    if args.bf16:
+        train["bf16"] = True
     run_pipeline(PipelineOptions(adapters=args.adapters, out=args.out, base=args.base,
-                                 examples=args.examples, small=args.small, style=args.style,
-                                 train={"epochs": args.epochs} if args.epochs else {}))
+                                 situations=_situations(args.situations), examples=args.examples,
+                                 small=args.small, style=args.style, train=train))
     return 0
 
 
@@ -320,11 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--preference", choices=("economicus", "moralis"), required=True)
     data.add_argument("--kappa", type=float)
     data.add_argument("--utility", choices=("linear", "log"), default="linear")
-    data.add_argument("--n", type=int, required=True, help="number of examples")
+    data.add_argument("--n", type=int, required=True,
+                      help="examples of each situation named without a count in --situations")
+    data.add_argument("--situations", default="games,pricing,av", metavar="games,pricing,av",
+                      help="situations to draw from, each optionally with its count (games=160,pricing=64)")
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("--style", choices=STYLES, default="reasoning",
-                      help="assistant turn: worked reasoning ending in the answer, the game and role "
-                           "then the answer, or the answer alone")
+                      help="games' assistant turn: worked reasoning ending in the answer, the game and "
+                           "role then the answer, or the answer alone (applications: the answer alone)")
     data.add_argument("--out", required=True, help="JSONL file")
     data.add_argument("--openai", help="also write the OpenAI fine-tuning format here "
                                        "(default: OUT with .openai.jsonl)")
@@ -339,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=float, default=5e-4)
     tr.add_argument("--max-steps", type=int, default=-1)
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--top-layers", type=int, default=0, help="adapt only the top N layers (0: all)")
+    tr.add_argument("--bf16", action="store_true", help="bf16 autocast (default float32, the same on every CPU)")
     tr.set_defaults(run=_finetune_train)
     fe = ft_sub.add_parser("evaluate", help="base model vs adapters on the held-out battery")
     fe.add_argument("--adapters", default="adapters", help="the adapter registry folder")
@@ -351,7 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--adapters", default="adapters")
     fp.add_argument("--out", default="outputs/finetune")
     fp.add_argument("--base")
-    fp.add_argument("--examples", type=int, help="examples per adapter (default: economicus 128, moralis 160)")
+    fp.add_argument("--situations", default="games,pricing,av", metavar="games,pricing,av",
+                    help="situations in the training data, each optionally with its count "
+                         "(default: all three, counts from the recipe); `games` alone is the paper's set-up")
+    fp.add_argument("--examples", type=int, help="games examples per adapter (default: economicus 128, moralis 160)")
+    fp.add_argument("--bf16", action="store_true", help="train with bf16 autocast (default float32)")
     fp.add_argument("--epochs", type=float, help="epochs per adapter (default 2)")
     fp.add_argument("--small", action="store_true", help="evaluate on the small held-out battery")
     fp.add_argument("--style", choices=STYLES, default="answer",

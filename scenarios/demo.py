@@ -76,40 +76,46 @@ def finetune_adapters(out: Path, adapters: str | Path = "adapters"):
     return run_pipeline(PipelineOptions(adapters=str(adapters), out=str(out)))
 
 
-DUOPOLIES = (("base", "base", "llm_base"), ("economicus", "economicus", "llm_economicus"),
-             ("moralis-0.5", "moralis-0.5", "llm_moralis"),
-             ("economicus", "moralis-0.5", "llm_economicus_moralis"))
-SHORT_RUN = {"steps": 20, "window": 10, "deviation_periods": 5}
+DUOPOLIES = (("economicus", "economicus", "llm_economicus"), ("moralis-0.5", "moralis-0.5", "llm_moralis"),
+             ("economicus", "moralis-0.5", "llm_economicus_moralis"), ("base", "base", "llm_base"))
+LLM_RUN = {"steps": 30, "sessions": 3, "window": 10, "deviation": False}
 
 
-def market_runs(out: Path, adapters: str | Path = "adapters", steps: int = SHORT_RUN["steps"]) -> pd.DataFrame:
-    """Calvano's Q-learning replication (100 sessions, vectorised) and a short LLM duopoly for
-    each adapter pair that exists (base/base always), in one table of prices and Delta."""
+def market_runs(out: Path, adapters: str | Path = "adapters", run: dict | None = None,
+                pairs=DUOPOLIES) -> pd.DataFrame:
+    """Calvano's Q-learning replication (100 sessions, vectorised), the theory duopolies and an
+    LLM duopoly for each adapter pair that exists (grid prices through `choose`, `LLM_RUN`:
+    sessions from different initial prices), in one table of prices and Delta (mean over the
+    sessions' final windows, its spread across sessions)."""
     from agents.llm.transformers_backend import TransformersBackend
     from finetune.registry import list_adapters
     from scenarios.market import run_scenario
 
+    run = {**LLM_RUN, **(run or {})}
     rows = []
     calvano = run_scenario("calvano", out / "calvano", progress=False)
-    rows.append({"market": "Q-learning vs Q-learning (Calvano, 100 sessions)",
-                 "price": calvano["mean_price"], "delta": calvano["mean_delta"], "periods": calvano["mean_periods"]})
+    rows.append({"market": "Q-learning vs Q-learning (Calvano, 100 sessions)", "sessions": 100,
+                 "price": calvano["mean_price"], "delta": calvano["mean_delta"], "sd_delta": calvano["sd_delta"],
+                 "periods": calvano["mean_periods"]})
     for name in ("theory_economicus", "theory_moralis"):
         theory = run_scenario(name, out / name, progress=False, restart_if_changed=True)
-        rows.append({"market": f"theory {theory['scenario'].removeprefix('theory-')} duopoly",
-                     "price": theory["sessions"][0]["price"], "delta": theory["mean_delta"],
+        rows.append({"market": f"theory {theory['scenario'].removeprefix('theory-')} duopoly", "sessions": 1,
+                     "price": theory["sessions"][0]["price"], "delta": theory["mean_delta"], "sd_delta": 0.0,
                      "periods": 30})
     found = list_adapters(adapters)
-    backend = TransformersBackend(adapters={k: v for k, v in found.items() if k in ("economicus", "moralis-0.5")})
-    for first, second, scenario in DUOPOLIES:
+    wanted = {p for pair in pairs for p in pair[:2]} - {"base"}
+    backend = TransformersBackend(adapters={k: v for k, v in found.items() if k in wanted})
+    for first, second, scenario in pairs:
         if any(p != "base" and p not in found for p in (first, second)):
             continue
         summary = run_scenario(scenario, out / scenario, backend=backend, restart_if_changed=True,
-                               overrides={"run": {**SHORT_RUN, "steps": steps},
-                                          "llm": {"adapters": str(adapters)}})
-        session = summary["sessions"][0]
-        rows.append({"market": f"LLM {first} vs {second} ({steps} periods)", "price": session["price"],
-                     "delta": summary["mean_delta"], "periods": steps,
-                     "calls_per_step": summary["backend_calls_per_step"],
+                               overrides={"run": run, "llm": {"adapters": str(adapters)}})
+        deltas = [r["delta"] for r in summary["sessions"]]
+        rows.append({"market": f"LLM {first} vs {second}", "pair": f"{first}/{second}",
+                     "sessions": len(deltas), "price": float(np.mean([r["price"] for r in summary["sessions"]])),
+                     "delta": float(np.mean(deltas)), "sd_delta": float(np.std(deltas, ddof=1)) if len(deltas) > 1 else 0.0,
+                     "min_delta": float(min(deltas)), "max_delta": float(max(deltas)),
+                     "periods": run["steps"], "calls_per_step": summary["backend_calls_per_step"],
                      "invalid": summary["invalid_decisions"]})
     table = pd.DataFrame(rows)
     table.to_csv(out / "markets.csv", index=False)
@@ -140,8 +146,8 @@ def av_runs(out: Path, adapters: str | Path = "adapters", steps: int = 100) -> p
             curve = summary["choice_curve"][label]
             rows.append({"av": label, "dilemmas": t["dilemmas"], "swerve_share": t["swerve_share"],
                          "utilitarian_share": t["utilitarian_share"], "killed_passengers": t["killed_passengers"],
-                         "killed_pedestrians": t["killed_pedestrians"], "p_swerve_n1": curve[0],
-                         "p_swerve_n10": curve[9]})
+                         "killed_pedestrians": t["killed_pedestrians"],
+                         **{f"p_swerve_n{n}": curve[n - 1] for n in (1, 2, 3, 5, 10)}})
     table = pd.DataFrame(rows)
     table.to_csv(out / "avs.csv", index=False)
     return table

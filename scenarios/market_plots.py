@@ -26,14 +26,19 @@ def _save(fig, path: Path) -> None:
     _pyplot().close(fig)
 
 
-def plot_prices(steps: pd.DataFrame, market, path: Path, title: str = "") -> None:
-    """Every firm's price by period (first session), with p_N and p_M."""
+def plot_prices(steps: pd.DataFrame, market, path: Path, title: str = "", sessions: int = 5) -> None:
+    """Every firm's price by period in the first `sessions` sessions (one colour per firm, one
+    line style per session), with p_N and p_M."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
-    first = steps[steps.session == steps.session.min()]
-    for (firm, label), group in first.groupby(["firm", "label"]):
-        ax.plot(group.period, group.price, lw=1.2, marker="." if len(group) < 60 else None,
-                label=f"firm {firm} ({label})")
+    shown = sorted(steps.session.unique())[:sessions]
+    styles = ("-", "--", ":", "-.", (0, (1, 3)))
+    for j, session in enumerate(shown):
+        part = steps[steps.session == session]
+        for (firm, label), group in part.groupby(["firm", "label"]):
+            ax.plot(group.period, group.price, lw=1.2, ls=styles[j % len(styles)], color=f"C{firm % 10}",
+                    marker="." if len(group) < 60 else None,
+                    label=f"firm {firm} ({label})" + (f", session {session}" if len(shown) > 1 else ""))
     _reference_lines(ax, market)
     ax.set(xlabel="period", ylabel="price", title=f"{title}: prices")
     ax.grid(alpha=0.3)

@@ -1,16 +1,13 @@
 """Outcomes of AV traffic runs: casualties, utilitarian choices, the choice curve against N and
 per-dimension effects in the style of the Moral Machine.
 
-Human reference: Bonnefon, Shariff & Rahwan (2016), Science 352:1573, study 2: the share of
-respondents who judged it more moral for an AV to sacrifice its one passenger to save N
-pedestrians was 76% for N = 10 and 23% for N = 1.
+The choice curve against Bonnefon et al.'s human shares is agents.dilemma.choice_curve.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-BONNEFON_2016 = {1: 0.23, 10: 0.76}
 
 
 def casualties(people: pd.DataFrame) -> pd.DataFrame:
@@ -38,14 +35,6 @@ def utilitarian_share(dilemmas: pd.DataFrame) -> pd.DataFrame:
             .groupby(["decider", "kind", "ahead"])
             .agg(dilemmas=("dilemma", "size"), utilitarian_share=("is_utilitarian", "mean"),
                  swerve_share=("swerve", "mean")).reset_index())
-
-
-def choice_curve(probe: pd.DataFrame) -> pd.DataFrame:
-    """P(swerve) against N (one passenger, N pedestrians) per decider, with Bonnefon et al.'s
-    human shares where they exist."""
-    curve = probe.pivot(index="pedestrians", columns="decider", values="p_swerve")
-    curve["human (Bonnefon et al. 2016)"] = [BONNEFON_2016.get(int(n), np.nan) for n in curve.index]
-    return curve
 
 
 def _difference(spared: pd.Series, mask_a: pd.Series, mask_b: pd.Series) -> float:

@@ -297,25 +297,3 @@ class AVTraffic(mesa.Model):
 
     def step_data(self) -> pd.DataFrame:
         return self.datacollector.get_model_vars_dataframe().reset_index(drop=True)
-
-
-def bonnefon_probe(deciders: Sequence[tuple[str, object]], sizes: Sequence[int] = tuple(range(1, 11)),
-                   seed: int = 0) -> pd.DataFrame:
-    """Bonnefon et al.'s (2016) question for each decider type: one adult passenger, N lawful
-    adult pedestrians ahead, a barrier on the other side; answered in one batched call.
-    Returns decider, N, action and P(swerve)."""
-    pairs, rows = [], []
-    for label, policy in dict(deciders).items():
-        for n in sizes:
-            ids = itertools.count()
-            dilemma = Dilemma("barrier", (Person(next(ids), "passenger"),),
-                              tuple(Person(next(ids), "pedestrian") for _ in range(n)))
-            pairs.append((policy, DilemmaSituation(dilemma)))
-            rows.append({"decider": label, "pedestrians": n})
-    decisions = decide(pairs, seeds=[seed * 1_000_003 + i for i in range(len(pairs))],
-                       tags=[{"probe": "bonnefon", **r} for r in rows])
-    for row, d in zip(rows, decisions):
-        row["action"] = d.action
-        row["p_swerve"] = (d.probabilities or {}).get("swerve", float(d.action == "swerve"))
-    return pd.DataFrame(rows)
-

@@ -29,7 +29,9 @@ class BertrandMarket(mesa.Model):
     grid: (m, xi) for Calvano's price grid (needed by Q-learning firms and grid LLM firms) or None.
     ceiling: the most customers pay, stated to LLM firms and bounding free prices (default twice
     the monopoly price). Initial prices (the "last prices" of period 0): a random grid state drawn
-    like the Q-learning engine's (seed, session) when there is a grid, else the Nash prices.
+    like the Q-learning engine's (seed, session) when there is a grid, else the Nash prices; every
+    firm remembers them as its period -1, so LLM firms of sessions with other initial prices start
+    from other histories.
     """
 
     def __init__(self, market: LogitBertrand, firms: Sequence[Callable], grid: tuple | None = (15, 0.1),
@@ -54,6 +56,9 @@ class BertrandMarket(mesa.Model):
         else:
             self.last_prices = self.nash.copy()
         self.firms: list[Firm] = [make(self, i) for i, make in enumerate(firms)]
+        start = self.last_prices
+        for f in self.firms:     # the initial prices are the last period every firm remembers
+            f.record(start, market.demand(start)[f.index], market.profits(start)[f.index])
         self.period = 0
         self.frozen = False                    # Q-learners neither explore nor learn (deviation tests)
         self.forced: dict[int, float] = {}     # prices imposed on the next period

@@ -14,8 +14,10 @@ from agents.policies import LLMPolicy, TheoryPolicy
 from agents.preferences import best_response, preference
 from markets.av import AGES, KINDS, WEIGHTINGS, Dilemma, Person, swerve_threshold, theory_swerves
 from scenarios.cli import main
-from simulation.av_metrics import BONNEFON_2016, choice_curve, preference_effects
-from simulation.av_traffic import AVTraffic, TrafficSettings, bonnefon_probe
+from agents.dilemma import bonnefon_probe, choice_curve
+from markets.av import BONNEFON_2016
+from simulation.av_metrics import preference_effects
+from simulation.av_traffic import AVTraffic, TrafficSettings
 
 
 def bonnefon(passengers: int, pedestrians: int, age: str = "adult") -> Dilemma:

@@ -14,7 +14,7 @@ import pytest
 from agents.preferences import HomoEconomicus, HomoMoralis
 from agents.situations import FRAMINGS, N_FRAMINGS, SYSTEMS, GameSituation
 from finetune.battery import HELDOUT_FRAMING, heldout
-from finetune.dataset import ROLES, answer_class, make_examples, read_jsonl, write_jsonl
+from finetune.dataset import ROLES, answer_class, make_examples, make_mixed_examples, read_jsonl, write_jsonl
 from finetune.paraphrases import N_PARAPHRASES, PARAPHRASES, paraphrase_messages
 from markets.games import GAMES
 
@@ -104,7 +104,7 @@ def test_openai_export_and_cli(tmp_path):
 
     out = tmp_path / "moralis.jsonl"
     assert main(["finetune", "data", "--preference", "moralis", "--kappa", "0.5", "--n", "14",
-                 "--out", str(out)]) == 0
+                 "--situations", "games", "--out", str(out)]) == 0
     ours = read_jsonl(out)
     openai = read_jsonl(out.with_suffix(".openai.jsonl"))
     assert len(ours) == len(openai) == 14
@@ -125,7 +125,7 @@ def tiny_adapter(tmp_path_factory, model_folder):
     from finetune.train import TrainOptions, train
 
     root = tmp_path_factory.mktemp("tiny")
-    examples = make_examples(HomoEconomicus(), 16, seed=5)
+    examples = make_mixed_examples(HomoEconomicus(), {"games": 8, "pricing": 4, "av": 4}, seed=5)
     write_jsonl(examples, root / "data.jsonl")
     out = train(TrainOptions(str(root / "data.jsonl"), str(root / "adapters" / "economicus"),
                              max_steps=6, batch_size=4, learning_rate=1e-3, save_steps=3),
@@ -152,6 +152,8 @@ def test_tiny_training_lowers_the_loss_and_writes_a_manifest(tiny_adapter, model
     assert manifest["preference"] == "economicus" and manifest["kappa"] == 0.0
     assert manifest["base_model_sha256"] == model_hash(model_folder)
     assert manifest["data"]["examples"] == 16 and len(manifest["data"]["sha256"]) == 64
+    assert manifest["situations"] == {"games": 8, "pricing": 4, "av": 4}
+    assert manifest["precision"] == "float32" and manifest["hyperparameters"]["bf16"] is False
     assert manifest["hyperparameters"]["rank"] <= 16
     assert {"torch", "transformers", "peft", "trl"} <= set(manifest["versions"])
     assert len(manifest["loss_curve"]) >= 2
