@@ -110,7 +110,7 @@ def run_pipeline(options: PipelineOptions, log=print) -> dict:
 
 
 def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, small: bool = False,
-                      log=print):
+                      log=print, application_items: int = 60):
     """Base model vs each adapter on the held-out items of every domain (games battery, pricing,
     AV) and the AV choice curve; scores go into each manifest."""
     from agents.llm.decision_log import DecisionLog
@@ -126,10 +126,12 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
     if len(styles) != 1:
         raise ValueError(f"adapters trained on different answer styles {sorted(styles)}: evaluate apart")
     style = styles.pop()
-    key = {"items": "small" if small else "full", "style": style, "domains": list(SITUATIONS)}
+    key = {"items": "small" if small else "full", "style": style, "domains": list(SITUATIONS),
+           "application_items": application_items}
     weights = {name: file_sha256(registry / name / "adapter_model.safetensors") for name in adapters}
-    if all(m.get("evaluation", {}).get("battery") == key
-           and m["evaluation"].get("adapter_sha256") == weights[name] for name, m in manifests.items()):
+    if (out / "scores.csv").exists() and all(m.get("evaluation", {}).get("battery") == key
+                                             and m["evaluation"].get("adapter_sha256") == weights[name]
+                                             for name, m in manifests.items()):
         log("evaluation: up to date")
         return
     out.mkdir(parents=True, exist_ok=True)
@@ -151,7 +153,8 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
         # the applications are asked as the simulations ask them: the answer alone
         plain = {name: LLMPolicy(backend, None if name == "base" else name, log=log_file)
                  for name in ["base", *adapters]}
-        applied, by_feature, curve = evaluate_applications(plain, {p.name: p for p in adapters.values()}, out)
+        applied, by_feature, curve = evaluate_applications(plain, {p.name: p for p in adapters.values()}, out,
+                                                           application_items, application_items)
     scores = theory_scores(frame, theories, excluded).assign(domain="games")
     scores = pd.concat([scores, applied], ignore_index=True)
     scores.to_csv(out / "scores.csv", index=False)

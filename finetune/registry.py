@@ -20,6 +20,22 @@ def adapter_name(preference: str, kappa: float | None = None) -> str:
     raise ValueError(f"no adapter name for preference {preference!r} (kappa {kappa})")
 
 
+def parse_adapter_name(name: str) -> tuple[str, float | None]:
+    """(preference, kappa) of an adapter name: `economicus` -> ("economicus", None),
+    `moralis-K` -> ("moralis", K); the inverse of adapter_name."""
+    if name == "economicus":
+        return "economicus", None
+    head, _, kappa = name.partition("-")
+    if head == "moralis":
+        try:
+            value = float(kappa)
+        except ValueError:
+            value = float("nan")
+        if 0 <= value <= 1:
+            return "moralis", value
+    raise ValueError(f"adapter name must be economicus or moralis-K with K in [0, 1], got {name!r}")
+
+
 def list_adapters(folder: str | Path = DEFAULT_FOLDER) -> dict[str, Path]:
     """Adapters in the folder, by name (sub-folders holding adapter_config.json)."""
     folder = Path(folder)

@@ -41,6 +41,7 @@ class TrainOptions:
     seed: int = 0
     bf16: bool = False                # bf16 autocast (about as fast as float32 on a CPU; float32 is the same everywhere)
     attention: str = "eager"          # eager attention trains faster than sdpa on CPUs (benchmarks/train_speed.py)
+    answer_only_head: bool = True     # False: TRL's own tiled LM head (slower on CPUs, same loss)
     save_steps: int = 10
     logging_steps: int = 2
     extra: dict = field(default_factory=dict)
@@ -136,8 +137,9 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
     # it learns the count-dependent AV answer in a third of the steps (README, fine-tuning)
     optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=options.learning_rate,
                                           loraplus_lr_ratio=options.loraplus_ratio)
-    trainer = _answer_only_trainer(SFTTrainer)(model=model, args=config, train_dataset=dataset,
-                                               processing_class=tokenizer, optimizers=(optimizer, None))
+    trainer_class = _answer_only_trainer(SFTTrainer) if options.answer_only_head else SFTTrainer
+    trainer = trainer_class(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                            optimizers=(optimizer, None))
     resume = checkpoints.exists() and any(checkpoints.glob("checkpoint-*"))
     started = time.time()
     result = trainer.train(resume_from_checkpoint=True if resume else None)

@@ -187,6 +187,18 @@ def _finetune_pipeline(args) -> int:
     return 0
 
 
+def _transfer(args) -> int:
+    from scenarios.transfer import run_transfer
+
+    adapters, markets = run_transfer(args.out, args.adapters)
+    print("\nHeld-out share equal to the adapter's theory, and P(swerve) for 1 passenger vs N pedestrians:")
+    print(adapters.drop(columns=["situations"]).to_string(index=False, float_format="%.3f"))
+    print("\nLLM duopolies (Delta over the final window, mean and spread over sessions):")
+    print(markets.to_string(index=False, float_format="%.3f"))
+    print(f"tables: {args.out}/transfer_adapters.md, {args.out}/transfer_markets.md")
+    return 0
+
+
 def _market_run(args) -> int:
     from scenarios.market import run_scenario
 
@@ -399,6 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     viz.add_argument("--port", type=int, default=8765)
     viz.add_argument("--adapters", default="adapters", help="adapter folder for LLM decision makers")
     viz.set_defaults(run=_viz)
+
+    transfer = sub.add_parser("transfer", help="games-only vs games + applications adapters, side by side")
+    transfer.add_argument("--adapters", default="adapters",
+                          help="the in-domain adapters (the main job's); the games-only ones go to ADAPTERS/games-only")
+    transfer.add_argument("--out", default="outputs/transfer")
+    transfer.set_defaults(run=_transfer)
 
     demo = sub.add_parser("demo", help="the main job: theory table and Bertrand-by-kappa plot")
     demo.add_argument("--out", default="outputs/demo", help="folder for the report")

@@ -178,15 +178,20 @@ def run_demo(out: str | Path, finetune: bool = True, adapters: str | Path = "ada
     if finetune:
         print("\nFine-tuning economicus and moralis-0.5 adapters (cached in adapters/):", flush=True)
         manifests = finetune_adapters(out / "finetune", adapters)
-        first = next(iter(manifests.values()))["evaluation"]
-        rows = first["base"] + [r for m in manifests.values() for r in m["evaluation"]["scores"]]
-        scores = pd.DataFrame(rows)
+        from scenarios.transfer import adapter_rows, markdown
+        scores = pd.read_csv(out / "finetune" / "eval" / "scores.csv")
         scores.to_csv(out / "finetune_scores.csv", index=False)
+        alignment = pd.DataFrame(adapter_rows("games + applications (in-domain)", manifests))
+        alignment.to_csv(out / "alignment.csv", index=False)
+        (out / "alignment.md").write_text(markdown(alignment))
         print(scores.to_string(index=False, float_format="%.3f"))
         for name, m in manifests.items():
-            print(f"{name}: trained {m['train_seconds']} s at {m['samples_per_second']} samples/s; "
-                  f"held-out {m['evaluation']['share_target']:.0%} equal to its theory "
-                  f"(base model {m['evaluation']['base_share_target']:.0%})")
+            d = m["evaluation"]["domains"]
+            print(f"{name}: trained {m['train_seconds']} s at {m['samples_per_second']} samples/s "
+                  f"({m['precision']}); held-out equal to its theory: games {d['games']['share_equal']:.0%} "
+                  f"(base {d['games']['base_share_equal']:.0%}), pricing within a grid step "
+                  f"{d['pricing']['share_within_step']:.0%} (base {d['pricing']['base_share_within_step']:.0%}), "
+                  f"AV {d['av']['share_equal']:.0%} (base {d['av']['base_share_equal']:.0%})")
     print("\nRepeated Bertrand markets (Delta over the final window; p_N 1.4729, p_M 1.9250):", flush=True)
     markets = market_runs(out / "markets", adapters)
     print(markets.to_string(index=False, float_format="%.3f"))

@@ -146,6 +146,7 @@ def run_mesa(s: MarketScenario, out: Path, log=None, policies=None, progress: bo
     frame.to_parquet(out / "steps.parquet", index=False)
     summary = {"engine": "mesa", "sessions": sessions,
                "mean_delta": float(np.mean([r["delta"] for r in sessions])),
+               "sd_delta": float(np.std([r["delta"] for r in sessions], ddof=1)) if len(sessions) > 1 else 0.0,
                "mean_price_index": float(np.mean([r["price_index"] for r in sessions])),
                "nash_price": market.nash_prices().tolist(), "monopoly_price": market.monopoly_prices().tolist(),
                "backend_calls_per_step": max(calls) if calls else 0,

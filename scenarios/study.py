@@ -14,6 +14,8 @@ A study file (TOML):
     [study]
     executor = "local"                # or "ray": cells as Ray tasks on `workers` processes
     workers = 2
+    train_adapters = false            # true: fine-tune (cached) the adapters the LLM firms name
+    theory_curve = false              # true: plot the homo moralis equilibrium Delta beside kappa
 
 Keys are "section.key" ([market], [grid], [qlearning], [run], [llm]), "firm.key" (every [[firm]]),
 or "market.firms" (the [[firm]] tables repeated to that many firms). A cell whose summary.json
@@ -51,6 +53,8 @@ class Study:
     grid: dict                       # {"section.key": [values]}
     executor: str
     workers: int
+    train_adapters: bool = False
+    theory_curve: bool = False
 
     def cells(self) -> list[dict]:
         """Every combination of the grid values, once per seed: {"section.key": value, "seed": s}."""
@@ -98,11 +102,13 @@ def load_study(path: str | Path) -> Study:
     for seed in seeds:
         check_type(f"{path}:", "seeds", seed, int)
     study = raw.get("study", {})
-    check_keys(f"{path}: [study]", study, {"executor": str, "workers": int})
+    check_keys(f"{path}: [study]", study, {"executor": str, "workers": int, "train_adapters": bool,
+                                           "theory_curve": bool})
     executor, workers = study.get("executor", "local"), study.get("workers", os.cpu_count() or 1)
     check_range(f"{path}: [study]", "executor", executor in EXECUTORS, " or ".join(EXECUTORS), executor)
     check_range(f"{path}: [study]", "workers", workers >= 1, ">= 1", workers)
-    s = Study(path, raw.get("name", path.stem), scenario, list(seeds), fixed, grid, executor, workers)
+    s = Study(path, raw.get("name", path.stem), scenario, list(seeds), fixed, grid, executor, workers,
+              study.get("train_adapters", False), study.get("theory_curve", False))
     for cell in s.cells():    # every cell must be a valid scenario before anything runs
         load_scenario(scenario, overrides({**fixed, **_renamed(cell)}))
     return s
@@ -137,6 +143,8 @@ def run_study(path: str | Path, out: str | Path, progress: bool = True, log=prin
     folders = [cell_folder(out, i, c) for i, c in enumerate(cells)]
     pending = [i for i, f in enumerate(folders) if not (f / "summary.json").exists()]
     log(f"{s.name}: {len(cells)} cells, {len(cells) - len(pending)} done, executor {s.executor}")
+    if s.train_adapters and pending:
+        train_named_adapters(s, [cells[i] for i in pending], out, log)
     started = time.time()
     with tqdm(total=len(cells), initial=len(cells) - len(pending), desc=f"{s.name}: cells",
               unit="cell", disable=not progress) as bar:
@@ -150,12 +158,32 @@ def run_study(path: str | Path, out: str | Path, progress: bool = True, log=prin
     table = collect(cells, folders)
     table.to_csv(out / "study.csv", index=False)
     (out / "study.md").write_text(to_markdown(table))
-    plot_study(table, list(s.grid), out / "study.png", title=s.name)
+    plot_study(table, list(s.grid), out / "study.png", title=s.name, theory=s.theory_curve)
     (out / "study.json").write_text(json.dumps(
         {"name": s.name, "scenario": str(s.scenario), "grid": s.grid, "set": s.fixed, "seeds": s.seeds,
          "executor": s.executor, "workers": s.workers, "cells": len(cells), "ran": len(pending),
          "seconds": round(time.time() - started, 1)}, indent=2, default=str) + "\n")
     return table
+
+
+def train_named_adapters(s: Study, cells: list[dict], out: Path, log=print) -> None:
+    """Fine-tune (finetune pipeline, cached in the scenario's adapter folder) every adapter an
+    LLM firm of the cells names that the folder does not hold yet."""
+    from finetune.pipeline import PipelineOptions, run_pipeline
+    from finetune.registry import adapter_name, list_adapters, parse_adapter_name
+
+    wanted: dict[str, tuple] = {}
+    for cell in cells:
+        scenario = load_scenario(s.scenario, overrides({**s.fixed, **_renamed(cell)}))
+        for firm in scenario.firms:
+            if firm.type == "llm" and firm.preference != "base":
+                wanted.setdefault(scenario.llm["adapters"], set()).add(parse_adapter_name(firm.preference))
+    for folder, preferences in wanted.items():
+        missing = sorted(p for p in preferences if adapter_name(*p) not in list_adapters(folder))
+        if missing:
+            log(f"{s.name}: training {len(missing)} adapter(s) into {folder}")
+            run_pipeline(PipelineOptions(adapters=str(folder), out=str(out / "finetune"),
+                                         preferences=tuple(missing)), log=log)
 
 
 def _run_on_ray(jobs: list, workers: int, bar) -> None:
@@ -198,17 +226,38 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_study(table: pd.DataFrame, keys: list[str], path: Path, title: str) -> None:
-    """Mean Delta over seeds against the first grid key, one line per value of the second."""
+def _as_kappa(value):
+    """Preference names (moralis-K, economicus) as their kappa, numbers as they are."""
+    from finetune.registry import parse_adapter_name
+
+    if isinstance(value, str):
+        return parse_adapter_name(value)[1] or 0.0
+    return value
+
+
+def plot_study(table: pd.DataFrame, keys: list[str], path: Path, title: str, theory: bool = False) -> None:
+    """Mean Delta over seeds (and, for multi-session cells, the sessions' spread) against the
+    first grid key, one line per value of the second; with `theory`, the symmetric homo moralis
+    equilibrium Delta of the duopoly (docs/theory.md) against kappa."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
     x, lines = keys[0], keys[1:2]
+    if table[x].map(lambda v: isinstance(v, str)).any():
+        table = table.assign(**{x: table[x].map(_as_kappa)})
+    if theory:
+        import numpy as np
+
+        from scenarios.theory import bertrand_by_kappa
+        curve = bertrand_by_kappa(np.round(np.linspace(0, 1, 21), 2), (2,))
+        ax.plot(curve.kappa, curve.delta, color="black", lw=1, label="theory: homo moralis duopoly")
     groups = table.groupby(lines) if lines else [((None,), table)]
     for value, rows in groups:
-        stats = rows.groupby(x)["mean_delta"].agg(["mean", "std"]).reset_index()
+        stats = rows.groupby(x)["mean_delta"].agg(["mean", "std", "size"]).reset_index()
+        if "sd_delta" in rows and (stats["size"] == 1).all():      # one seed: the sessions' spread
+            stats["std"] = rows.groupby(x)["sd_delta"].first().to_numpy()
         label = None if not lines else f"{lines[0]} = {value[0]:g}" if isinstance(value[0], float) \
             else f"{lines[0]} = {value[0]}"
         ax.errorbar(stats[x], stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=label)
@@ -217,7 +266,7 @@ def plot_study(table: pd.DataFrame, keys: list[str], path: Path, title: str) -> 
     ax.set_xlabel(x)
     ax.set_ylabel("Delta (0 Nash, 1 monopoly)")
     ax.set_title(title + (f" (other keys: {', '.join(keys[2:])} pooled)" if len(keys) > 2 else ""))
-    if lines:
+    if lines or theory:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -47,8 +47,9 @@ def test_demo_markets_report_calvano_theory_and_the_base_duopoly(report):
     assert 0.80 <= calvano.delta <= 0.90
     assert markets.loc["theory economicus duopoly"].price == pytest.approx(1.47293, abs=1e-4)
     assert markets.loc["theory moralis-0.5 duopoly"].delta == pytest.approx(0.734, abs=1e-3)
-    llm = markets.loc["LLM base vs base (20 periods)"]
-    assert llm.calls_per_step == 1
+    llm = markets.loc["LLM base vs base"]
+    assert llm.calls_per_step == 1 and llm.sessions == 3 and llm.periods == 30
+    assert llm.min_delta <= llm.delta <= llm.max_delta and llm.sd_delta >= 0
     # the base model prices on Calvano's grid: between its lowest and highest point
     assert 1.4277 - 1e-3 <= llm.price <= 1.9702 + 1e-3
     assert (report / "markets" / "llm_base" / "steps.parquet").exists()

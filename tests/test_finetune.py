@@ -198,3 +198,36 @@ def test_corrupt_or_mismatched_adapters_are_refused_in_one_line(tiny_adapter, tm
     proc = subprocess.run([str(exe), "finetune", "evaluate", "--adapters", str(registry),
                            "--adapter", "moralis-0.5"], capture_output=True, text=True)
     assert proc.returncode == 2 and "no adapter 'moralis-0.5'" in proc.stderr
+
+
+@pytest.mark.slow
+def test_evaluation_reports_every_domain(tiny_adapter, tmp_path):
+    """`finetune evaluate`: the base model and the adapter on the held-out games, pricing and AV
+    items, scores per domain (pricing: exact and within one grid step) and the AV choice curve
+    beside the theory's step and Bonnefon et al.'s human shares, into the manifest."""
+    import shutil
+
+    import pandas as pd
+
+    from finetune.pipeline import evaluate_adapters
+    from finetune.train import read_manifest
+
+    folder, _ = tiny_adapter
+    registry = tmp_path / "adapters"
+    shutil.copytree(folder, registry / "economicus")
+    out = tmp_path / "eval"
+    evaluate_adapters(registry, {"economicus": HomoEconomicus()}, out, small=True, log=lambda *a: None,
+                      application_items=9)
+    scores = pd.read_csv(out / "scores.csv")
+    assert set(scores.domain) == {"games", "pricing", "av"}
+    assert set(scores.policy) == {"base", "economicus"}
+    pricing = scores[scores.domain == "pricing"]
+    assert (pricing.share_within_step >= pricing.share_equal).all() and pricing["items"].eq(9).all()
+    curve = pd.read_csv(out / "choice_curve.csv", index_col=0)
+    assert curve["theory economicus"].eq(0).all()            # homo economicus never swerves into a barrier
+    assert curve.loc[[1, 10], "human (Bonnefon et al. 2016)"].tolist() == [0.23, 0.76]
+    assert curve["economicus"].between(0, 1).all()
+    evaluation = read_manifest(registry / "economicus")["evaluation"]
+    assert set(evaluation["domains"]) == {"games", "pricing", "av"}
+    assert len(evaluation["choice_curve"]["adapter"]) == 10
+    assert (out / "choice_curve.png").stat().st_size > 0 and (out / "scores_by_feature.md").exists()

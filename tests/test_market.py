@@ -240,3 +240,23 @@ def test_interrupted_llm_run_resumes_at_its_session_and_keeps_one_log(backend, t
     with pytest.raises(ConfigError, match="different scenario"):
         run_scenario("llm_base", tmp_path, progress=False, backend=backend,
                      overrides={"run": {**short["run"], "steps": 4}})
+
+
+def test_initial_prices_are_every_firms_first_remembered_period():
+    """Sessions start from other (seeded) initial prices, and an LLM firm's first prompt shows
+    them as period -1, so LLM sessions from other starts differ (the main job's spread)."""
+    from agents.policies import LLMPolicy
+
+    policy = LLMPolicy(backend=None)
+    prompts, starts = [], []
+    for session in (0, 1):
+        model = BertrandMarket(LogitBertrand(), [llm_firm(policy, memory=3)] * 2, seed=0, session=session)
+        first = model.firms[0].situation()
+        assert len(first.history) == 1
+        record = first.history[0]
+        assert record.price == model.last_prices[0] and record.rivals == (model.last_prices[1],)
+        assert record.profit == pytest.approx(LogitBertrand().profits(model.last_prices)[0])
+        prompts.append(first.messages()[1]["content"])
+        starts.append(tuple(model.last_prices))
+    assert starts[0] != starts[1] and prompts[0] != prompts[1]
+    assert "Period -1: your price" in prompts[0] and "first period" not in prompts[0]
