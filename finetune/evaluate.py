@@ -97,9 +97,9 @@ def run(items: Sequence[Item], policies: dict, out: str | Path, batch_size: int 
     if checkpoint.exists():
         for line in checkpoint.read_text().splitlines():
             if line.strip():
-                row = json.loads(line)
-                if row["policy"] not in changed:   # answers of other weights are answered again
-                    done.add((row["policy"], row["item_id"]))
+                answered = json.loads(line)
+                if answered["policy"] not in changed:   # answers of other weights are answered again
+                    done.add((answered["policy"], answered["item_id"]))
     pending = [(name, item) for name, _ in policies.items() for item in items
                if (name, item.item_id) not in done]
     with open(checkpoint, "a", encoding="utf-8") as sink, \
