@@ -123,5 +123,5 @@ def evaluate_applications(policies: dict, theories: dict, out: str | Path, prici
     llm = {name: p for name, p in policies.items() if hasattr(p, "backend")}
     curve = theory_choice_curve(llm, theories)
     curve.to_csv(out / "choice_curve.csv")
-    plot_choice_curve(curve, out / "choice_curve.png", "Held-out AV probe: 1 passenger vs N pedestrians")
+    plot_choice_curve(curve, out / "choice_curve.png", "AV probe (Bonnefon et al.): 1 passenger vs N pedestrians")
     return scores, by_feature, curve

@@ -57,18 +57,12 @@ class TrainOptions:
             raise ValueError("epochs, batch_size, learning_rate and loraplus_ratio must be positive")
 
 
-def native_bf16() -> bool:
-    """bf16 matrix units: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX (where
-    bf16 autocast trains about twice as fast as float32; elsewhere it is slower)."""
-    import torch
+def _situation_counts(examples) -> dict[str, int]:
+    """Examples per situation (games, pricing, av) in SITUATIONS order."""
+    from finetune.dataset import SITUATIONS
 
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+    counts = Counter(e.get("meta", {}).get("domain", "games") for e in examples)
+    return {name: counts[name] for name in (*SITUATIONS, *sorted(set(counts) - set(SITUATIONS))) if counts[name]}
 
 
 def file_sha256(path: str | Path) -> str:
@@ -150,7 +144,7 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
         "name": out.name, "preference": preference, "kappa": kappa,
         "material_utility": examples[0].get("meta", {}).get("utility", "linear"),
         "style": next((e["meta"]["style"] for e in examples if "style" in e.get("meta", {})), "answer"),
-        "situations": dict(Counter(e.get("meta", {}).get("domain", "games") for e in examples)),
+        "situations": _situation_counts(examples),
         "base_model": base.name, "base_model_sha256": model_hash(base),
         "data": {"path": str(options.data), "sha256": file_sha256(options.data), "examples": len(examples)},
         "hyperparameters": {k: v for k, v in asdict(options).items() if k not in ("data", "out", "base")},

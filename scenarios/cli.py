@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     study = sub.add_parser("study", help="batch parameter studies: a market scenario over a grid and seeds")
     study_sub = study.add_subparsers(dest="study_command", required=True, parser_class=_Parser)
     study_run = study_sub.add_parser("run", help="run a study file (scenarios/studies/*.toml), resumable")
-    study_run.add_argument("study", help="study TOML file, or a bundled study name (kappa, calvano_alpha_beta)")
+    study_run.add_argument("study", help="study TOML file, or a bundled study name (kappa, calvano_alpha_beta, llm_kappa)")
     study_run.add_argument("--out", required=True, help="folder for study.csv/md/png and one folder per cell")
     study_run.set_defaults(run=_study_run)
 
