@@ -117,7 +117,7 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
     from agents.llm.transformers_backend import TransformersBackend
     from agents.policies import LLMPolicy
     from finetune.application_eval import evaluate_applications
-    from finetune.battery import build_battery
+    from finetune.battery import KAPPAS, build_battery
     from finetune.dataset import near_threshold
     from finetune.evaluate import kappa_column, plot_theory_scores, run, theory_scores, _markdown
 
@@ -136,7 +136,8 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
         return
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    items = [i for i in build_battery("linear", small=small) if i.split == "heldout"]
+    kappas = sorted(set(KAPPAS) | {float(pref.kappa) for pref in adapters.values() if pref.kappa})
+    items = [i for i in build_battery("linear", small=small, kappas=kappas) if i.split == "heldout"]
     theories = {pref.name: ("economicus" if pref.kappa == 0 else kappa_column(pref.kappa))
                 for pref in adapters.values()}
     excluded = {pref.name: {i.item_id for i in items if near_threshold(pref, i.situation())}
