@@ -25,7 +25,6 @@ from finetune import av_data, pricing_data
 from finetune.evaluate import _pyplot, _save, run
 
 PROBE_SIZES = tuple(range(1, 11))
-DOMAINS = ("games", "pricing", "av")
 
 
 def _pricing_row(theories: dict):

@@ -39,11 +39,10 @@ def adapter_rows(arm: str, manifests: dict) -> list[dict]:
 
 
 def markdown(table: pd.DataFrame) -> str:
-    def cell(v):
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+    """The table in Markdown (finetune.evaluate's table format)."""
+    from finetune.evaluate import _markdown
+
+    return _markdown(table, list(table.columns))
 
 
 def run_transfer(out: str | Path, adapters: str | Path = "adapters", log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
