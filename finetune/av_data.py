@@ -128,6 +128,35 @@ def make_av_examples(pref, n: int, seed: int = 0) -> list[dict]:
     return examples
 
 
+PROBE_SIZES = tuple(range(1, 11))                      # Bonnefon et al.'s N pedestrians
+
+
+def make_probe_examples(pref, n: int, seed: int = 0) -> list[dict]:
+    """`n` examples of Bonnefon et al.'s question (bonnefon_dilemma, the simulations' wording)
+    answered by `pref`, for the second training phase (finetune.pipeline): half stay and half
+    swerve, N uniform within each answer's sizes. In the mixed data the count is not learnt
+    (README); in these balanced batches it is. Empty when the preference gives one answer at
+    every N (homo economicus always stays)."""
+    sides: dict[str, list[int]] = {}
+    for size in PROBE_SIZES:
+        sides.setdefault(DilemmaSituation(bonnefon_dilemma(size)).theory_action(pref), []).append(size)
+    if len(sides) < 2:
+        return []
+    rng = np.random.default_rng([seed, 4])
+    actions = sorted(sides)
+    examples = []
+    for i in range(n):
+        action = actions[i % 2]
+        size = int(rng.choice(sides[action]))
+        situation = DilemmaSituation(bonnefon_dilemma(size))
+        examples.append({"messages": situation.messages() + [{"role": "assistant", "content": f"ANSWER: {action}"}],
+                         "meta": {"domain": "av", "kind": "barrier", "probe": True, "passengers": 1,
+                                  "ahead": size, "other_lane": 0, "wording": situation.wording,
+                                  "action": action, "preference": pref.name, "kappa": pref.kappa,
+                                  "utility": pref.material_utility}})
+    return examples
+
+
 @dataclass(frozen=True)
 class AVItem:
     """One held-out AV question."""

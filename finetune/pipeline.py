@@ -21,8 +21,14 @@ EVAL_TOKENS = 128   # room for the worked reasoning before ANSWER:
 
 # Examples per situation, epochs and adapted layers per preference, chosen on the embedded model
 # within the main job's 10-minute training budget for both adapters (README, fine-tuning).
-RECIPES = {"economicus": {"games": 128, "pricing": 64, "av": 32, "epochs": 2.0, "top_layers": 15},
-           "moralis": {"games": 160, "pricing": 64, "av": 96, "epochs": 2.0, "top_layers": 15}}
+# `probe`: examples of Bonnefon et al.'s question in a second phase (PROBE_PHASE) that starts
+# from the first phase's adapter; only where AV situations are trained and the preference's
+# answer depends on the number of pedestrians (finetune.av_data.make_probe_examples).
+RECIPES = {"economicus": {"games": 128, "pricing": 64, "av": 32, "probe": 0, "epochs": 2.0, "top_layers": 15},
+           "moralis": {"games": 160, "pricing": 64, "av": 96, "probe": 192, "epochs": 2.0, "top_layers": 15}}
+# The second phase: a low constant learning rate. At 5e-4 the first phase's adapter oscillated and
+# the count was not learnt; at 1e-4 for 2 epochs it was (README).
+PROBE_PHASE = {"learning_rate": 1e-4, "schedule": "constant", "epochs": 2.0}
 
 
 @dataclass
@@ -48,7 +54,7 @@ def situation_counts(name: str, situations: dict, games: int | None = None) -> d
     """Examples per situation for preference `name`: the given counts, else the recipe's
     (`games` overrides the games count)."""
     recipe = RECIPES[name]
-    counts = {k: (n if n is not None else recipe[k]) for k, n in situations.items()}
+    counts = {k: (n if n is not None else recipe[k]) for k, n in situations.items() if k in SITUATIONS}
     if games is not None and "games" in counts:
         counts["games"] = games
     return counts
@@ -74,9 +80,69 @@ def _up_to_date(folder: Path, data: Path, options: TrainOptions, base_hash: str)
         return False
     wanted = {k: v for k, v in asdict(options).items() if k not in ("data", "out", "base")}
     recorded = manifest.get("hyperparameters", {})
+    start = options.init_adapter and file_sha256(Path(options.init_adapter) / "adapter_model.safetensors")
     return (manifest.get("data", {}).get("sha256") == file_sha256(data)
             and manifest.get("base_model_sha256") == base_hash
+            and manifest.get("init_adapter_sha256") == (start or None)
             and json.loads(json.dumps(wanted)) == recorded)
+
+
+def _train_cached(options: TrainOptions, base_hash: str, label: str, log) -> dict:
+    """Train unless the folder's manifest records the same data, options and base model."""
+    folder = Path(options.out)
+    if _up_to_date(folder, Path(options.data), options, base_hash):
+        log(f"{label}: up to date ({folder})")
+    else:
+        log(f"{label}: training on {describe_data(options.data)} examples ...")
+        train(options)
+        m = read_manifest(folder)
+        log(f"{label}: {m['train_seconds']} s, {m['samples_per_second']} samples/s, "
+            f"loss {m['loss_curve'][0][1]:.3f} -> {m['loss_curve'][-1][1]:.3f}")
+    return read_manifest(folder)
+
+
+def describe_data(data: str | Path) -> str:
+    """'games 160, pricing 64, av 32' for a data file."""
+    from finetune.dataset import read_jsonl
+    from finetune.train import examples_by_situation
+
+    return ", ".join(f"{k} {n}" for k, n in examples_by_situation(read_jsonl(data)).items())
+
+
+def train_adapter(pref, counts: dict[str, int], probe: int, train_options: dict, folder: Path,
+                  data_folder: Path, base: Path, base_hash: str, seed: int, style: str, log=print) -> dict:
+    """One adapter: the first phase on the mixed data into `folder`; with `probe` examples
+    (AV situations trained and an N-dependent answer), a second phase (PROBE_PHASE) on
+    Bonnefon et al.'s question from the first phase's adapter, kept in data_folder/../phase1.
+    The adapter's manifest records both phases and their summed time."""
+    from finetune.av_data import make_probe_examples
+    from finetune.dataset import write_jsonl
+
+    name = folder.name
+    data = make_data(pref, counts, seed, data_folder, style)
+    probe_examples = make_probe_examples(pref, probe, seed) if probe and counts.get("av") else []
+    first = folder if not probe_examples else data_folder.parent / "phase1" / name
+    first_options = TrainOptions(str(data), str(first), str(base), seed=seed, **train_options)
+    m1 = _train_cached(first_options, base_hash, name if first == folder else f"{name} (phase 1)", log)
+    if not probe_examples:
+        return m1
+    probe_data = data_folder / f"{name}-probe{probe}-s{seed}.jsonl"
+    if not probe_data.exists():
+        write_jsonl(probe_examples, probe_data)
+    second = TrainOptions(str(probe_data), str(folder), str(base), seed=seed, init_adapter=str(first),
+                          **{**train_options, **PROBE_PHASE})
+    m2 = _train_cached(second, base_hash, f"{name} (phase 2: Bonnefon's question)", log)
+    if "phases" not in m2:
+        phases = [{k: m[k] for k in ("situations", "data", "hyperparameters", "loss_curve", "train_seconds",
+                                     "samples_per_second")} for m in (m1, m2)]
+        total = sum(p["train_seconds"] for p in phases)
+        samples = sum(p["data"]["examples"] * p["hyperparameters"]["epochs"] for p in phases)
+        m2.update(phases=phases, train_seconds=round(total, 1), samples_per_second=round(samples / total, 3),
+                  situations={**m1["situations"], "probe": m2["situations"].get("av", 0)},
+                  loss_curve=m1["loss_curve"] + [[m1["loss_curve"][-1][0] + step, loss]
+                                                 for step, loss in m2["loss_curve"]])
+        write_manifest(folder, m2)
+    return m2
 
 
 def run_pipeline(options: PipelineOptions, log=print) -> dict:
@@ -90,20 +156,10 @@ def run_pipeline(options: PipelineOptions, log=print) -> dict:
     for name, kappa in options.preferences:
         pref = _preference(name, kappa)
         adapter = adapter_name(name, kappa)
-        recipe = {k: v for k, v in RECIPES[name].items() if k not in SITUATIONS}
+        recipe = {k: v for k, v in RECIPES[name].items() if k not in (*SITUATIONS, "probe")}
         counts = situation_counts(name, options.situations, options.examples)
-        data = make_data(pref, counts, options.seed, out / "data", options.style)
-        train_options = TrainOptions(str(data), str(registry / adapter), str(base), seed=options.seed,
-                                     **{**recipe, **options.train})
-        if _up_to_date(registry / adapter, data, train_options, base_hash):
-            log(f"{adapter}: up to date ({registry / adapter})")
-        else:
-            log(f"{adapter}: training on {sum(counts.values())} examples "
-                f"({', '.join(f'{k} {n}' for k, n in counts.items())}) ...")
-            train(train_options)
-            m = read_manifest(registry / adapter)
-            log(f"{adapter}: {m['train_seconds']} s, {m['samples_per_second']} samples/s, "
-                f"loss {m['loss_curve'][0][1]:.3f} -> {m['loss_curve'][-1][1]:.3f}")
+        train_adapter(pref, counts, RECIPES[name]["probe"], {**recipe, **options.train}, registry / adapter,
+                      out / "data", base, base_hash, options.seed, options.style, log)
         trained[adapter] = pref
     evaluate_adapters(registry, trained, out / "eval", base=options.base, small=options.small, log=log)
     return {name: read_manifest(registry / name) for name in trained}

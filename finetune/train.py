@@ -35,6 +35,7 @@ class TrainOptions:
     epochs: float = 2.0
     batch_size: int = 8
     learning_rate: float = 5e-4
+    schedule: str = "cosine"          # learning-rate schedule (transformers' names: cosine, constant, linear)
     loraplus_ratio: float = 16.0      # LoRA+: the B matrices learn this many times faster (1: plain LoRA)
     max_length: int = 512
     max_steps: int = -1
@@ -44,6 +45,7 @@ class TrainOptions:
     answer_only_head: bool = True     # False: TRL's own tiled LM head (slower on CPUs, same loss)
     save_steps: int = 10
     logging_steps: int = 2
+    init_adapter: str | None = None   # continue training this adapter (its rank, layers and modules)
     extra: dict = field(default_factory=dict)
 
     def check(self) -> None:
@@ -55,9 +57,11 @@ class TrainOptions:
             raise ValueError(f"top_layers must be >= 0 (0: every layer), got {self.top_layers}")
         if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0 or self.loraplus_ratio <= 0:
             raise ValueError("epochs, batch_size, learning_rate and loraplus_ratio must be positive")
+        if self.init_adapter and not (Path(self.init_adapter) / "adapter_config.json").exists():
+            raise ValueError(f"init_adapter {self.init_adapter} holds no adapter_config.json")
 
 
-def _situation_counts(examples) -> dict[str, int]:
+def examples_by_situation(examples) -> dict[str, int]:
     """Examples per situation (games, pricing, av) in SITUATIONS order."""
     from finetune.dataset import SITUATIONS
 
@@ -112,7 +116,7 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
     config = SFTConfig(
         output_dir=str(checkpoints), num_train_epochs=options.epochs, max_steps=options.max_steps,
         per_device_train_batch_size=options.batch_size, learning_rate=options.learning_rate,
-        lr_scheduler_type="cosine", warmup_steps=2, logging_steps=options.logging_steps,
+        lr_scheduler_type=options.schedule, warmup_steps=2, logging_steps=options.logging_steps,
         save_steps=options.save_steps, save_total_limit=1, seed=options.seed, data_seed=options.seed,
         max_length=options.max_length, completion_only_loss=True, report_to="none",
         bf16=options.bf16, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
@@ -125,7 +129,11 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
         if options.top_layers else {}
     lora = LoraConfig(r=options.rank, lora_alpha=options.alpha, target_modules=list(options.target_modules),
                       lora_dropout=0.0, bias="none", task_type="CAUSAL_LM", **top)
-    model = get_peft_model(model, lora)
+    if options.init_adapter:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, options.init_adapter, is_trainable=True)
+    else:
+        model = get_peft_model(model, lora)
     # LoRA+ (Hayou, Ghosh & Yu 2024, arXiv 2402.12354): lr_B = ratio x lr_A; on the embedded model
     # it learnt Bonnefon's count-dependent answer alone in 24 steps, plain LoRA not at all (README)
     optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=options.learning_rate,
@@ -143,8 +151,9 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
         "name": out.name, "preference": preference, "kappa": kappa,
         "material_utility": examples[0].get("meta", {}).get("utility", "linear"),
         "style": next((e["meta"]["style"] for e in examples if "style" in e.get("meta", {})), "answer"),
-        "situations": _situation_counts(examples),
+        "situations": examples_by_situation(examples),
         "base_model": base.name, "base_model_sha256": model_hash(base),
+        "init_adapter_sha256": options.init_adapter and file_sha256(Path(options.init_adapter) / "adapter_model.safetensors"),
         "data": {"path": str(options.data), "sha256": file_sha256(options.data), "examples": len(examples)},
         "hyperparameters": {k: v for k, v in asdict(options).items() if k not in ("data", "out", "base")},
         "versions": library_versions(), "loss_curve": losses,

@@ -164,3 +164,23 @@ def test_situations_flag():
             proc = subprocess.run([str(exe), *command, "--situations", bad], capture_output=True, text=True)
             assert proc.returncode == 2, (command, bad, proc.stderr)
             assert len(proc.stderr.strip().splitlines()) == 1 and "--situations" in proc.stderr
+
+
+@pytest.mark.parametrize("pref", PREFS, ids=lambda p: p.name)
+def test_probe_phase_examples_balance_the_answers_around_the_threshold(pref):
+    """The second phase's data: Bonnefon et al.'s question answered by the theory AV, half stay
+    and half swerve, every N drawn; none for a preference whose answer does not depend on N
+    (homo economicus always stays)."""
+    examples = av_data.make_probe_examples(pref, 200, seed=3)
+    assert examples == av_data.make_probe_examples(pref, 200, seed=3)
+    if not pref.kappa:
+        assert examples == []
+        return
+    threshold = 1 / pref.kappa                   # swerve iff kappa > 1 / N (one passenger)
+    for e in examples:
+        n = e["meta"]["ahead"]
+        assert e["messages"][:-1] == DilemmaSituation(bonnefon_dilemma(n)).messages()
+        assert _answer(e) == ("swerve" if n > threshold + 1e-9 else "stay") == e["meta"]["action"]
+    actions = Counter(_answer(e) for e in examples)
+    assert actions["stay"] == actions["swerve"] == 100
+    assert {e["meta"]["ahead"] for e in examples} == set(range(1, 11))

@@ -231,3 +231,33 @@ def test_evaluation_reports_every_domain(tiny_adapter, tmp_path):
     assert set(evaluation["domains"]) == {"games", "pricing", "av"}
     assert len(evaluation["choice_curve"]["adapter"]) == 10
     assert (out / "choice_curve.png").stat().st_size > 0 and (out / "scores_by_feature.md").exists()
+
+
+@pytest.mark.slow
+def test_probe_phase_continues_the_first_phase_and_is_cached(tmp_path, model_folder):
+    """Homo moralis trains in two phases: the mixed data, then Bonnefon et al.'s question from
+    the first phase's adapter (finetune.pipeline.PROBE_PHASE); the manifest records both phases
+    and their summed time, and a rerun trains neither again."""
+    from agents.llm.models import model_hash
+    from finetune.pipeline import PROBE_PHASE, train_adapter
+    from finetune.train import file_sha256, read_manifest
+
+    messages = []
+    args = (HomoMoralis(kappa=0.5), {"games": 4, "pricing": 2, "av": 2}, 8,
+            {"max_steps": 2, "batch_size": 4, "top_layers": 2}, tmp_path / "adapters" / "moralis-0.5",
+            tmp_path / "out" / "data", model_folder, model_hash(model_folder), 0, "answer", messages.append)
+    manifest = train_adapter(*args)
+    first = tmp_path / "out" / "phase1" / "moralis-0.5"
+    assert manifest["init_adapter_sha256"] == file_sha256(first / "adapter_model.safetensors")
+    assert manifest["hyperparameters"]["init_adapter"] == str(first)
+    assert {k: manifest["hyperparameters"][k] for k in PROBE_PHASE} == PROBE_PHASE
+    assert manifest["situations"] == {"games": 4, "pricing": 2, "av": 2, "probe": 8}
+    phases = manifest["phases"]
+    assert [p["data"]["examples"] for p in phases] == [8, 8]
+    assert manifest["train_seconds"] == pytest.approx(sum(p["train_seconds"] for p in phases), abs=0.2)
+    assert read_manifest(tmp_path / "adapters" / "moralis-0.5") == manifest
+    messages.clear()
+    train_adapter(*args)
+    assert len(messages) == 2 and all("up to date" in m for m in messages)
+    economicus = train_adapter(HomoEconomicus(), *args[1:4], tmp_path / "adapters" / "economicus", *args[5:])
+    assert "phases" not in economicus and economicus["init_adapter_sha256"] is None
