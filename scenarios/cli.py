@@ -248,6 +248,11 @@ def _viz(args) -> int:
         raise InputError("the visual server needs the viz extra: pip install -e '.[viz]'")
     if not Path(args.adapters).is_dir() and args.adapters != "adapters":
         raise InputError(f"--adapters {args.adapters} is not a folder")
+    from simulation.viz_assets import cache_folder, missing_assets
+    missing = missing_assets()
+    if missing:
+        raise InputError(f"the page would stay blank offline: {len(missing)} of its files are not in {cache_folder()} "
+                         f"(first: {missing[0]}); install them with pip install -e '.[viz]' (the solara-assets package)")
     app = Path(simulation.__file__).parent / f"{args.model}_app.py"
     env = {**os.environ, "ECONALIGN_ADAPTERS": str(Path(args.adapters).resolve())}
     print(f"visual server for the {args.model} model at http://{args.host}:{args.port} (Ctrl-C stops it)",

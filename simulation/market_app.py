@@ -29,7 +29,7 @@ def firm_maker(kind: str, kappa: float):
     decider = policy(kind, kappa)
     if kind in THEORY:
         return theory_firm(decider.preference, use_grid=True)
-    return llm_firm(decider, memory=10)
+    return llm_firm(decider, memory=3)          # as the bundled LLM markets (scenarios/markets/llm_*.toml)
 
 
 class MarketApp(BertrandMarket):
