@@ -52,9 +52,14 @@ def _select(page, label: str, option: str) -> None:
             break
     else:
         raise AssertionError(f"no select labelled {label!r}")
-    page.wait_for(lambda p: any(i.text == option for i in p.driver.find_elements(By.CSS_SELECTOR, ".v-list-item")),
-                  5, f"option {option!r}")
-    next(i for i in page.driver.find_elements(By.CSS_SELECTOR, ".v-list-item") if i.text == option).click()
+    def shown(p):       # an earlier select's closed menu keeps its items in the page, hidden
+        return [i for i in p.driver.find_elements(By.CSS_SELECTOR, ".menuable__content__active .v-list-item")
+                if i.text == option and i.is_displayed() and i.size["height"] > 0]
+
+    page.wait_for(lambda p: shown(p), 5, f"option {option!r} in the open menu")
+    shown(page)[0].click()
+    page.wait_for(lambda p: not p.driver.find_elements(By.CSS_SELECTOR, ".menuable__content__active"), 5,
+                  "the menu to close")
 
 
 @pytest.mark.parametrize("model, control, option", [
