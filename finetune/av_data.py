@@ -119,13 +119,17 @@ def make_av_examples(pref, n: int, seed: int = 0) -> list[dict]:
         if len(seen) > 1 and seen[action] > sum(seen.values()) / 2:
             continue
         seen[action] += 1
-        examples.append({"messages": situation.messages() + [{"role": "assistant", "content": f"ANSWER: {action}"}],
-                         "meta": {"domain": "av", "kind": d.kind, "passengers": len(d.passengers),
-                                  "ahead": len(d.ahead), "other_lane": len(d.other_lane),
-                                  "wording": situation.wording, "action": action,
-                                  "preference": pref.name, "kappa": pref.kappa,
-                                  "utility": pref.material_utility}})
+        examples.append(_example(situation, action, pref))
     return examples
+
+
+def _example(situation: DilemmaSituation, action: str, pref, **meta) -> dict:
+    """A chat example: the AV's dilemma and `action` as its answer."""
+    d = situation.dilemma
+    return {"messages": situation.messages() + [{"role": "assistant", "content": f"ANSWER: {action}"}],
+            "meta": {"domain": "av", "kind": d.kind, "passengers": len(d.passengers), "ahead": len(d.ahead),
+                     "other_lane": len(d.other_lane), "wording": situation.wording, "action": action,
+                     "preference": pref.name, "kappa": pref.kappa, "utility": pref.material_utility, **meta}}
 
 
 PROBE_SIZES = tuple(range(1, 11))                      # Bonnefon et al.'s N pedestrians
@@ -148,12 +152,7 @@ def make_probe_examples(pref, n: int, seed: int = 0) -> list[dict]:
     for i in range(n):
         action = actions[i % 2]
         size = int(rng.choice(sides[action]))
-        situation = DilemmaSituation(bonnefon_dilemma(size))
-        examples.append({"messages": situation.messages() + [{"role": "assistant", "content": f"ANSWER: {action}"}],
-                         "meta": {"domain": "av", "kind": "barrier", "probe": True, "passengers": 1,
-                                  "ahead": size, "other_lane": 0, "wording": situation.wording,
-                                  "action": action, "preference": pref.name, "kappa": pref.kappa,
-                                  "utility": pref.material_utility}})
+        examples.append(_example(DilemmaSituation(bonnefon_dilemma(size)), action, pref, probe=True))
     return examples
 
 

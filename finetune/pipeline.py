@@ -14,7 +14,7 @@ import pandas as pd
 
 from finetune.dataset import SITUATIONS
 from finetune.registry import adapter_name
-from finetune.train import TrainOptions, file_sha256, read_manifest, train, write_manifest
+from finetune.train import TrainOptions, adapter_sha256, file_sha256, read_manifest, train, write_manifest
 
 EVAL_TOKENS = 128   # room for the worked reasoning before ANSWER:
 
@@ -80,7 +80,7 @@ def _up_to_date(folder: Path, data: Path, options: TrainOptions, base_hash: str)
         return False
     wanted = {k: v for k, v in asdict(options).items() if k not in ("data", "out", "base")}
     recorded = manifest.get("hyperparameters", {})
-    start = options.init_adapter and file_sha256(Path(options.init_adapter) / "adapter_model.safetensors")
+    start = options.init_adapter and adapter_sha256(options.init_adapter)
     return (manifest.get("data", {}).get("sha256") == file_sha256(data)
             and manifest.get("base_model_sha256") == base_hash
             and manifest.get("init_adapter_sha256") == (start or None)
@@ -184,7 +184,7 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
     style = styles.pop()
     key = {"items": "small" if small else "full", "style": style, "domains": list(SITUATIONS),
            "application_items": application_items}
-    weights = {name: file_sha256(registry / name / "adapter_model.safetensors") for name in adapters}
+    weights = {name: adapter_sha256(registry / name) for name in adapters}
     if (out / "scores.csv").exists() and all(m.get("evaluation", {}).get("battery") == key
                                              and m["evaluation"].get("adapter_sha256") == weights[name]
                                              for name, m in manifests.items()):

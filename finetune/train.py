@@ -73,6 +73,11 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def adapter_sha256(folder: str | Path) -> str:
+    """SHA-256 of an adapter folder's weights."""
+    return file_sha256(Path(folder) / "adapter_model.safetensors")
+
+
 def library_versions() -> dict:
     import peft
     import torch
@@ -153,7 +158,7 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
         "style": next((e["meta"]["style"] for e in examples if "style" in e.get("meta", {})), "answer"),
         "situations": examples_by_situation(examples),
         "base_model": base.name, "base_model_sha256": model_hash(base),
-        "init_adapter_sha256": options.init_adapter and file_sha256(Path(options.init_adapter) / "adapter_model.safetensors"),
+        "init_adapter_sha256": options.init_adapter and adapter_sha256(options.init_adapter),
         "data": {"path": str(options.data), "sha256": file_sha256(options.data), "examples": len(examples)},
         "hyperparameters": {k: v for k, v in asdict(options).items() if k not in ("data", "out", "base")},
         "versions": library_versions(), "loss_curve": losses,

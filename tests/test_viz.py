@@ -14,6 +14,7 @@ solara = pytest.importorskip("solara", reason="the viz extra is installed by `ma
 from agents.preferences import preference, symmetric_equilibrium  # noqa: E402
 from markets.bertrand import LogitBertrand  # noqa: E402
 from simulation import av_app, market_app  # noqa: E402
+from browser import free_port  # noqa: E402
 
 P_N, P_M = 1.472927, 1.924981      # Calvano et al. (2020) baseline Nash and monopoly prices
 
@@ -52,12 +53,6 @@ def test_pages_render_and_unknown_decision_makers_are_refused():
         market_app.MarketApp(first="altruist")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _port_closed(port: int, seconds: float = 20) -> bool:
     """Whether nothing accepts connections on `port` within `seconds`."""
     deadline = time.time() + seconds
@@ -71,7 +66,7 @@ def _port_closed(port: int, seconds: float = 20) -> bool:
 
 
 def test_viz_command_serves_the_page_and_stops():
-    port = _free_port()
+    port = free_port()
     exe = Path(sys.executable).parent / "econalign"
     server = subprocess.Popen([str(exe), "viz", "av", "--port", str(port)], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
