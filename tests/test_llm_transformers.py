@@ -19,7 +19,9 @@ CHOICES = [chat("Prisoner's dilemma: do you cooperate or defect? Answer with one
                 options=("cooperate", "defect")),
            chat("Pick a number: 10, 20 or 100?", options=("10", "20", "100")),
            chat("Is the sky blue? Answer yes or no.", options=("yes", "no")),
-           chat("Which is larger, an elephant or a mouse?", options=("an elephant", "a mouse", "neither"))]
+           chat("Which is larger, an elephant or a mouse?", options=("an elephant", "a mouse", "neither")),
+           chat("Set your price. Reply in the form ANSWER: <price>.",     # options sharing a prefix
+                options=("ANSWER: 1.43", "ANSWER: 1.47", "ANSWER: 1.93", "ANSWER: 1.4"))]
 
 
 def test_batched_greedy_generation_equals_one_at_a_time(backend):
@@ -64,6 +66,17 @@ def test_choice_scores_are_full_answer_log_likelihoods(backend):
                 logp = torch.log_softmax(backend.model(torch.tensor([sequence])).logits[0].float(), -1)
             slow = sum(logp[i - 1, sequence[i]].item() for i in range(len(prefix), len(sequence)))
             assert value == pytest.approx(slow, abs=1e-3)
+
+
+def test_option_trie_feeds_a_shared_prefix_once():
+    from agents.llm.transformers_backend import _option_trie
+
+    nodes, paths = _option_trie([[5, 6, 7, 9], [5, 6, 8, 9], [5, 4, 9]])
+    assert len(nodes) == 5                                     # 5, 6, 7, 8, 4 (last tokens never fed)
+    assert [nodes[q][1] for q in paths[0]] == [5, 6, 7] and [nodes[q][1] for q in paths[2]] == [5, 4]
+    assert paths[0][:2] == paths[1][:2] and paths[0][0] == paths[2][0]
+    assert all(parent < q for q, (parent, _, _) in enumerate(nodes))
+    assert [depth for _, _, depth in nodes] == [0, 1, 2, 2, 1]
 
 
 def test_options_scored_after_an_assistant_prefix(backend):

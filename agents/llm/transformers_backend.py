@@ -265,9 +265,10 @@ class TransformersBackend:
         return out  # type: ignore[return-value]
 
     def _score_group(self, requests: list[Request]) -> list[np.ndarray]:
-        """Option scores for one adapter group: the prompts are prefilled once; then every
-        option's tokens (but its last) are fed together in one row per request, with a tree
-        attention mask so that each option sees the prompt and its own earlier tokens only."""
+        """Option scores for one adapter group: the prompts are prefilled once; then the options'
+        tokens (but their last) are fed together in one row per request as a token trie: a
+        prefix the options share ("ANSWER: 1." of every grid price) is fed once, and a tree
+        attention mask lets each node see the prompt and its own ancestors only."""
         import torch
 
         with torch.inference_mode():
@@ -277,9 +278,8 @@ class TransformersBackend:
             first = torch.log_softmax(last, dim=-1)                      # predicts each option's token 0
             scores = [np.array([first[row, seq[0]].item() for seq in opts], dtype=float)
                       for row, opts in enumerate(options)]
-            fed = [[(k, j, tok) for k, seq in enumerate(opts) for j, tok in enumerate(seq[:-1])]
-                   for opts in options]
-            width = max(len(f) for f in fed)
+            tries = [_option_trie(opts) for opts in options]
+            width = max(len(nodes) for nodes, _ in tries)
             if width == 0:
                 return scores
             rows, prompt_len = len(requests), mask.shape[1]
@@ -287,17 +287,37 @@ class TransformersBackend:
             step_positions = torch.zeros((rows, width), dtype=torch.long)
             tree = torch.zeros((rows, 1, width, prompt_len + width), dtype=torch.bool)
             tree[:, 0, :, :prompt_len] = mask[:, None, :].bool()
-            for row, tokens in enumerate(fed):
-                for q, (k, j, tok) in enumerate(tokens):
-                    ids[row, q] = tok
-                    step_positions[row, q] = positions[row, -1] + 1 + j
-                    for q2, (k2, j2, _) in enumerate(tokens):
-                        if k2 == k and j2 <= j:
-                            tree[row, 0, q, prompt_len + q2] = True
+            for row, (nodes, _) in enumerate(tries):
+                for q, (parent, token, depth) in enumerate(nodes):
+                    ids[row, q] = token
+                    step_positions[row, q] = positions[row, -1] + 1 + depth
+                    tree[row, 0, q, prompt_len + q] = True
+                    if parent >= 0:
+                        tree[row, 0, q, prompt_len:] |= tree[row, 0, parent, prompt_len:]
             out, _ = self._forward(past, input_ids=ids, attention_mask=tree, position_ids=step_positions,
                                    use_cache=False)
             logp = torch.log_softmax(out.logits.float(), dim=-1)
-            for row, (opts, tokens) in enumerate(zip(options, fed)):
-                for q, (k, j, _) in enumerate(tokens):
-                    scores[row][k] += logp[row, q, opts[k][j + 1]].item()
+            for row, (opts, (_, paths)) in enumerate(zip(options, tries)):
+                for k, (seq, path) in enumerate(zip(opts, paths)):
+                    scores[row][k] += sum(logp[row, q, seq[j + 1]].item() for j, q in enumerate(path))
         return scores
+
+
+def _option_trie(options: list[list[int]]) -> tuple[list[tuple[int, int, int]], list[list[int]]]:
+    """The options' tokens but each one's last, as a trie: nodes (parent node or -1, token,
+    depth), parents before children, and per option the nodes of its tokens 0..len-2 (node j's
+    logits predict the option's token j + 1)."""
+    nodes: list[tuple[int, int, int]] = []
+    index: dict[tuple[int, ...], int] = {}
+    paths = []
+    for seq in options:
+        path, parent = [], -1
+        for j, token in enumerate(seq[:-1]):
+            key = tuple(seq[:j + 1])
+            if key not in index:
+                index[key] = len(nodes)
+                nodes.append((parent, token, j))
+            parent = index[key]
+            path.append(parent)
+        paths.append(path)
+    return nodes, paths
