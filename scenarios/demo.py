@@ -85,11 +85,12 @@ def market_runs(out: Path, adapters: str | Path = "adapters", run: dict | None =
                 pairs=DUOPOLIES) -> pd.DataFrame:
     """Calvano's Q-learning replication (100 sessions, vectorised), the theory duopolies and an
     LLM duopoly for each adapter pair that exists (grid prices through `choose`, `LLM_RUN`:
-    sessions from different initial prices), in one table of prices and Delta (mean over the
+    sessions from different initial prices; the sessions of all pairs in lock-step), in one table of prices and Delta (mean over the
     sessions' final windows, its spread across sessions)."""
     from agents.llm.transformers_backend import TransformersBackend
     from finetune.registry import list_adapters
-    from scenarios.market import run_scenario
+    from scenarios.market import run_scenario, run_scenarios
+    from scenarios.market_config import load_scenario
 
     run = {**LLM_RUN, **(run or {})}
     rows = []
@@ -105,11 +106,12 @@ def market_runs(out: Path, adapters: str | Path = "adapters", run: dict | None =
     found = list_adapters(adapters)
     wanted = {p for pair in pairs for p in pair[:2]} - {"base"}
     backend = TransformersBackend(adapters={k: v for k, v in found.items() if k in wanted})
-    for first, second, scenario in pairs:
-        if any(p != "base" and p not in found for p in (first, second)):
-            continue
-        summary = run_scenario(scenario, out / scenario, backend=backend, restart_if_changed=True,
-                               overrides={"run": run, "llm": {"adapters": str(adapters)}})
+    runnable = [(first, second, scenario) for first, second, scenario in pairs
+                if all(p == "base" or p in found for p in (first, second))]
+    jobs = [(load_scenario(scenario, {"run": run, "llm": {"adapters": str(adapters)}}), out / scenario)
+            for _, _, scenario in runnable]
+    summaries = run_scenarios(jobs, backend, restart_if_changed=True)   # all pairs in lock-step
+    for (first, second, _), summary in zip(runnable, summaries):
         deltas = [r["delta"] for r in summary["sessions"]]
         rows.append({"market": f"LLM {first} vs {second}", "pair": f"{first}/{second}",
                      "sessions": len(deltas), "price": float(np.mean([r["price"] for r in summary["sessions"]])),

@@ -56,12 +56,12 @@ def firm_makers(s: MarketScenario, policies: dict) -> list:
 # ------------------------------------------------------------------ runs
 
 
-def _run_session(s: MarketScenario, market, session: int, folder: Path, policies, bar,
-                 log_path: Path | None) -> None:
-    """One session: its steps, window means, reward-punishment regression and deviation test,
-    written to `folder` (record.json last, so a half-written session is run again)."""
+def _session_plan(s: MarketScenario, market, session: int, folder: Path, policies, bar):
+    """One session as a lock-step plan (simulation.lockstep): its steps, window means,
+    reward-punishment regression and deviation test, written to `folder` (record.json last, so a
+    half-written session is run again)."""
     from simulation.bertrand_market import BertrandMarket
-    from simulation.metrics import (convergence_period, deviation_test, impulse_summary,
+    from simulation.metrics import (convergence_period, deviation_steps, impulse_summary,
                                     reward_punishment, window_means)
 
     run = s.run
@@ -69,7 +69,7 @@ def _run_session(s: MarketScenario, market, session: int, folder: Path, policies
                            ceiling=run.get("ceiling"), seed=s.seed, session=session,
                            qlearning=_settings(s), initial_prices=run.get("initial_prices"))
     for _ in range(run["steps"]):
-        model.step()
+        yield model
         bar.update()
     folder.mkdir(parents=True, exist_ok=True)
     data = model.step_data()
@@ -85,63 +85,82 @@ def _run_session(s: MarketScenario, market, session: int, folder: Path, policies
         reg.insert(0, "session", session)
         reg.to_csv(folder / "regression.csv", index=False)
     if run["deviation"]:
-        ir = deviation_test(model, 0, run["deviation_periods"])
+        ir = yield from deviation_steps(model, 0, run["deviation_periods"])
         bar.update(run["deviation_periods"] + 1)
         ir.insert(0, "session", session)
         ir.to_parquet(folder / "impulse.parquet", index=False)
         record["impulse"] = impulse_summary(ir.filter(like="price_").to_numpy())
     record["backend_calls"] = list(model.backend_calls)
-    record["log_bytes"] = log_path.stat().st_size if log_path is not None and log_path.exists() else 0
     (folder / "record.json").write_text(json.dumps(record, default=float) + "\n")
 
 
-def resume_sessions(s: MarketScenario, out: Path, restart_if_changed: bool = False) -> None:
+def resume_sessions(s: MarketScenario, out: Path, restart_if_changed: bool = False) -> list[dict]:
     """Prepare `out` for a (re)run: sessions of another scenario (settings or adapter weights)
-    are refused, or with `restart_if_changed` deleted; the decision log is cut back to the end of
-    the last finished session (an interrupted session is run again whole)."""
+    are refused, or with `restart_if_changed` deleted. The decision log keeps the records of the
+    finished sessions; the records of unfinished ones are taken out of it and returned, so that
+    the rerun answers them again from the record (agents.llm.replay) and logs each decision once."""
     sessions = out / "sessions"
     stamp = sessions / "scenario.json"
     files = {name: Path(s.llm["adapters"]) / name / "adapter_model.safetensors"
              for name in sorted(set(llm_preferences(s)) - {"base"})}
     weights = {name: sha256(path) for name, path in files.items() if path.exists()}
     config = json.dumps({"scenario": s.raw, "adapters": weights}, sort_keys=True, default=str)
+    log = out / "decisions.jsonl"
     if stamp.exists() and stamp.read_text() != config:
         if not restart_if_changed:
             raise ConfigError(f"{out} holds sessions of a different scenario: use another --out or delete it")
         shutil.rmtree(sessions)
-        (out / "decisions.jsonl").unlink(missing_ok=True)
+        log.unlink(missing_ok=True)
     sessions.mkdir(parents=True, exist_ok=True)
     stamp.write_text(config)
-    log = out / "decisions.jsonl"
-    if log.exists():
-        done = [json.loads(p.read_text()).get("log_bytes", 0) for p in sessions.glob("*/record.json")]
-        with open(log, "r+b") as handle:
-            handle.truncate(max(done, default=0))
+    if not log.exists():
+        return []
+    finished = {json.loads(p.read_text())["session"] for p in sessions.glob("*/record.json")}
+    kept, unfinished = [], []
+    for line in log.read_text(encoding="utf-8").splitlines(keepends=True):
+        if not line.endswith("\n"):          # cut short by a kill during the write
+            break
+        record = json.loads(line)
+        (kept if record.get("session") in finished else unfinished).append(line)
+    partial = log.with_suffix(".partial")
+    partial.write_text("".join(kept), encoding="utf-8")
+    partial.replace(log)
+    return [json.loads(line) for line in unfinished]
 
 
-def run_mesa(s: MarketScenario, out: Path, log=None, policies=None, progress: bool = True) -> dict:
-    """Every session of the Mesa market; a finished session is saved in out/sessions/NNNN/ and
-    not run again, so an interrupted run resumes at the session it was in."""
-    from tqdm import tqdm
+def session_plans(s: MarketScenario, out: Path, policies, bar) -> list:
+    """The lock-step plans of the sessions not finished yet (out/sessions/NNNN/record.json)."""
+    market, plans = _market(s), []
+    for session in range(s.run["sessions"]):
+        folder = out / "sessions" / f"{session:04d}"
+        if (folder / "record.json").exists():
+            bar.update(session_count(s) // s.run["sessions"])
+        else:
+            plans.append(_session_plan(s, market, session, folder, policies, bar))
+    return plans
 
-    market, run = _market(s), s.run
+
+def session_count(s: MarketScenario) -> int:
+    """Periods a scenario's sessions step in all (for progress bars)."""
+    run = s.run
+    return run["sessions"] * (run["steps"] + (run["deviation_periods"] + 1 if run["deviation"] else 0))
+
+
+def collect_sessions(s: MarketScenario, out: Path) -> dict:
+    """The scenario's summary from its finished sessions; writes steps.parquet,
+    regression.csv, impulse.parquet and the plots."""
+    market = _market(s)
     steps, impulses, regressions, sessions, calls = [], [], [], [], []
-    per_session = run["steps"] + (run["deviation_periods"] + 1 if run["deviation"] else 0)
-    with tqdm(total=run["sessions"] * per_session, desc=s.name, unit="period", disable=not progress) as bar:
-        for session in range(run["sessions"]):
-            folder = out / "sessions" / f"{session:04d}"
-            if not (folder / "record.json").exists():
-                _run_session(s, market, session, folder, policies, bar, getattr(log, "path", None))
-            bar.n = (session + 1) * per_session
-            bar.refresh()
-            record = json.loads((folder / "record.json").read_text())
-            calls.extend(record.pop("backend_calls"))
-            sessions.append(record)
-            steps.append(pd.read_parquet(folder / "steps.parquet"))
-            if (folder / "regression.csv").exists():
-                regressions.append(pd.read_csv(folder / "regression.csv"))
-            if (folder / "impulse.parquet").exists():
-                impulses.append(pd.read_parquet(folder / "impulse.parquet"))
+    for session in range(s.run["sessions"]):
+        folder = out / "sessions" / f"{session:04d}"
+        record = json.loads((folder / "record.json").read_text())
+        calls.extend(record.pop("backend_calls"))
+        sessions.append(record)
+        steps.append(pd.read_parquet(folder / "steps.parquet"))
+        if (folder / "regression.csv").exists():
+            regressions.append(pd.read_csv(folder / "regression.csv"))
+        if (folder / "impulse.parquet").exists():
+            impulses.append(pd.read_parquet(folder / "impulse.parquet"))
     frame = pd.concat(steps, ignore_index=True)
     frame.to_parquet(out / "steps.parquet", index=False)
     summary = {"engine": "mesa", "sessions": sessions,
@@ -211,28 +230,61 @@ def run_scenario(path: str | Path, out: str | Path, progress: bool = True, backe
     """Load, validate and run a scenario file; returns its summary (also in out/summary.json).
     `backend`: an already loaded backend holding the adapters the firms name (reused across
     scenarios); `overrides`: {section: {key: value}} applied to the file before validation.
-    Mesa runs resume: finished sessions in `out` are kept (resume_sessions)."""
-    from agents.llm.decision_log import DecisionLog
-
+    Mesa runs resume: finished sessions in `out` are kept, and the decisions of an interrupted
+    one are answered again from its decision log (resume_sessions)."""
     s = load_scenario(path, overrides)
     out = Path(out)
+    if s.run["engine"] != "vectorised":
+        return run_scenarios([(s, out)], backend, progress, restart_if_changed)[0]
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    adapters: dict = {}
-    if s.run["engine"] == "vectorised":
-        summary = run_vectorised(s, out, progress)
-    else:
-        resume_sessions(s, out, restart_if_changed)
-        with DecisionLog(out / "decisions.jsonl") as log:
-            policies = {}
-            if s.uses_llm:
-                if backend is not None:
-                    policies = make_policies(s.llm, llm_preferences(s), s.seed, backend, log)
-                    adapters = loaded_adapters(backend, policies)
-                else:
-                    backend, policies, adapters = build_backend(s.llm, llm_preferences(s), s.seed, log)
-            summary = run_mesa(s, out, log, policies, progress)
-    summary = {"scenario": s.name, **summary}
+    summary = {"scenario": s.name, **run_vectorised(s, out, progress)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    write_manifest(out, "market run", s.path, s.raw, s.seed, backend if s.uses_llm else None, adapters, started)
+    write_manifest(out, "market run", s.path, s.raw, s.seed, None, {}, started)
     return summary
+
+
+def run_scenarios(jobs: list[tuple[MarketScenario, Path]], backend=None, progress: bool = True,
+                  restart_if_changed: bool = False) -> list[dict]:
+    """Mesa scenarios (loaded, each with its output folder) run together: the sessions of all of
+    them step in lock-step, so each period costs one backend call per adapter group for every
+    firm of every session (the main job's duopolies, a study's LLM cells). The LLM firms share
+    `backend`, or one built from the first LLM scenario's [llm] section. Returns the summaries
+    (also in each out/summary.json)."""
+    from contextlib import ExitStack
+
+    from tqdm import tqdm
+
+    from agents.llm.decision_log import DecisionLog
+    from agents.llm.replay import ReplayBackend
+    from simulation.lockstep import run_plans
+
+    started = time.time()
+    recorded: list[dict] = []
+    for s, out in jobs:
+        if s.run["engine"] == "vectorised":
+            raise ConfigError(f"{s.name}: a vectorised scenario does not run in lock-step with others")
+        out.mkdir(parents=True, exist_ok=True)
+        recorded += resume_sessions(s, out, restart_if_changed)
+    llm = [s for s, _ in jobs if s.uses_llm]
+    if llm and backend is None:
+        backend = build_backend(llm[0].llm, [p for s in llm for p in llm_preferences(s)], llm[0].seed, None)[0]
+    asked = ReplayBackend(records=recorded, fallback=backend) if recorded and backend is not None else backend
+    policies: list[dict] = []
+    with ExitStack() as stack, tqdm(total=sum(session_count(s) for s, _ in jobs), unit="period",
+                                    desc=jobs[0][0].name if len(jobs) == 1 else f"{len(jobs)} scenarios",
+                                    disable=not progress) as bar:
+        plans = []
+        for s, out in jobs:
+            log = stack.enter_context(DecisionLog(out / "decisions.jsonl"))
+            policies.append(make_policies(s.llm, llm_preferences(s), s.seed, asked, log) if s.uses_llm else {})
+            plans += session_plans(s, out, policies[-1], bar)
+        run_plans(plans)
+    summaries = []
+    for (s, out), used in zip(jobs, policies):
+        summary = {"scenario": s.name, **collect_sessions(s, out)}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+        write_manifest(out, "market run", s.path, s.raw, s.seed, backend if s.uses_llm else None,
+                       loaded_adapters(backend, used) if s.uses_llm else {}, started)
+        summaries.append(summary)
+    return summaries

@@ -2,7 +2,8 @@
 Mesa model.
 
 Each step every firm sets a price at the same time: the model gathers the decisions of all LLM
-and theory firms and answers them in ONE batched backend call (agents.policies.decide), lets the
+and theory firms and answers them in ONE batched backend call (agents.policies.decide; with
+simulation.lockstep, one call for the firms of many sessions), lets the
 Q-learning firms act, applies all prices together, clears the market (markets.bertrand) and
 records prices, quantities, profits, Delta and the price index per firm (Mesa DataCollector).
 """
@@ -16,10 +17,10 @@ import mesa
 import numpy as np
 import pandas as pd
 
-from agents.policies import decide
 from agents.qlearning import QLearningSettings, encode, profit_table, start_actions
 from markets.bertrand import LogitBertrand
 from simulation.firms import DecidingFirm, Firm, QLearningFirm
+from simulation.lockstep import Asks, step_together
 
 
 class BertrandMarket(mesa.Model):
@@ -105,24 +106,27 @@ class BertrandMarket(mesa.Model):
         return float(self.market.best_response(firm, self.last_prices))
 
     # ------------------------------------------------------------------ one period
-    def _calls(self) -> int:
-        backends = {id(f.policy.backend): f.policy.backend for f in self.firms
-                    if isinstance(f, DecidingFirm) and hasattr(f.policy, "backend")}
-        return sum(getattr(b, "calls", 0) for b in backends.values())
-
     def step(self) -> None:
+        step_together([self], count_steps=False)
+
+    def decision_requests(self) -> Asks:
+        """The LLM and theory firms' decisions this period asks for (simulation.lockstep)."""
+        n = self.market.firms
+        self._deciding = [f for f in self.firms if isinstance(f, DecidingFirm) and f.index not in self.forced]
+        self._situations = [f.situation() for f in self._deciding]
+        return Asks([(f.policy, s) for f, s in zip(self._deciding, self._situations)],
+                    [self.seed_value * 1_000_003 + self.period * n + f.index for f in self._deciding],
+                    [{"period": self.period, "firm": f.index, "session": self.session}
+                     for f in self._deciding])
+
+    def apply_decisions(self, decisions, calls: int) -> None:
+        """The rest of the period: the decided prices, the Q-learners' actions, the market's
+        clearing, learning and the data collection. `calls`: backend calls the decisions took."""
         n = self.market.firms
         prices = np.full(n, np.nan)
         state = self.state() if self.grid is not None else None
-        deciding = [f for f in self.firms if isinstance(f, DecidingFirm) and f.index not in self.forced]
-        situations = [f.situation() for f in deciding]
-        before = self._calls()
-        decisions = decide([(f.policy, s) for f, s in zip(deciding, situations)],
-                           seeds=[self.seed_value * 1_000_003 + self.period * n + f.index for f in deciding],
-                           tags=[{"period": self.period, "firm": f.index, "session": self.session}
-                                 for f in deciding])
-        self.backend_calls.append(self._calls() - before)
-        for f, s, d in zip(deciding, situations, decisions):
+        self.backend_calls.append(calls)
+        for f, s, d in zip(self._deciding, self._situations, decisions):
             price = f.adopt(d, s)
             if price is None:                 # still invalid after the retries: counted, price kept
                 self.invalid += 1

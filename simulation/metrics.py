@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from simulation.lockstep import run_plan
+
 
 def window_means(steps: pd.DataFrame, window: int) -> dict:
     """Mean price, Delta, price index (over firms) and industry Delta over the last `window`
@@ -47,6 +49,12 @@ def deviation_test(model, firm: int = 0, periods: int = 10) -> pd.DataFrame:
     """Impulse response of a BertrandMarket: the period before (tau = 0), the deviation of `firm`
     to its static best response (tau = 1) and `periods` periods of reaction; Q-learners neither
     explore nor learn meanwhile. One row per tau with every firm's price."""
+    return run_plan(deviation_steps(model, firm, periods))
+
+
+def deviation_steps(model, firm: int = 0, periods: int = 10):
+    """`deviation_test` as a plan for simulation.lockstep: yields the model for each of its
+    periods + 1 steps, returns the impulse-response table."""
     if periods < 1:
         raise ValueError(f"periods must be >= 1, got {periods}")
     rows = [{"tau": 0, **{f"price_{i}": float(p) for i, p in enumerate(model.last_prices)}}]
@@ -54,7 +62,7 @@ def deviation_test(model, firm: int = 0, periods: int = 10) -> pd.DataFrame:
     try:
         model.force(firm, model.static_best_response(firm))
         for tau in range(1, periods + 2):
-            model.step()
+            yield model
             rows.append({"tau": tau, **{f"price_{i}": float(p) for i, p in enumerate(model.last_prices)}})
     finally:
         model.frozen = frozen
