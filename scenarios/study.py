@@ -12,14 +12,15 @@ A study file (TOML):
     "qlearning.alpha" = [0.05, 0.15, 0.25]
     "qlearning.beta" = [2e-6, 8e-6]
     [study]
-    executor = "local"                # or "ray": cells as Ray tasks on `workers` processes
+    executor = "local"                # or "ray": the cells shared among `workers` Ray actors
     workers = 2
     train_adapters = false            # true: fine-tune (cached) the adapters the LLM firms name
     theory_curve = false              # true: plot the homo moralis equilibrium Delta beside kappa
 
 Keys are "section.key" ([market], [grid], [qlearning], [run], [llm]), "firm.key" (every [[firm]]),
 or "market.firms" (the [[firm]] tables repeated to that many firms). A cell whose summary.json
-exists is not run again, so an interrupted study resumes; `study.csv`, `study.md` and
+exists is not run again, so an interrupted study resumes (an interrupted LLM cell at its last
+logged period); a worker runs its Mesa cells in lock-step on one backend (`run_cells`); `study.csv`, `study.md` and
 `study.png` in the output folder hold one row per cell.
 """
 from __future__ import annotations
@@ -125,11 +126,51 @@ def cell_folder(out: Path, index: int, cell: dict) -> Path:
     return out / "cells" / f"{index:04d}_{slug}"
 
 
-def run_cell(scenario: str, folder: str, settings: dict) -> dict:
-    """One cell: a market run of the scenario with the cell's overrides (in any process)."""
-    from scenarios.market import run_scenario
+def run_cells(jobs: list, backends: dict | None = None, done=lambda n: None, progress: bool = False) -> dict:
+    """Cells (scenario, folder, settings) on one worker: vectorised ones one after another, Mesa
+    ones together in lock-step (scenarios.market.run_scenarios: one backend call per period for
+    every LLM firm of every cell and session), one backend per distinct [llm] section, loaded
+    once and kept in `backends` for the worker's next cells. `done(n)` reports finished cells.
+    Returns `backends`."""
+    from scenarios.market import llm_preferences, run_scenario, run_scenarios
+    from scenarios.runs import build_backend
 
-    return run_scenario(scenario, folder, progress=False, overrides=overrides(settings))
+    backends = {} if backends is None else backends
+    groups: dict[str, list] = {}
+    for scenario, folder, settings in jobs:
+        s = load_scenario(scenario, overrides(settings))
+        if s.run["engine"] == "vectorised":
+            run_scenario(scenario, folder, progress=False, overrides=overrides(settings))
+            done(1)
+        else:
+            key = json.dumps(s.llm, sort_keys=True, default=str) if s.uses_llm else ""
+            groups.setdefault(key, []).append((s, Path(folder)))
+    for key, group in groups.items():
+        backend = None
+        if key:
+            wanted = sorted({p for s, _ in group for p in llm_preferences(s)})
+            cached = backends.get(key)
+            if cached is None or not set(wanted) - {"base"} <= set(getattr(cached, "adapters", wanted)):
+                first = group[0][0]
+                backends[key] = build_backend(first.llm, wanted, first.seed, None)[0]
+            backend = backends[key]
+        run_scenarios(group, backend, progress=progress)
+        done(len(group))
+    return backends
+
+
+class CellWorker:
+    """A Ray actor running cells with its own backends (the model loaded once per worker)."""
+
+    def __init__(self):
+        self.backends: dict = {}
+        self.loads = 0
+
+    def run(self, jobs: list) -> int:
+        before = set(map(id, self.backends.values()))
+        run_cells(jobs, self.backends)
+        self.loads += len(set(map(id, self.backends.values())) - before)
+        return self.loads
 
 
 def run_study(path: str | Path, out: str | Path, progress: bool = True, log=print) -> pd.DataFrame:
@@ -152,9 +193,7 @@ def run_study(path: str | Path, out: str | Path, progress: bool = True, log=prin
         if s.executor == "ray":
             _run_on_ray(jobs, s.workers, bar)
         else:
-            for job in jobs:
-                run_cell(*job)
-                bar.update()
+            run_cells(jobs, done=bar.update, progress=progress)
     table = collect(cells, folders)
     table.to_csv(out / "study.csv", index=False)
     (out / "study.md").write_text(to_markdown(table))
@@ -186,9 +225,11 @@ def train_named_adapters(s: Study, cells: list[dict], out: Path, log=print) -> N
                                          preferences=tuple(missing)), log=log)
 
 
-def _run_on_ray(jobs: list, workers: int, bar) -> None:
-    """The cells as Ray tasks on a local cluster of `workers` CPUs (or the one RAY_ADDRESS names),
-    one numba thread each so that tasks do not oversubscribe the cores."""
+def _run_on_ray(jobs: list, workers: int, bar) -> list[int]:
+    """The cells on `workers` Ray actors (a local cluster, or the one RAY_ADDRESS names), each
+    with its share of the cells and its own backend (CellWorker: the model, or a client of the
+    vLLM server the cells name, set up once per worker); one numba thread each so that workers
+    do not oversubscribe the cores. Returns the backends each worker loaded."""
     try:
         import ray
     except ImportError:
@@ -198,12 +239,16 @@ def _run_on_ray(jobs: list, workers: int, bar) -> None:
         ray.init(num_cpus=None if os.environ.get("RAY_ADDRESS") else workers, include_dashboard=False,
                  log_to_driver=False, runtime_env={"env_vars": {"NUMBA_NUM_THREADS": "1"}})
     try:
-        task = ray.remote(num_cpus=1)(run_cell)
-        waiting = [task.remote(*job) for job in jobs]
+        shares = [jobs[i::workers] for i in range(workers) if jobs[i::workers]]
+        actor = ray.remote(num_cpus=1)(CellWorker)
+        actors = [actor.remote() for _ in shares]
+        waiting = {a.run.remote(share): len(share) for a, share in zip(actors, shares)}
+        loads = []
         while waiting:
-            done, waiting = ray.wait(waiting, num_returns=1)
-            ray.get(done)          # a failed cell raises here, after the finished ones are saved
-            bar.update(len(done))
+            done, _ = ray.wait(list(waiting), num_returns=1)
+            loads.append(ray.get(done[0]))  # a failed cell raises here, after the finished ones are saved
+            bar.update(waiting.pop(done[0]))
+        return loads
     finally:
         if started_here:
             ray.shutdown()

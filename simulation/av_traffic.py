@@ -27,8 +27,8 @@ import pandas as pd
 from mesa.space import MultiGrid
 
 from agents.dilemma import DilemmaSituation
-from agents.policies import decide
 from markets.av import AGES, Dilemma, Person, swerve_threshold
+from simulation.lockstep import Asks, step_together
 
 
 @dataclass(frozen=True)
@@ -188,6 +188,11 @@ class AVTraffic(mesa.Model):
                        weighting=self.settings.weighting)
 
     def step(self) -> None:
+        step_together([self], count_steps=False)
+
+    def decision_requests(self) -> Asks:
+        """Pedestrians move, AVs find their way; the brake-failure dilemmas of this step are the
+        decisions asked (simulation.lockstep)."""
         s = self.settings
         self._step_dilemmas, self._step_killed = 0, {"passenger": 0, "pedestrian": 0, "jaywalker": 0}
         self._move_pedestrians()
@@ -218,9 +223,20 @@ class AVTraffic(mesa.Model):
                 pending.append((av, c, dilemma))
             moves.append((av, target))
             claimed.add(target)
+        self._pending, self._moves = pending, moves
+        return Asks([(av.policy, DilemmaSituation(d)) for av, _, d in pending],
+                    [self.seed_value * 1_000_003 + self.step_count * 10_007 + av.unique_id
+                     for av, _, _ in pending],
+                    [{"step": self.step_count, "av": av.unique_id} for av, _, _ in pending])
+
+    def apply_decisions(self, decisions, calls: int) -> None:
+        """The dilemmas resolved by the decisions, the AVs moved, dead passengers' AVs replaced,
+        the step's data collected. `calls`: backend calls the decisions took."""
+        self.backend_calls.append(calls)
         self._replace = []
-        self._decide(pending)
-        for av, target in moves:
+        for (av, c, dilemma), decision in zip(self._pending, decisions):
+            self._resolve(av, c, dilemma, decision)
+        for av, target in self._moves:
             if av.pos is not None:
                 self.grid.move_agent(av, target)
         for av in self._replace:          # a new AV of the same type, with new passengers
@@ -228,21 +244,6 @@ class AVTraffic(mesa.Model):
             self.counts["replaced"] += 1
         self.datacollector.collect(self)
         self.step_count += 1
-
-    def _calls(self) -> int:
-        backends = {id(p.backend): p.backend for _, p in self.deciders if hasattr(p, "backend")}
-        return sum(getattr(b, "calls", 0) for b in backends.values())
-
-    def _decide(self, pending) -> None:
-        before = self._calls()
-        situations = [DilemmaSituation(d) for _, _, d in pending]
-        decisions = decide([(av.policy, sit) for (av, _, _), sit in zip(pending, situations)],
-                           seeds=[self.seed_value * 1_000_003 + self.step_count * 10_007 + av.unique_id
-                                  for av, _, _ in pending],
-                           tags=[{"step": self.step_count, "av": av.unique_id} for av, _, _ in pending])
-        self.backend_calls.append(self._calls() - before)
-        for (av, c, dilemma), decision in zip(pending, decisions):
-            self._resolve(av, c, dilemma, decision)
 
     def _resolve(self, av: AV, c: Crosswalk, dilemma: Dilemma, decision) -> None:
         action = decision.action if decision.valid else "stay"      # an invalid answer: brakes failed, no steering

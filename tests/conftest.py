@@ -1,8 +1,12 @@
 """Shared fixtures: the embedded model (prepared once) and LoRA adapters made by the tests."""
+import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from agents.llm.backend import BackendError, CallCounter
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +74,29 @@ class CountingBackend:
         self.calls += 1
         self.sizes.append(len(requests))
         return self.inner.choose(requests)
+
+
+class HashBackend:
+    """A deterministic stand-in for a model: each request's option probabilities come from a
+    hash of what it asks (so different histories get different answers); fails after
+    `fail_after` calls when given (a server dying mid-run)."""
+
+    name = "hash"
+
+    def __init__(self, fail_after: int | None = None):
+        self.counter, self.fail_after = CallCounter(), fail_after
+
+    @property
+    def calls(self) -> int:
+        return self.counter.calls
+
+    def choose(self, requests):
+        if self.fail_after is not None and self.counter.calls >= self.fail_after:
+            raise BackendError("the server went away")
+        self.counter.record("choose", len(requests))
+        out = []
+        for r in requests:
+            digest = hashlib.sha256(r.fingerprint("choose").encode()).digest()
+            weights = np.frombuffer(digest, dtype=np.uint8)[:len(r.options)].astype(float) + 1.0
+            out.append(weights ** 3 / (weights ** 3).sum())
+        return out

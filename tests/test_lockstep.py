@@ -1,41 +1,15 @@
 """Lock-step stepping (simulation.lockstep): many sessions and scenarios in one backend call per
 period, the same decisions as one session at a time, and resume after an interruption."""
-import hashlib
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from agents.llm.backend import BackendError, CallCounter
+from agents.llm.backend import BackendError
+from conftest import HashBackend
 
 SHORT = {"steps": 5, "sessions": 4, "window": 2, "deviation": True, "deviation_periods": 2}
-
-
-class HashBackend:
-    """A deterministic stand-in for a model: each request's option probabilities come from a
-    hash of what it asks (so different histories get different answers); fails after
-    `fail_after` calls when given (a server dying mid-run)."""
-
-    name = "hash"
-
-    def __init__(self, fail_after: int | None = None):
-        self.counter, self.fail_after = CallCounter(), fail_after
-
-    @property
-    def calls(self) -> int:
-        return self.counter.calls
-
-    def choose(self, requests):
-        if self.fail_after is not None and self.counter.calls >= self.fail_after:
-            raise BackendError("the server went away")
-        self.counter.record("choose", len(requests))
-        out = []
-        for r in requests:
-            digest = hashlib.sha256(r.fingerprint("choose").encode()).digest()
-            weights = np.frombuffer(digest, dtype=np.uint8)[:len(r.options)].astype(float) + 1.0
-            out.append(weights ** 3 / (weights ** 3).sum())
-        return out
 
 
 def _scenario(name="llm_economicus_moralis", **run):

@@ -65,6 +65,67 @@ def test_ray_cells_equal_local_cells(tmp_path):
     assert tables["ray"].mean_delta.tolist() == pytest.approx([_delta(k, 2) for k in (0.0, 0.5, 1.0)], abs=1e-4)
 
 
+LLM_STUDY = """
+name = "llm"
+scenario = "llm_base"
+[set]
+"run.deviation" = false
+"run.steps" = 2
+"run.sessions" = 2
+"run.window" = 1
+[grid]
+"firm.memory" = [0, 1, 3]
+[study]
+executor = "{executor}"
+workers = 2
+"""
+
+
+def test_a_workers_llm_cells_run_in_lock_step_on_one_backend(tmp_path):
+    """Three LLM cells x 2 sessions x 2 firms: 12 requests in each of the 2 periods' one call."""
+    import json
+
+    from scenarios.market_config import load_scenario
+    from scenarios.study import _renamed, cell_folder, overrides, run_cells
+    from conftest import HashBackend
+
+    path = tmp_path / "llm.toml"
+    path.write_text(LLM_STUDY.format(executor="local"))
+    s = load_study(path)
+    jobs = [(str(s.scenario), str(cell_folder(tmp_path, i, c)), {**s.fixed, **_renamed(c)})
+            for i, c in enumerate(s.cells())]
+    key = json.dumps(load_scenario(s.scenario, overrides(jobs[0][2])).llm, sort_keys=True, default=str)
+    backend = HashBackend()
+    finished = []
+    assert run_cells(jobs, {key: backend}, done=finished.append)[key] is backend   # not loaded again
+    assert backend.counter.history == [("choose", 3 * 2 * 2)] * 2 and finished == [3]
+    memories = [json.loads(Path(j[1], "summary.json").read_text())["sessions"] for j in jobs]
+    assert len({json.dumps(m) for m in memories}) == 3                  # the cells differ
+
+
+@pytest.mark.slow
+def test_ray_study_with_llm_cells_loads_the_model_once_per_worker(tmp_path, model_folder):
+    pytest.importorskip("ray", reason="the batch extra is installed by `make test`")
+    from scenarios.study import _renamed, _run_on_ray, cell_folder
+
+    path = tmp_path / "llm.toml"
+    path.write_text(LLM_STUDY.format(executor="ray"))
+    s = load_study(path)
+    jobs = [(str(s.scenario), str(cell_folder(tmp_path, i, c)), {**s.fixed, **_renamed(c)})
+            for i, c in enumerate(s.cells())]
+
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+    bar = Bar()
+    assert sorted(_run_on_ray(jobs, 2, bar)) == [1, 1]                   # 2 workers, 1 load each
+    assert bar.n == 3 and all(Path(j[1], "summary.json").exists() for j in jobs)
+    table = run_study(path, tmp_path, progress=False, log=lambda _: None)   # all done: read back
+    assert len(table) == 3 and (table.backend_calls_per_step == 1).all()
+
+
 @pytest.mark.parametrize("text, message", [
     ('scenario = "theory_moralis"\n[grid]\n"firm.kappa" = []', "must be a non-empty list"),
     ('scenario = "theory_moralis"\n[grid]\n"kappa" = [0.5]', "must be section.key"),
