@@ -27,7 +27,7 @@ MASK = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15
 MIX1 = 0xBF58476D1CE4E5B9
 MIX2 = 0x94D049BB133111EB
-EXPLORE, RANDOM_PRICE, START = 0, 1, 2     # the streams of one firm's draws in one period
+EXPLORE, RANDOM_PRICE, START, DECISION = 0, 1, 2, 3   # the streams of one firm's draws in one period
 
 
 def splitmix64(z: int) -> int:
@@ -44,6 +44,12 @@ def period_key(seed: int, session: int, t: int) -> int:
 def draw(key: int, firm: int, stream: int) -> int:
     """A 64-bit random integer for one firm's `stream` in the period of `key`."""
     return splitmix64(key ^ (4 * firm + stream))
+
+
+def decision_seed(seed: int, session: int, t: int, firm: int) -> int:
+    """The seed of an LLM firm's decision in period t of a session (63 bits): sessions of one
+    run draw independently, and the same (seed, session, period, firm) always draws alike."""
+    return draw(period_key(seed, session, t), firm, DECISION) >> 1
 
 
 def uniform(bits: int) -> float:

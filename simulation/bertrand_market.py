@@ -17,7 +17,7 @@ import mesa
 import numpy as np
 import pandas as pd
 
-from agents.qlearning import QLearningSettings, encode, profit_table, start_actions
+from agents.qlearning import QLearningSettings, decision_seed, encode, profit_table, start_actions
 from markets.bertrand import LogitBertrand
 from simulation.firms import DecidingFirm, Firm, QLearningFirm
 from simulation.lockstep import Asks, step_together
@@ -110,12 +110,13 @@ class BertrandMarket(mesa.Model):
         step_together([self], count_steps=False)
 
     def decision_requests(self) -> Asks:
-        """The LLM and theory firms' decisions this period asks for (simulation.lockstep)."""
-        n = self.market.firms
+        """The LLM and theory firms' decisions this period asks for (simulation.lockstep), each
+        with its own seed (agents.qlearning.decision_seed)."""
         self._deciding = [f for f in self.firms if isinstance(f, DecidingFirm) and f.index not in self.forced]
         self._situations = [f.situation() for f in self._deciding]
         return Asks([(f.policy, s) for f, s in zip(self._deciding, self._situations)],
-                    [self.seed_value * 1_000_003 + self.period * n + f.index for f in self._deciding],
+                    [decision_seed(self.seed_value, self.session, self.period, f.index)
+                     for f in self._deciding],
                     [{"period": self.period, "firm": f.index, "session": self.session}
                      for f in self._deciding])
 

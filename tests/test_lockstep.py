@@ -105,3 +105,16 @@ def test_lockstep_equals_sequential_on_the_embedded_model(tmp_path, backend):
     run_scenarios([(s, tmp_path)], backend, progress=False)
     got = pd.read_parquet(tmp_path / "steps.parquet")[["session", "period", "firm", "price"]]
     pd.testing.assert_frame_equal(got.reset_index(drop=True), _sequential_prices(s, backend))
+
+
+def test_sessions_draw_independently(tmp_path):
+    """Sessions from the same initial prices ask the same first question; seeded sampling must
+    still draw each session's answer on its own (seed, session, period, firm), not share draws."""
+    from scenarios.market import run_scenarios
+
+    s = _scenario("llm_base", deviation=False, sessions=6, steps=1, initial_prices=[1.6, 1.6])
+    run_scenarios([(s, tmp_path)], HashBackend(), progress=False)
+    first = pd.read_parquet(tmp_path / "steps.parquet").pivot(index="session", columns="firm", values="price")
+    assert len({tuple(row) for row in first.to_numpy()}) > 1
+    seeds = [json.loads(line)["seed"] for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]
+    assert len(set(seeds)) == len(seeds) == 12
