@@ -5,7 +5,8 @@ session) against the one-session-at-a-time runner (one call per period per sessi
 prices of both compared; then the lock-step wall time for other numbers of sessions.
 
     python benchmarks/llm_study.py [--sessions 16] [--periods 10] [--curve 1 4 16 32]
-                                   [--url http://127.0.0.1:8000]   # a vLLM server instead
+                                   [--vllm]          # the embedded model served by vLLM instead
+                                   [--url http://127.0.0.1:8000]   # or a running server
 
 Run it alone: on 2 cores any other job changes the figures.
 """
@@ -55,13 +56,26 @@ def main() -> None:
     parser.add_argument("--periods", type=int, default=10)
     parser.add_argument("--curve", type=int, nargs="*", default=[1, 4, 16, 32],
                         help="numbers of sessions for the lock-step wall-time curve")
-    parser.add_argument("--url", help="a vLLM server (default: the embedded model in-process)")
+    parser.add_argument("--vllm", action="store_true",
+                        help="start the project's vLLM server (.venv-vllm, `make vllm`) with the embedded model")
+    parser.add_argument("--url", help="a running vLLM server (default: the embedded model in-process)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
 
-    if args.url:
+    if args.vllm:
+        from agents.llm.models import prepare
+        from agents.llm.server import VLLMServer
+
+        with VLLMServer(prepare(), log=Path(tempfile.gettempdir()) / "llm_study_vllm.log") as server:
+            benchmark(args, server.url)
+    else:
+        benchmark(args, args.url)
+
+
+def benchmark(args, url: str | None) -> None:
+    if url:
         from agents.llm.openai_backend import OpenAIBackend
-        backend, where = OpenAIBackend(args.url), f"vLLM server {args.url}"
+        backend, where = OpenAIBackend(url), f"vLLM server {url} (requests of a call sent concurrently)"
     else:
         from agents.llm.transformers_backend import TransformersBackend
         backend, where = TransformersBackend(), "embedded model, in-process transformers"

@@ -62,7 +62,7 @@ def scenario_path(path: str | Path, folder: Path) -> Path:
 def read_toml(path: Path, overrides: dict | None = None) -> dict:
     """The file's tables, with `overrides` ({section: {key: value}}) merged into them: section ""
     is the top level, and a section that is an array of tables ([[firm]]) gets the values in
-    every table."""
+    every table, or a list's k-th value in its k-th table (one value per table)."""
     try:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
@@ -71,7 +71,13 @@ def read_toml(path: Path, overrides: dict | None = None) -> dict:
         if section == "":
             raw.update(values)
         elif isinstance(raw.get(section), list):
-            raw[section] = [{**table, **values} for table in raw[section]]
+            tables = raw[section]
+            for key, value in values.items():
+                if isinstance(value, list) and len(value) != len(tables):
+                    raise ConfigError(f"{path}: {section}.{key} = {value!r} needs one value for each "
+                                      f"of the {len(tables)} [[{section}]] tables")
+            raw[section] = [{**table, **{k: v[i] if isinstance(v, list) else v for k, v in values.items()}}
+                            for i, table in enumerate(tables)]
         else:
             raw[section] = {**raw.get(section, {}), **values}
     return raw

@@ -120,8 +120,13 @@ def _renamed(cell: dict) -> dict:
     return {(".seed" if k == "seed" else k): v for k, v in cell.items()}
 
 
+def setting_label(value) -> str | int | float | bool:
+    """A grid value as the table shows it: a per-firm list as "first/second/..."."""
+    return "/".join(map(str, value)) if isinstance(value, list) else value
+
+
 def cell_folder(out: Path, index: int, cell: dict) -> Path:
-    slug = "_".join(k.rpartition(".")[2] + (f"{v:g}" if isinstance(v, (int, float)) else str(v))
+    slug = "_".join(k.rpartition(".")[2] + (f"{v:g}" if isinstance(v, (int, float)) else str(setting_label(v)))
                     for k, v in cell.items())
     return out / "cells" / f"{index:04d}_{slug}"
 
@@ -259,7 +264,8 @@ def collect(cells: list[dict], folders: list[Path]) -> pd.DataFrame:
     rows = []
     for cell, folder in zip(cells, folders):
         summary = json.loads((folder / "summary.json").read_text())
-        rows.append({**cell, **{m: summary[m] for m in MEASURES if m in summary}, "folder": folder.name})
+        rows.append({**{k: setting_label(v) for k, v in cell.items()},
+                     **{m: summary[m] for m in MEASURES if m in summary}, "folder": folder.name})
     return pd.DataFrame(rows)
 
 
@@ -272,11 +278,15 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 def _as_kappa(value):
-    """Preference names (moralis-K, economicus) as their kappa, numbers as they are."""
+    """Preference names (moralis-K, economicus) as their kappa, numbers as they are; None for
+    anything else (a pair of preferences, base)."""
     from finetune.registry import parse_adapter_name
 
     if isinstance(value, str):
-        return parse_adapter_name(value)[1] or 0.0
+        try:
+            return parse_adapter_name(value)[1] or 0.0
+        except ValueError:
+            return None
     return value
 
 
@@ -290,8 +300,14 @@ def plot_study(table: pd.DataFrame, keys: list[str], path: Path, title: str, the
 
     fig, ax = plt.subplots(figsize=(6, 4))
     x, lines = keys[0], keys[1:2]
+    categories = None
     if table[x].map(lambda v: isinstance(v, str)).any():
-        table = table.assign(**{x: table[x].map(_as_kappa)})
+        kappas = table[x].map(_as_kappa)
+        if kappas.isna().any():          # labels such as adapter pairs: one position each
+            categories = list(dict.fromkeys(table[x]))
+            table = table.assign(**{x: table[x].map(categories.index)})
+        else:
+            table = table.assign(**{x: kappas})
     if theory:
         import numpy as np
 
@@ -308,6 +324,8 @@ def plot_study(table: pd.DataFrame, keys: list[str], path: Path, title: str, the
         ax.errorbar(stats[x], stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=label)
     ax.axhline(0, color="grey", ls="--", lw=1)
     ax.axhline(1, color="black", ls=":", lw=1)
+    if categories is not None:
+        ax.set_xticks(range(len(categories)), categories, rotation=15, fontsize=8)
     ax.set_xlabel(x)
     ax.set_ylabel("Delta (0 Nash, 1 monopoly)")
     ax.set_title(title + (f" (other keys: {', '.join(keys[2:])} pooled)" if len(keys) > 2 else ""))

@@ -103,6 +103,46 @@ def test_a_workers_llm_cells_run_in_lock_step_on_one_backend(tmp_path):
     assert len({json.dumps(m) for m in memories}) == 3                  # the cells differ
 
 
+def test_adapter_pairs_study_gives_each_firm_its_preference(tmp_path):
+    """The bundled llm_pairs study: a list value of a firm key is one value per firm; cells are
+    labelled by pair, run in lock-step and plotted one position per pair."""
+    import json
+
+    from conftest import HashBackend
+    from scenarios.market_config import load_scenario
+    from scenarios.study import _renamed, cell_folder, collect, overrides, plot_study, run_cells
+
+    study = load_study("llm_pairs")
+    assert [c["firm.preference"] for c in study.cells()][2] == ["economicus", "moralis-0.5"]
+    mixed = load_scenario(study.scenario, overrides({**study.fixed, **_renamed(study.cells()[2])}))
+    assert [f.preference for f in mixed.firms] == ["economicus", "moralis-0.5"]
+    assert mixed.run["steps"] == 50 and mixed.run["sessions"] == 5
+    fixed = {**study.fixed, "run.steps": 2, "run.sessions": 2}
+    cells = study.cells()
+    folders = [cell_folder(tmp_path, i, c) for i, c in enumerate(cells)]
+    assert all("[" not in f.name and " " not in f.name for f in folders)
+    jobs = [(str(study.scenario), str(f), {**fixed, **_renamed(c)}) for f, c in zip(folders, cells)]
+    key = json.dumps(mixed.llm, sort_keys=True, default=str)
+    backend = HashBackend()
+    run_cells(jobs, {key: backend})
+    assert backend.counter.history == [("choose", 4 * 2 * 2)] * 2
+    log = [json.loads(line) for line in (folders[2] / "decisions.jsonl").read_text().splitlines()]
+    assert {(r["firm"], r["adapter"]) for r in log} == {(0, "economicus"), (1, "moralis-0.5")}
+    table = collect(cells, folders)
+    assert table["firm.preference"].tolist() == ["economicus/economicus", "moralis-0.5/moralis-0.5",
+                                                 "economicus/moralis-0.5", "base/base"]
+    plot_study(table, ["firm.preference"], tmp_path / "study.png", title="pairs")
+    assert (tmp_path / "study.png").stat().st_size > 0
+
+
+def test_a_per_firm_value_needs_one_value_per_firm():
+    from scenarios.config import ConfigError
+    from scenarios.market_config import load_scenario
+
+    with pytest.raises(ConfigError, match="needs one value for each of the 2"):
+        load_scenario("llm_economicus", {"firm": {"preference": ["economicus"] * 3}})
+
+
 @pytest.mark.slow
 def test_ray_study_with_llm_cells_loads_the_model_once_per_worker(tmp_path, model_folder):
     pytest.importorskip("ray", reason="the batch extra is installed by `make test`")
