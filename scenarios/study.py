@@ -126,7 +126,8 @@ def setting_label(value) -> str | int | float | bool:
 
 
 def cell_folder(out: Path, index: int, cell: dict) -> Path:
-    slug = "_".join(k.rpartition(".")[2] + (f"{v:g}" if isinstance(v, (int, float)) else str(setting_label(v)))
+    slug = "_".join(k.rpartition(".")[2] + (f"{v:g}" if isinstance(v, (int, float)) else
+                                            "+".join(map(str, v)) if isinstance(v, list) else str(v))
                     for k, v in cell.items())
     return out / "cells" / f"{index:04d}_{slug}"
 
@@ -321,7 +322,8 @@ def plot_study(table: pd.DataFrame, keys: list[str], path: Path, title: str, the
             stats["std"] = rows.groupby(x)["sd_delta"].first().to_numpy()
         label = None if not lines else f"{lines[0]} = {value[0]:g}" if isinstance(value[0], float) \
             else f"{lines[0]} = {value[0]}"
-        ax.errorbar(stats[x], stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=label)
+        ax.errorbar(stats[x], stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=label,
+                    ls="none" if categories is not None else "-")
     ax.axhline(0, color="grey", ls="--", lw=1)
     ax.axhline(1, color="black", ls=":", lw=1)
     if categories is not None:

@@ -120,7 +120,7 @@ def test_adapter_pairs_study_gives_each_firm_its_preference(tmp_path):
     fixed = {**study.fixed, "run.steps": 2, "run.sessions": 2}
     cells = study.cells()
     folders = [cell_folder(tmp_path, i, c) for i, c in enumerate(cells)]
-    assert all("[" not in f.name and " " not in f.name for f in folders)
+    assert all(f.parent == tmp_path / "cells" and "[" not in f.name and " " not in f.name for f in folders)
     jobs = [(str(study.scenario), str(f), {**fixed, **_renamed(c)}) for f, c in zip(folders, cells)]
     key = json.dumps(mixed.llm, sort_keys=True, default=str)
     backend = HashBackend()
