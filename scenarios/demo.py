@@ -85,8 +85,9 @@ def market_runs(out: Path, adapters: str | Path = "adapters", run: dict | None =
                 pairs=DUOPOLIES) -> pd.DataFrame:
     """Calvano's Q-learning replication (100 sessions, vectorised), the theory duopolies and an
     LLM duopoly for each adapter pair that exists (grid prices through `choose`, `LLM_RUN`:
-    sessions from different initial prices; the sessions of all pairs in lock-step), in one table of prices and Delta (mean over the
-    sessions' final windows, its spread across sessions)."""
+    sessions from different initial prices; the sessions of all pairs in lock-step), in one
+    table of prices and Delta (mean over the sessions' final windows, its spread across
+    sessions)."""
     from agents.llm.transformers_backend import TransformersBackend
     from finetune.registry import list_adapters
     from scenarios.market import run_scenario, run_scenarios

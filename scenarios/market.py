@@ -121,11 +121,14 @@ def resume_sessions(s: MarketScenario, out: Path, restart_if_changed: bool = Fal
         if not line.endswith("\n"):          # cut short by a kill during the write
             break
         record = json.loads(line)
-        (kept if record.get("session") in finished else unfinished).append(line)
+        if record.get("session") in finished:
+            kept.append(line)
+        else:
+            unfinished.append(record)
     partial = log.with_suffix(".partial")
     partial.write_text("".join(kept), encoding="utf-8")
     partial.replace(log)
-    return [json.loads(line) for line in unfinished]
+    return unfinished
 
 
 def session_plans(s: MarketScenario, out: Path, policies, bar) -> list:
@@ -134,16 +137,21 @@ def session_plans(s: MarketScenario, out: Path, policies, bar) -> list:
     for session in range(s.run["sessions"]):
         folder = out / "sessions" / f"{session:04d}"
         if (folder / "record.json").exists():
-            bar.update(session_count(s) // s.run["sessions"])
+            bar.update(session_periods(s))
         else:
             plans.append(_session_plan(s, market, session, folder, policies, bar))
     return plans
 
 
+def session_periods(s: MarketScenario) -> int:
+    """Periods one session steps: its steps and, with the deviation test, its periods + 1."""
+    run = s.run
+    return run["steps"] + (run["deviation_periods"] + 1 if run["deviation"] else 0)
+
+
 def session_count(s: MarketScenario) -> int:
     """Periods a scenario's sessions step in all (for progress bars)."""
-    run = s.run
-    return run["sessions"] * (run["steps"] + (run["deviation_periods"] + 1 if run["deviation"] else 0))
+    return s.run["sessions"] * session_periods(s)
 
 
 def collect_sessions(s: MarketScenario, out: Path) -> dict:

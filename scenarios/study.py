@@ -127,9 +127,14 @@ def setting_label(value) -> str | int | float | bool:
 
 def cell_folder(out: Path, index: int, cell: dict) -> Path:
     slug = "_".join(k.rpartition(".")[2] + (f"{v:g}" if isinstance(v, (int, float)) else
-                                            "+".join(map(str, v)) if isinstance(v, list) else str(v))
+                                            str(setting_label(v)).replace("/", "+"))
                     for k, v in cell.items())
     return out / "cells" / f"{index:04d}_{slug}"
+
+
+def cell_job(s: Study, folder: Path, cell: dict) -> tuple[str, str, dict]:
+    """What `run_cells` takes for one cell: (scenario, folder, its overrides)."""
+    return str(s.scenario), str(folder), {**s.fixed, **_renamed(cell)}
 
 
 def run_cells(jobs: list, backends: dict | None = None, done=lambda n: None, progress: bool = False) -> dict:
@@ -195,7 +200,7 @@ def run_study(path: str | Path, out: str | Path, progress: bool = True, log=prin
     started = time.time()
     with tqdm(total=len(cells), initial=len(cells) - len(pending), desc=f"{s.name}: cells",
               unit="cell", disable=not progress) as bar:
-        jobs = [(str(s.scenario), str(folders[i]), {**s.fixed, **_renamed(cells[i])}) for i in pending]
+        jobs = [cell_job(s, folders[i], cells[i]) for i in pending]
         if s.executor == "ray":
             _run_on_ray(jobs, s.workers, bar)
         else:

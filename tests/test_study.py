@@ -86,14 +86,13 @@ def test_a_workers_llm_cells_run_in_lock_step_on_one_backend(tmp_path):
     import json
 
     from scenarios.market_config import load_scenario
-    from scenarios.study import _renamed, cell_folder, overrides, run_cells
+    from scenarios.study import cell_folder, cell_job, overrides, run_cells
     from conftest import HashBackend
 
     path = tmp_path / "llm.toml"
     path.write_text(LLM_STUDY.format(executor="local"))
     s = load_study(path)
-    jobs = [(str(s.scenario), str(cell_folder(tmp_path, i, c)), {**s.fixed, **_renamed(c)})
-            for i, c in enumerate(s.cells())]
+    jobs = [cell_job(s, cell_folder(tmp_path, i, c), c) for i, c in enumerate(s.cells())]
     key = json.dumps(load_scenario(s.scenario, overrides(jobs[0][2])).llm, sort_keys=True, default=str)
     backend = HashBackend()
     finished = []
@@ -110,18 +109,20 @@ def test_adapter_pairs_study_gives_each_firm_its_preference(tmp_path):
 
     from conftest import HashBackend
     from scenarios.market_config import load_scenario
-    from scenarios.study import _renamed, cell_folder, collect, overrides, plot_study, run_cells
+    from dataclasses import replace
+
+    from scenarios.study import cell_folder, cell_job, collect, overrides, plot_study, run_cells
 
     study = load_study("llm_pairs")
     assert [c["firm.preference"] for c in study.cells()][2] == ["economicus", "moralis-0.5"]
-    mixed = load_scenario(study.scenario, overrides({**study.fixed, **_renamed(study.cells()[2])}))
+    mixed = load_scenario(study.scenario, overrides(cell_job(study, tmp_path, study.cells()[2])[2]))
     assert [f.preference for f in mixed.firms] == ["economicus", "moralis-0.5"]
     assert mixed.run["steps"] == 50 and mixed.run["sessions"] == 5
-    fixed = {**study.fixed, "run.steps": 2, "run.sessions": 2}
+    short = replace(study, fixed={**study.fixed, "run.steps": 2, "run.sessions": 2})
     cells = study.cells()
     folders = [cell_folder(tmp_path, i, c) for i, c in enumerate(cells)]
     assert all(f.parent == tmp_path / "cells" and "[" not in f.name and " " not in f.name for f in folders)
-    jobs = [(str(study.scenario), str(f), {**fixed, **_renamed(c)}) for f, c in zip(folders, cells)]
+    jobs = [cell_job(short, f, c) for f, c in zip(folders, cells)]
     key = json.dumps(mixed.llm, sort_keys=True, default=str)
     backend = HashBackend()
     run_cells(jobs, {key: backend})
@@ -146,13 +147,12 @@ def test_a_per_firm_value_needs_one_value_per_firm():
 @pytest.mark.slow
 def test_ray_study_with_llm_cells_loads_the_model_once_per_worker(tmp_path, model_folder):
     pytest.importorskip("ray", reason="the batch extra is installed by `make test`")
-    from scenarios.study import _renamed, _run_on_ray, cell_folder
+    from scenarios.study import _run_on_ray, cell_folder, cell_job
 
     path = tmp_path / "llm.toml"
     path.write_text(LLM_STUDY.format(executor="ray"))
     s = load_study(path)
-    jobs = [(str(s.scenario), str(cell_folder(tmp_path, i, c)), {**s.fixed, **_renamed(c)})
-            for i, c in enumerate(s.cells())]
+    jobs = [cell_job(s, cell_folder(tmp_path, i, c), c) for i, c in enumerate(s.cells())]
 
     class Bar:
         n = 0
