@@ -165,6 +165,15 @@ def run_pipeline(options: PipelineOptions, log=print) -> dict:
     return {name: read_manifest(registry / name) for name in trained}
 
 
+def heldout_games(preferences, small: bool = False) -> list:
+    """The battery's held-out items, tagged with the theory action of every preference given
+    (the battery's own kappa grid, 0 to 1 in steps of 0.1, plus any other kappa such as 0.25)."""
+    from finetune.battery import KAPPAS, build_battery
+
+    kappas = sorted(set(KAPPAS) | {float(pref.kappa) for pref in preferences if pref.kappa})
+    return [i for i in build_battery("linear", small=small, kappas=kappas) if i.split == "heldout"]
+
+
 def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, small: bool = False,
                       log=print, application_items: int = 60):
     """Base model vs each adapter on the held-out items of every domain (games battery, pricing,
@@ -173,7 +182,6 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
     from agents.llm.transformers_backend import TransformersBackend
     from agents.policies import LLMPolicy
     from finetune.application_eval import evaluate_applications
-    from finetune.battery import KAPPAS, build_battery
     from finetune.dataset import near_threshold
     from finetune.evaluate import kappa_column, plot_theory_scores, run, theory_scores, _markdown
 
@@ -192,8 +200,7 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
         return
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    kappas = sorted(set(KAPPAS) | {float(pref.kappa) for pref in adapters.values() if pref.kappa})
-    items = [i for i in build_battery("linear", small=small, kappas=kappas) if i.split == "heldout"]
+    items = heldout_games(adapters.values(), small)
     theories = {pref.name: ("economicus" if pref.kappa == 0 else kappa_column(pref.kappa))
                 for pref in adapters.values()}
     excluded = {pref.name: {i.item_id for i in items if near_threshold(pref, i.situation())}

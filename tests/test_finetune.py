@@ -261,3 +261,27 @@ def test_probe_phase_continues_the_first_phase_and_is_cached(tmp_path, model_fol
     assert len(messages) == 2 and all("up to date" in m for m in messages)
     economicus = train_adapter(HomoEconomicus(), *args[1:4], tmp_path / "adapters" / "economicus", *args[5:])
     assert "phases" not in economicus and economicus["init_adapter_sha256"] is None
+
+
+def test_heldout_games_carry_the_theory_of_any_kappa():
+    """Regression: the battery's kappa grid is 0, 0.1, ..., 1, and adapters of kappa 0.25 or 0.75
+    (the llm_kappa study) once failed their evaluation. Each held-out item carries their theory
+    action; in the prisoner's dilemma homo moralis defects when kappa < (P - S) / (R - S) and
+    cooperates when kappa > (T - R) / (T - P) (Alger & Weibull 2013, from the payoffs of C and D
+    against C and against D weighted by 1 - kappa and kappa)."""
+    from finetune.battery import KAPPAS
+    from finetune.pipeline import heldout_games
+
+    assert 0.25 not in KAPPAS and 0.75 not in KAPPAS
+    items = heldout_games([HomoEconomicus(), HomoMoralis(kappa=0.25), HomoMoralis(kappa=0.75)], small=True)
+    assert items and all({0.25, 0.75} <= set(dict(i.moralis)) for i in items)
+    dilemmas = [i for i in items if i.game == "prisoners-dilemma"]
+    assert dilemmas
+    for item in dilemmas:
+        p = item.parameters
+        defect_below, cooperate_above = (p["P"] - p["S"]) / (p["R"] - p["S"]), (p["T"] - p["R"]) / (p["T"] - p["P"])
+        for kappa, action in dict(item.moralis).items():
+            if kappa < min(defect_below, cooperate_above):
+                assert action == "defect", (item.item_id, kappa)
+            elif kappa > max(defect_below, cooperate_above):
+                assert action == "cooperate", (item.item_id, kappa)
