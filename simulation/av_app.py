@@ -63,6 +63,19 @@ def CityMap(model: AVApp):
 
 
 @solara.component
+def TrafficSummary(model: AVApp):
+    """One line of the model's state: the AVs and their decision maker, the step, the dilemmas
+    and how they ended."""
+    update_counter.get()
+    swerved = sum(d["action"] == "swerve" for d in model.dilemmas)
+    killed = {role: sum(k["killed"] and k["role"] == role for k in model.people) for role in ("passenger", "pedestrian")}
+    deciders = ", ".join(getattr(getattr(p, "preference", None), "name", label) for label, p in model.deciders)
+    solara.Text(f"{model.settings.avs} AVs deciding by {deciders}: step {model.step_count}, "
+                f"{len(model.dilemmas)} dilemmas ({swerved} swerved), {killed['passenger']} passengers and "
+                f"{killed['pedestrian']} pedestrians killed")
+
+
+@solara.component
 def Casualties(model: AVApp):
     """Dilemmas per step and the cumulative deaths by group."""
     update_counter.get()
@@ -78,7 +91,9 @@ def Casualties(model: AVApp):
     ax.set_xlabel("step")
     ax.set_ylabel("cumulative count")
     fig.tight_layout()
-    solara.FigureMatplotlib(fig)
+    with solara.Column():
+        TrafficSummary(model)
+        solara.FigureMatplotlib(fig)
 
 
 model_params = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import solara
 from matplotlib.figure import Figure
-from mesa.visualization import SolaraViz, make_plot_component
+from mesa.visualization import SolaraViz
 from mesa.visualization.utils import update_counter
 
 from markets.bertrand import LogitBertrand
@@ -43,6 +43,17 @@ class MarketApp(BertrandMarket):
 
 
 @solara.component
+def MarketSummary(model: MarketApp):
+    """One line of the model's state: its firms, period, prices and Delta."""
+    update_counter.get()
+    firms = ", ".join(f.label for f in model.firms)
+    prices = ", ".join(f"{p:.3f}" for p in model.last_prices)
+    delta = "" if model.period == 0 else f", Delta {model.industry_delta:.3f}"
+    solara.Text(f"{len(model.firms)} firms ({firms}), mu {model.market.mu:g}: period {model.period}, "
+                f"prices {prices} (Nash {model.nash.mean():.3f}, monopoly {model.monopoly.mean():.3f}){delta}")
+
+
+@solara.component
 def PricePlot(model: MarketApp):
     """Every firm's price per period, with the Nash and monopoly prices."""
     update_counter.get()
@@ -51,12 +62,35 @@ def PricePlot(model: MarketApp):
     data = model.datacollector.get_agent_vars_dataframe()
     if not data.empty:
         for (firm, label), rows in data.groupby(["firm", "label"]):
-            ax.plot(rows["period"], rows["price"], label=f"firm {firm}: {label}")
+            ax.plot(rows["period"], rows["price"], marker="o", ms=3, label=f"firm {firm}: {label}")
     ax.axhline(float(model.nash.mean()), color="grey", ls="--", lw=1, label="Bertrand-Nash")
     ax.axhline(float(model.monopoly.mean()), color="black", ls=":", lw=1, label="monopoly")
+    ax.set_xlim(-0.5, max(model.period, 1) + 0.5)
     ax.set_xlabel("period")
     ax.set_ylabel("price")
     ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with solara.Column():
+        MarketSummary(model)
+        solara.FigureMatplotlib(fig)
+
+
+@solara.component
+def DeltaPlot(model: MarketApp):
+    """The industry's Delta per period (Calvano et al. 2020): 0 at the Bertrand-Nash profits, 1 at
+    the monopoly (joint-profit maximising) profits."""
+    update_counter.get()
+    fig = Figure(figsize=(6, 3.2))
+    ax = fig.subplots()
+    data = model.datacollector.get_model_vars_dataframe()
+    if not data.empty:
+        ax.plot(data["period"], data["industry_delta"], marker="o", ms=3, color="tab:purple", label="Delta")
+    ax.axhline(0.0, color="grey", ls="--", lw=1, label="Bertrand-Nash (0)")
+    ax.axhline(1.0, color="black", ls=":", lw=1, label="monopoly (1)")
+    ax.set_xlim(-0.5, max(model.period, 1) + 0.5)
+    ax.set_xlabel("period")
+    ax.set_ylabel("Delta")
+    ax.legend(fontsize=7, loc="center right")
     fig.tight_layout()
     solara.FigureMatplotlib(fig)
 
@@ -72,5 +106,5 @@ model_params = {
     "seed": {"type": "InputText", "value": 0, "label": "seed"},
 }
 
-page = SolaraViz(MarketApp(), components=[PricePlot, make_plot_component("industry_delta")],
+page = SolaraViz(MarketApp(), components=[PricePlot, DeltaPlot],
                  model_params=model_params, name="econalign: repeated Bertrand market")

@@ -1,7 +1,8 @@
 """The visual server's pages in a real browser (headless Chromium, tests/browser.py), offline:
 every file the page loads comes from the loopback, the Mesa controls and plots render, Step
 advances the model and redraws its plot, Play runs and pause stops, a control change followed
-by Reset rebuilds the model with it (Mesa's SolaraViz); screenshots go to the test's output folder. And `econalign viz` refuses to start, in
+by Reset rebuilds the model with it (Mesa's SolaraViz; the selects and sliders are driven as a
+user drives them and the page's summary line shows the rebuilt model); screenshots go to the test's output folder. And `econalign viz` refuses to start, in
 one line, when the page's assets are missing."""
 import os
 import re
@@ -62,9 +63,34 @@ def _select(page, label: str, option: str) -> None:
                   "the menu to close")
 
 
-@pytest.mark.parametrize("model, control, option", [
-    ("market", "firm 0", "Q-learning"), ("av", "AVs decide by", "theory: homo moralis")])
-def test_page_renders_offline_and_responds(browser, model, control, option, tmp_path):
+def _slide(page, label: str, presses: int) -> None:
+    """Move the slider labelled `label` by `presses` steps with the arrow keys (as a keyboard user)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    for field in page.driver.find_elements(By.CSS_SELECTOR, ".v-input__slider"):
+        labels = field.find_elements(By.CSS_SELECTOR, "label")
+        if labels and labels[0].text == label:
+            thumb = field.find_element(By.CSS_SELECTOR, ".v-slider__thumb-container")
+            page.driver.execute_script("arguments[0].focus()", thumb)
+            key = Keys.ARROW_RIGHT if presses > 0 else Keys.ARROW_LEFT
+            for _ in range(abs(presses)):
+                thumb.send_keys(key)
+            return
+    raise AssertionError(f"no slider labelled {label!r}")
+
+
+CONTROLS = {   # model: (selects, slider moves, the summary line of the rebuilt model)
+    "market": ({"firm 0": "Q-learning"}, {"firms": 1, "kappa (homo moralis)": 5},
+               "3 firms (qlearning, theory:moralis-0.75, theory:moralis-0.75)"),
+    "av": ({"AVs decide by": "theory: homo economicus"}, {"AVs": 3}, "15 AVs deciding by economicus"),
+}
+FIRST_SUMMARY = {"market": "2 firms (theory:moralis-0.5, theory:moralis-0.5)",
+                 "av": "12 AVs deciding by moralis-0.5"}
+
+
+@pytest.mark.parametrize("model", ["market", "av"])
+def test_page_renders_offline_and_responds(browser, model, tmp_path):
     page = browser()
     with viz_server(model) as url:
         started = time.time()
@@ -73,7 +99,9 @@ def test_page_renders_offline_and_responds(browser, model, control, option, tmp_
                               READY_S, "the controls, step counter and first plot")
         page.screenshot(tmp_path / f"{model}-ready.png")
         assert "Loading app" not in page.text()
-        assert "Model Parameters" in page.text() and control in page.text()
+        selects, slides, rebuilt_summary = CONTROLS[model]
+        assert "Model Parameters" in page.text() and all(c in page.text() for c in [*selects, *slides])
+        assert FIRST_SUMMARY[model] in page.text()
         before = _plots(page)
         _button(page, "STEP").click()
         stepped = page.wait_for(lambda p: _step_count(p) == 1 and _plots(p) != before, STEP_S,
@@ -89,10 +117,14 @@ def test_page_renders_offline_and_responds(browser, model, control, option, tmp_
         assert _step_count(page) == paused_at, "the model kept stepping after pause"
 
         before = _plots(page)
-        _select(page, control, option)                   # Mesa rebuilds the model with it on Reset
-        _button(page, "RESET").click()
-        rebuilt = page.wait_for(lambda p: _step_count(p) == 0 and _plots(p) != before, REBUILD_S,
-                                f"a rebuilt model after {control} = {option}")
+        for control, option in selects.items():
+            _select(page, control, option)
+        for control, presses in slides.items():
+            _slide(page, control, presses)
+        _button(page, "RESET").click()                   # Mesa rebuilds the model with the controls
+        rebuilt = page.wait_for(lambda p: _step_count(p) == 0 and _plots(p) != before
+                                and rebuilt_summary in p.text(), REBUILD_S,
+                                f"a rebuilt model: {rebuilt_summary}")
         page.screenshot(tmp_path / f"{model}-rebuilt.png")
         errors = page.errors()
     assert not errors, errors
