@@ -92,3 +92,25 @@ def test_bad_input_is_one_line_exit_2(args, needle):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr
     assert needle in lines[0]
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_every_bundled_scenario_study_and_data_file(tmp_path):
+    """A non-editable install has the bundled scenarios, studies and reference data: the built
+    wheel holds every file the package folders keep beside the code."""
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"          # a copy: a stale build/ folder in the tree would fill the wheel
+    shutil.copytree(root, source, ignore=shutil.ignore_patterns(".*", "build", "outputs", "adapters", "runs",
+                                                                 "*.egg-info", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
+                    "--quiet", "-w", str(tmp_path)], check=True, capture_output=True, timeout=600)
+    wheel, = tmp_path.glob("econalign-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    bundled = [p.relative_to(root).as_posix() for pattern in ("scenarios/markets/*.toml", "scenarios/avs/*.toml",
+                                                              "scenarios/studies/*.toml", "finetune/data/*.json",
+                                                              "finetune/data/*.md")
+               for p in root.glob(pattern)]
+    assert any(p.startswith("scenarios/studies/") for p in bundled)
+    assert sorted(set(bundled) - shipped) == []
