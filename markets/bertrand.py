@@ -14,6 +14,7 @@ those scaled units; the demand system itself works on p / price_scale.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from scipy.optimize import brentq
@@ -109,7 +110,16 @@ class LogitBertrand:
             hi = c + 2 * (hi - c)
         return brentq(foc, lo, hi, xtol=1e-14, rtol=1e-14) * self.price_scale
 
-    def nash_prices(self, tol: float = 1e-13, max_sweeps: int = 10_000) -> np.ndarray:
+    def nash_prices(self) -> np.ndarray:
+        """Static Bertrand-Nash equilibrium prices (solved once per market, `_nash`)."""
+        return self._nash.copy()
+
+    def monopoly_prices(self) -> np.ndarray:
+        """Joint-profit maximising prices (solved once per market, `_monopoly`)."""
+        return self._monopoly.copy()
+
+    @cached_property
+    def _nash(self) -> np.ndarray:
         """Static Bertrand-Nash equilibrium: every price a best response to the others.
 
         Best responses are iterated from marginal cost, one firm at a time. Logit Bertrand is a
@@ -118,15 +128,16 @@ class LogitBertrand:
         1990, Econometrica 58:1255).
         """
         p = self.costs.copy()
-        for _ in range(max_sweeps):
+        for _ in range(10_000):
             before = p.copy()
             for i in range(self.firms):
                 p[i] = self.best_response(i, p)
-            if np.max(np.abs(p - before)) < tol * self.price_scale:
+            if np.max(np.abs(p - before)) < 1e-13 * self.price_scale:
                 return p
         raise RuntimeError("Bertrand-Nash best-response iteration did not converge")
 
-    def monopoly_prices(self) -> np.ndarray:
+    @cached_property
+    def _monopoly(self) -> np.ndarray:
         """Prices maximising joint profit sum_i pi_i.
 
         The first-order conditions give one markup for all firms, p_i - c_i = m with
@@ -152,19 +163,17 @@ class LogitBertrand:
 
     # ------------------------------------------------------------------ collusion metrics
     def delta(self, profits) -> np.ndarray:
-        """Profit collusion index Delta = (pi - pi_N) / (pi_M - pi_N) (Calvano et al. 2020, eq. 5).
-
-        0 at the Bertrand-Nash equilibrium, 1 at joint-profit maximisation; per firm for profit
-        arrays of shape (..., firms).
-        """
-        pi_n, pi_m = self.nash_profits(), self.monopoly_profits()
-        return (np.asarray(profits, dtype=float) - pi_n) / (pi_m - pi_n)
+        """Each firm's own Delta, (pi_i - pi_N,i) / (pi_M,i - pi_N,i), for profit arrays of shape
+        (..., firms): reported beside the market's Delta (`industry_delta`), equal to it when the
+        firms are symmetric."""
+        return firm_delta(profits, self.nash_profits(), self.monopoly_profits())
 
     def industry_delta(self, profits) -> np.ndarray:
-        """Delta of total industry profit, (sum pi - sum pi_N) / (sum pi_M - sum pi_N): the index
-        for asymmetric firms, whose own monopoly profit may lie below their Nash profit."""
-        total_n, total_m = self.nash_profits().sum(), self.monopoly_profits().sum()
-        return (np.asarray(profits, dtype=float).sum(axis=-1) - total_n) / (total_m - total_n)
+        """The market's Delta (Calvano et al. 2020, eq. 5, on the firms' average profit):
+        (mean pi - mean pi_N) / (mean pi_M - mean pi_N). 0 at the Bertrand-Nash equilibrium, 1 at
+        joint-profit maximisation; bounded by 1 also for asymmetric firms, whose own monopoly
+        profit may lie below their Nash profit."""
+        return collusion_index(profits, self.nash_profits(), self.monopoly_profits())
 
     def price_index(self, prices) -> np.ndarray:
         """Price collusion index (p - p_N) / (p_M - p_N), per firm."""
@@ -223,3 +232,17 @@ class BertrandFirm:
         prices = np.concatenate([others[..., :i], own[..., None], others[..., i:]], axis=-1)
         profit = self.market.profits(prices)[..., self.index]
         return profit[..., None], np.array([1.0])
+
+
+def collusion_index(profits, nash_profits, monopoly_profits) -> np.ndarray:
+    """Calvano et al.'s (2020) profit collusion index Delta of a market, on the firms' average:
+    (mean_i pi_i - mean_i pi_N,i) / (mean_i pi_M,i - mean_i pi_N,i), for profits of shape
+    (..., firms). The one definition of Delta the engine reports."""
+    total_n, total_m = np.sum(nash_profits), np.sum(monopoly_profits)
+    return (np.asarray(profits, dtype=float).sum(axis=-1) - total_n) / (total_m - total_n)
+
+
+def firm_delta(profits, nash_profits, monopoly_profits) -> np.ndarray:
+    """Each firm's own (pi_i - pi_N,i) / (pi_M,i - pi_N,i), shape (..., firms)."""
+    nash = np.asarray(nash_profits, dtype=float)
+    return (np.asarray(profits, dtype=float) - nash) / (np.asarray(monopoly_profits, dtype=float) - nash)

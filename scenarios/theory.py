@@ -120,10 +120,10 @@ def _solve_bertrand(market: LogitBertrand, pref: HomoEconomicus, params: dict) -
         if eq.strategy is None:
             raise InputError("no symmetric equilibrium found on the price range")
         prices = np.full(market.firms, eq.strategy)
-        delta = float(market.delta(market.profits(prices))[0])
         status, equilibria = eq.status, [{"firm": p} for p in eq.equilibria]
         strategy, utility = {"firm": float(eq.strategy)}, eq.utility
-        extra = {"nash_price": float(nash[0]), "monopoly_price": float(monopoly[0]), "delta": delta,
+        extra = {"nash_price": float(nash[0]), "monopoly_price": float(monopoly[0]),
+                 "delta": float(market.industry_delta(market.profits(prices))),
                  "profit": float(market.profits(prices)[0])}
     else:
         prices = equilibrium([pref] * market.firms, [market.firm(i) for i in range(market.firms)])

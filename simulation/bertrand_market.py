@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from agents.qlearning import QLearningSettings, decision_seed, encode, profit_table, start_actions
-from markets.bertrand import LogitBertrand
+from markets.bertrand import LogitBertrand, collusion_index, firm_delta
 from simulation.firms import DecidingFirm, Firm, QLearningFirm
 from simulation.lockstep import Asks, step_together
 
@@ -67,13 +67,13 @@ class BertrandMarket(mesa.Model):
         self.invalid = 0
         self.datacollector = mesa.DataCollector(
             model_reporters={"period": "period", "mean_price": lambda m: float(np.mean(m.last_prices)),
-                             "industry_delta": "industry_delta"},
+                             "delta": "delta"},
             agent_reporters={"period": lambda f: f.model.period, "firm": "index", "kind": "kind", "label": "label", "price": "price",
-                             "quantity": "quantity", "profit": "profit", "delta": "delta",
+                             "quantity": "quantity", "profit": "profit", "firm_delta": "firm_delta",
                              "price_index": "price_index", "valid": "valid", "attempts": "attempts",
                              "forced": "forced", "probability": "probability"})
         self._pi_n, self._pi_m = market.nash_profits(), market.monopoly_profits()
-        self.industry_delta = float("nan")
+        self.delta = float("nan")               # the market's Delta in the last period
 
     @cached_property
     def profit_table(self) -> np.ndarray:
@@ -149,21 +149,21 @@ class BertrandMarket(mesa.Model):
             for f in self.firms:
                 if isinstance(f, QLearningFirm) and not self.frozen:
                     f.learn(state, next_state, float(profits[f.index]))
-        deltas = (profits - self._pi_n) / (self._pi_m - self._pi_n)
-        index = (prices - self.nash) / (self.monopoly - self.nash)
+        deltas = firm_delta(profits, self._pi_n, self._pi_m)
+        index = self.market.price_index(prices)
         for f in self.firms:
             i = f.index
             f.price, f.quantity, f.profit = float(prices[i]), float(quantities[i]), float(profits[i])
-            f.delta, f.price_index = float(deltas[i]), float(index[i])
+            f.firm_delta, f.price_index = float(deltas[i]), float(index[i])
             f.record(prices, quantities[i], profits[i])
-        self.industry_delta = float((profits.sum() - self._pi_n.sum()) / (self._pi_m.sum() - self._pi_n.sum()))
+        self.delta = float(collusion_index(profits, self._pi_n, self._pi_m))
         self.datacollector.collect(self)
         self.period += 1
 
     # ------------------------------------------------------------------ data
     def step_data(self) -> pd.DataFrame:
-        """One row per firm and period: the firm's price, quantity, profit, Delta, price index,
-        whether its answer was valid, and the period's industry Delta."""
+        """One row per firm and period: the firm's price, quantity, profit, own Delta, price index,
+        whether its answer was valid, and the period's market Delta (`delta`)."""
         firms = self.datacollector.get_agent_vars_dataframe().reset_index(drop=True)
         model = self.datacollector.get_model_vars_dataframe()
         out = firms.merge(model, on="period", how="left")

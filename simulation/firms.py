@@ -29,7 +29,7 @@ class Firm(mesa.Agent):
         self.index = index
         self.history: list[PeriodRecord] = []
         self.price = float("nan")
-        self.quantity = self.profit = self.delta = self.price_index = float("nan")
+        self.quantity = self.profit = self.firm_delta = self.price_index = float("nan")
         self.valid, self.attempts, self.forced, self.probability = True, 0, False, float("nan")
 
     @property

@@ -48,7 +48,7 @@ def MarketSummary(model: MarketApp):
     update_counter.get()
     firms = ", ".join(f.label for f in model.firms)
     prices = ", ".join(f"{p:.3f}" for p in model.last_prices)
-    delta = "" if model.period == 0 else f", Delta {model.industry_delta:.3f}"
+    delta = "" if model.period == 0 else f", Delta {model.delta:.3f}"
     solara.Text(f"{len(model.firms)} firms ({firms}), mu {model.market.mu:g}: period {model.period}, "
                 f"prices {prices} (Nash {model.nash.mean():.3f}, monopoly {model.monopoly.mean():.3f}){delta}")
 
@@ -84,7 +84,7 @@ def DeltaPlot(model: MarketApp):
     ax = fig.subplots()
     data = model.datacollector.get_model_vars_dataframe()
     if not data.empty:
-        ax.plot(data["period"], data["industry_delta"], marker="o", ms=3, color="tab:purple", label="Delta")
+        ax.plot(data["period"], data["delta"], marker="o", ms=3, color="tab:purple", label="Delta")
     ax.axhline(0.0, color="grey", ls="--", lw=1, label="Bertrand-Nash (0)")
     ax.axhline(1.0, color="black", ls=":", lw=1, label="monopoly (1)")
     ax.set_xlim(-0.5, max(model.period, 1) + 0.5)

@@ -18,16 +18,17 @@ from simulation.lockstep import run_plan
 
 
 def window_means(steps: pd.DataFrame, window: int) -> dict:
-    """Mean price, Delta, price index (over firms) and industry Delta over the last `window`
-    periods of a step table (BertrandMarket.step_data)."""
+    """Over the last `window` periods of a step table (BertrandMarket.step_data): the mean price,
+    the market's Delta (markets.bertrand.collusion_index), the mean price index, and per firm its
+    mean price and own Delta."""
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
     last = steps[steps.period >= steps.period.max() - window + 1]
     return {"window": int(min(window, last.period.nunique())),
-            "price": float(last.price.mean()), "delta": float(last.delta.mean()),
+            "price": float(last.price.mean()), "delta": float(last.groupby("period").delta.first().mean()),
             "price_index": float(last.price_index.mean()),
-            "industry_delta": float(last.groupby("period").industry_delta.first().mean()),
-            **{f"price_{i}": float(g.price.mean()) for i, g in last.groupby("firm")}}
+            **{f"price_{i}": float(g.price.mean()) for i, g in last.groupby("firm")},
+            **{f"firm_delta_{i}": float(g.firm_delta.mean()) for i, g in last.groupby("firm")}}
 
 
 def convergence_period(prices: np.ndarray, tolerance: float, window: int = 1) -> int | None:

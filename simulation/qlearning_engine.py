@@ -21,6 +21,7 @@ import numpy as np
 
 from agents.qlearning import (EXPLORE, GOLDEN, MIX1, MIX2, RANDOM_PRICE, QLearningSettings, decode,
                               encode, initial_q, start_actions)
+from markets.bertrand import collusion_index, firm_delta
 
 _U = np.uint64
 
@@ -235,14 +236,14 @@ def summarise(sessions: Sessions, table: np.ndarray, grid: np.ndarray, nash_prof
         prices = grid[np.arange(n), cycle]                                      # (L, n)
         profits = np.array([[table[i, encode(a, m)] for i in range(n)] for a in cycle])
         mean_profit = profits.mean(axis=0)
-        delta = (mean_profit - nash_profit) / (monopoly_profit - nash_profit)
+        own = firm_delta(mean_profit, nash_profit, monopoly_profit)
         record = {"session": int(sessions.ids[k]), "converged": bool(done[k]),
                   "periods": int(sessions.t[k]), "cycle_length": len(cycle),
-                  "delta": float(delta.mean())}
+                  "delta": float(collusion_index(mean_profit, nash_profit, monopoly_profit))}
         for i in range(n):
             record[f"price_{i}"] = float(prices[:, i].mean())
             record[f"profit_{i}"] = float(mean_profit[i])
-            record[f"delta_{i}"] = float(delta[i])
+            record[f"firm_delta_{i}"] = float(own[i])
         records.append(record)
         ir = impulse_response(g, table, int(sessions.state[k]), m, 0, periods)
         impulses.append(grid[np.arange(n), ir])

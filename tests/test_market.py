@@ -260,3 +260,23 @@ def test_initial_prices_are_every_firms_first_remembered_period():
         starts.append(tuple(model.last_prices))
     assert starts[0] != starts[1] and prompts[0] != prompts[1]
     assert "Period -1: your price" in prompts[0] and "first period" not in prompts[0]
+
+
+@pytest.mark.parametrize("kappa", [0.5, 1.0])
+def test_delta_of_asymmetric_firms_is_calvanos_on_the_average_profit(kappa):
+    """With costs 1 and 0.75 a firm's own Delta exceeds 1 (the low-cost firm earns more than its
+    share of the monopoly profit); the market's Delta is Calvano et al.'s, on the firms' average
+    profit: (mean pi - mean pi_N) / (mean pi_M - mean pi_N), at most 1, and the only Delta the
+    summaries report (per-firm values beside it as firm_delta_i)."""
+    market = LogitBertrand(cost=(1.0, 0.75))
+    model = BertrandMarket(market, [theory_firm(preference("moralis", kappa))] * 2, grid=None)
+    for _ in range(10):
+        model.step()
+    steps = model.step_data()
+    means = window_means(steps, 5)
+    profits = steps[steps.period >= 5].groupby("firm").profit.mean().to_numpy()
+    average = (profits.mean() - market.nash_profits().mean()) / (market.monopoly_profits().mean()
+                                                                 - market.nash_profits().mean())
+    assert means["delta"] == pytest.approx(average, rel=1e-9)
+    assert 0 < means["delta"] < 1 < means["firm_delta_0"]
+    assert steps.delta.between(0, 1).all()
