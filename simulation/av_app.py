@@ -58,7 +58,7 @@ def CityMap(model: AVApp):
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(f"step {model.step_count}: {len(model.dilemmas)} dilemmas", fontsize=9)
+    ax.set_title(f"step {model.steps}: {len(model.dilemmas)} dilemmas", fontsize=9)
     solara.FigureMatplotlib(fig)
 
 
@@ -70,7 +70,7 @@ def TrafficSummary(model: AVApp):
     swerved = sum(d["action"] == "swerve" for d in model.dilemmas)
     killed = {role: sum(k["killed"] and k["role"] == role for k in model.people) for role in ("passenger", "pedestrian")}
     deciders = ", ".join(getattr(getattr(p, "preference", None), "name", label) for label, p in model.deciders)
-    solara.Text(f"{model.settings.avs} AVs deciding by {deciders}: step {model.step_count}, "
+    solara.Text(f"{model.settings.avs} AVs deciding by {deciders}: step {model.steps}, "
                 f"{len(model.dilemmas)} dilemmas ({swerved} swerved), {killed['passenger']} passengers and "
                 f"{killed['pedestrian']} pedestrians killed")
 

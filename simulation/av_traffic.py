@@ -95,14 +95,36 @@ class AV(mesa.Agent):
 
 
 class AVTraffic(mesa.Model):
-    """AVs made from `deciders` ((label, policy) per AV, cycled) in the city of `settings`."""
+    """AVs made from `deciders` ((label, policy) per AV, cycled) in the city of `settings`.
 
-    def __init__(self, deciders: Sequence[tuple[str, object]], settings: TrafficSettings | None = None,
-                 seed: int = 0):
+    As a Mesa model: built from plain keyword parameters too (`preference` and `kappa` of theory
+    AVs, and any TrafficSettings field such as `avs` or `brake_failure`), so that
+    `mesa.batch_run(AVTraffic, parameters={"avs": [6, 12]})` sweeps them; draws come from Mesa's
+    `model.rng`; the data are collected at initialisation (step -1) and after every step (step =
+    Mesa's `steps` - 1), with one agent row per AV (position, heading, decision maker,
+    passengers); with `n_steps`, `running` turns False after that many steps.
+    """
+
+    def __init__(self, deciders: Sequence[tuple[str, object]] | None = None,
+                 settings: TrafficSettings | None = None, seed: int = 0, n_steps: int | None = None, *,
+                 preference: str | None = None, kappa: float | None = None, **traffic):
         super().__init__(seed=seed)
+        if traffic:
+            unknown = sorted(set(traffic) - set(TrafficSettings.__dataclass_fields__))
+            if unknown:
+                raise ValueError(f"unknown AVTraffic parameter {unknown[0]!r}")
+            if settings is not None:
+                raise ValueError(f"give settings or their fields {sorted(traffic)}, not both")
+            settings = TrafficSettings(**traffic)
+        if deciders is None:
+            deciders = [_theory_decider(preference or "moralis", kappa)]
+        elif preference is not None or kappa is not None:
+            raise ValueError("give deciders or a preference (and kappa), not both")
+        if n_steps is not None and (int(n_steps) != n_steps or n_steps < 1):
+            raise ValueError(f"n_steps must be an integer >= 1, got {n_steps}")
+        self.n_steps = None if n_steps is None else int(n_steps)
         self.settings = s = settings or TrafficSettings()
         self.seed_value = int(seed)
-        self.random_np = np.random.default_rng(seed)
         self.grid = MultiGrid(s.width, s.height, torus=True)
         self._ids = itertools.count()
         mid = s.spacing // 2
@@ -120,7 +142,6 @@ class AVTraffic(mesa.Model):
             raise ValueError("AVTraffic needs at least one decider")
         for i in range(s.avs):
             self._spawn(*self.deciders[i % len(self.deciders)])
-        self.step_count = 0
         self.backend_calls: list[int] = []
         self.dilemmas: list[dict] = []
         self.people: list[dict] = []
@@ -132,27 +153,37 @@ class AVTraffic(mesa.Model):
             "killed_pedestrians": lambda m: m._step_killed["pedestrian"],
             "killed_jaywalkers": lambda m: m._step_killed["jaywalker"],
             "waiting_pedestrians": lambda m: sum(len(g.people) for c in m.crosswalks.values() for g in c.curb),
-            "backend_calls": lambda m: m.backend_calls[-1] if m.backend_calls else 0})
+            "backend_calls": lambda m: m.backend_calls[-1] if m.backend_calls else 0},
+            agent_reporters={"step": lambda a: a.model.step_count, "av": "unique_id", "decider": "label",
+                             "x": lambda a: a.pos[0], "y": lambda a: a.pos[1],
+                             "heading": lambda a: "east" if a.heading == (1, 0) else "north",
+                             "passengers": lambda a: len(a.passengers)})
         self._step_dilemmas, self._step_killed = 0, {"passenger": 0, "pedestrian": 0, "jaywalker": 0}
         self._replace: list[AV] = []      # AVs whose passengers died this step
+        self.datacollector.collect(self)
+
+    @property
+    def step_count(self) -> int:
+        """The step being played or last played (0, 1, ...; -1 before the first): Mesa's `steps` - 1."""
+        return self.steps - 1
 
     # ------------------------------------------------------------------ set-up
     def _add_crosswalk(self, pos, heading) -> None:
         s = self.settings
-        self.crosswalks[pos] = Crosswalk(pos, heading, bool(self.random_np.random() < s.barrier_share),
-                                         int(self.random_np.integers(2 * s.light_period)))
+        self.crosswalks[pos] = Crosswalk(pos, heading, bool(self.rng.random() < s.barrier_share),
+                                         int(self.rng.integers(2 * s.light_period)))
 
     def _person(self, role: str, lawful: bool = True) -> Person:
-        age = AGES[int(self.random_np.choice(3, p=self.settings.ages))]
+        age = AGES[int(self.rng.choice(3, p=self.settings.ages))]
         return Person(next(self._ids), role, age, lawful)
 
     def _spawn(self, label: str, policy) -> AV:
         s = self.settings
-        passengers = [self._person("passenger") for _ in range(int(self.random_np.integers(1, s.max_passengers + 1)))]
+        passengers = [self._person("passenger") for _ in range(int(self.rng.integers(1, s.max_passengers + 1)))]
         free = [cell for cell in self.road if self.grid.is_cell_empty(cell)]
         if not free:
             raise ValueError(f"the city has no free road cell for {s.avs} AVs: make it larger")
-        pos = free[int(self.random_np.integers(len(free)))]
+        pos = free[int(self.rng.integers(len(free)))]
         heading = (1, 0) if pos[1] % s.spacing == 0 else (0, 1)
         av = AV(self, policy, label, passengers, heading)
         self.grid.place_agent(av, pos)
@@ -169,13 +200,13 @@ class AVTraffic(mesa.Model):
             for g in c.curb:
                 if walk:
                     c.lane_av.append(g)
-                elif self.random_np.random() < s.jaywalk:
+                elif self.rng.random() < s.jaywalk:
                     c.lane_av.append(Group([Person(p.id, p.role, p.age, False) for p in g.people], False))
                 else:
                     still.append(g)
             c.curb = still
-            if self.random_np.random() < s.pedestrian_rate:
-                size = int(self.random_np.integers(1, s.max_group + 1))
+            if self.rng.random() < s.pedestrian_rate:
+                size = int(self.rng.integers(1, s.max_group + 1))
                 c.curb.append(Group([self._person("pedestrian") for _ in range(size)], True))
                 self.counts["arrived"] += size
 
@@ -213,7 +244,7 @@ class AVTraffic(mesa.Model):
                 moves.append((av, target))
                 claimed.add(target)
                 continue
-            if self.random_np.random() >= s.brake_failure:
+            if self.rng.random() >= s.brake_failure:
                 self.counts["stops"] += 1
                 continue
             dilemma = self._dilemma(av, c)
@@ -243,7 +274,8 @@ class AVTraffic(mesa.Model):
             self._spawn(av.label, av.policy)
             self.counts["replaced"] += 1
         self.datacollector.collect(self)
-        self.step_count += 1
+        if self.n_steps is not None and self.steps >= self.n_steps:
+            self.running = False
 
     def _resolve(self, av: AV, c: Crosswalk, dilemma: Dilemma, decision) -> None:
         action = decision.action if decision.valid else "stay"      # an invalid answer: brakes failed, no steering
@@ -297,4 +329,17 @@ class AVTraffic(mesa.Model):
         return pd.DataFrame(self.people)
 
     def step_data(self) -> pd.DataFrame:
-        return self.datacollector.get_model_vars_dataframe().reset_index(drop=True)
+        """One row per played step (the initial row, step -1, stays in the DataCollector's frame)."""
+        data = self.datacollector.get_model_vars_dataframe()
+        return data[data.step >= 0].reset_index(drop=True)
+
+
+def _theory_decider(name: str, kappa: float | None) -> tuple[str, object]:
+    """(label, policy) of a theory AV of preference `name` (kappa for homo moralis)."""
+    from agents.policies import TheoryPolicy
+    from agents.preferences import preference
+
+    if name == "moralis" and kappa is None:
+        kappa = 0.5
+    pref = preference(name, kappa)
+    return pref.name, TheoryPolicy(pref)

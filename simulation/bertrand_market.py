@@ -33,13 +33,29 @@ class BertrandMarket(mesa.Model):
     like the Q-learning engine's (seed, session) when there is a grid, else the Nash prices; every
     firm remembers them as its period -1, so LLM firms of sessions with other initial prices start
     from other histories.
+
+    As a Mesa model: built from plain keyword parameters too (`n_firms`, `mu`, `cost`,
+    `price_scale` for the market; `firm` = "theory" or "qlearning", `preference` and `kappa` for
+    theory firms), so that `mesa.batch_run(BertrandMarket, parameters={"kappa": [...]})` sweeps
+    them; the data are collected at initialisation (period -1: the initial prices) and after every
+    step, so model and agent rows line up by Mesa's `steps` (period = steps - 1); with `periods`,
+    `running` turns False once that many periods are played.
     """
 
-    def __init__(self, market: LogitBertrand, firms: Sequence[Callable], grid: tuple | None = (15, 0.1),
-                 ceiling: float | None = None, seed: int = 0, session: int = 0,
+    def __init__(self, market: LogitBertrand | None = None, firms: Sequence[Callable] | None = None,
+                 grid: tuple | None = (15, 0.1), ceiling: float | None = None, seed: int = 0, session: int = 0,
                  qlearning: QLearningSettings | None = None, initial_prices=None,
-                 decimals: int = 2):
+                 decimals: int = 2, periods: int | None = None, *, n_firms: int | None = None,
+                 mu: float | None = None, cost: float | None = None, price_scale: float | None = None,
+                 firm: str | None = None, preference: str | None = None, kappa: float | None = None):
         super().__init__(seed=seed)
+        market_keys = {"n_firms": n_firms, "mu": mu, "cost": cost, "price_scale": price_scale}
+        firm_keys = {"firm": firm, "preference": preference, "kappa": kappa}
+        market = _keyword_market(market, market_keys)
+        firms = _keyword_firms(firms, firm_keys, market.firms)
+        if periods is not None and (int(periods) != periods or periods < 1):
+            raise ValueError(f"periods must be an integer >= 1, got {periods}")
+        self.periods = None if periods is None else int(periods)
         if len(firms) != market.firms:
             raise ValueError(f"the market has {market.firms} firms but {len(firms)} firm types were given")
         self.market, self.seed_value, self.session, self.decimals = market, int(seed), int(session), decimals
@@ -60,7 +76,6 @@ class BertrandMarket(mesa.Model):
         start = self.last_prices
         for f in self.firms:     # the initial prices are the last period every firm remembers
             f.record(start, market.demand(start)[f.index], market.profits(start)[f.index])
-        self.period = 0
         self.frozen = False                    # Q-learners neither explore nor learn (deviation tests)
         self.forced: dict[int, float] = {}     # prices imposed on the next period
         self.backend_calls: list[int] = []     # batched backend calls made in each step
@@ -73,7 +88,14 @@ class BertrandMarket(mesa.Model):
                              "price_index": "price_index", "valid": "valid", "attempts": "attempts",
                              "forced": "forced", "probability": "probability"})
         self._pi_n, self._pi_m = market.nash_profits(), market.monopoly_profits()
-        self.delta = float("nan")               # the market's Delta in the last period
+        self._outcomes(self.last_prices)
+        self.datacollector.collect(self)
+
+    @property
+    def period(self) -> int:
+        """The period being played or last played (0, 1, ...; -1 before the first step): Mesa's
+        `steps` - 1."""
+        return self.steps - 1
 
     @cached_property
     def profit_table(self) -> np.ndarray:
@@ -142,34 +164,79 @@ class BertrandMarket(mesa.Model):
             elif isinstance(f, QLearningFirm):
                 prices[f.index] = f.act(state, self.period, explore=not self.frozen)
         self.forced = {}
-        quantities, profits = self.market.demand(prices), self.market.profits(prices)
         self.last_prices = prices
+        quantities, profits = self._outcomes(prices)
         if self.grid is not None:
             next_state = self.state()
             for f in self.firms:
                 if isinstance(f, QLearningFirm) and not self.frozen:
                     f.learn(state, next_state, float(profits[f.index]))
-        deltas = firm_delta(profits, self._pi_n, self._pi_m)
-        index = self.market.price_index(prices)
+        for f in self.firms:
+            f.record(prices, quantities[f.index], profits[f.index])
+        self.datacollector.collect(self)
+        if self.periods is not None and self.steps >= self.periods:
+            self.running = False
+
+    def _outcomes(self, prices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The market cleared at `prices`: every firm's price, quantity, profit, own Delta and price
+        index, and the market's Delta (markets.bertrand.collusion_index); returns (quantities, profits)."""
+        quantities, profits = self.market.demand(prices), self.market.profits(prices)
+        deltas, index = firm_delta(profits, self._pi_n, self._pi_m), self.market.price_index(prices)
         for f in self.firms:
             i = f.index
             f.price, f.quantity, f.profit = float(prices[i]), float(quantities[i]), float(profits[i])
             f.firm_delta, f.price_index = float(deltas[i]), float(index[i])
-            f.record(prices, quantities[i], profits[i])
         self.delta = float(collusion_index(profits, self._pi_n, self._pi_m))
-        self.datacollector.collect(self)
-        self.period += 1
+        return quantities, profits
 
     # ------------------------------------------------------------------ data
     def step_data(self) -> pd.DataFrame:
-        """One row per firm and period: the firm's price, quantity, profit, own Delta, price index,
-        whether its answer was valid, and the period's market Delta (`delta`)."""
+        """One row per firm and played period: the firm's price, quantity, profit, own Delta, price
+        index, whether its answer was valid, and the period's market Delta (`delta`). The initial
+        prices (period -1) stay in the DataCollector's frames."""
         firms = self.datacollector.get_agent_vars_dataframe().reset_index(drop=True)
         model = self.datacollector.get_model_vars_dataframe()
-        out = firms.merge(model, on="period", how="left")
+        out = firms[firms.period >= 0].merge(model, on="period", how="left")
         return out.sort_values(["period", "firm"]).reset_index(drop=True)
 
     def prices(self) -> np.ndarray:
         """Prices by period, shape (periods, n)."""
         data = self.step_data()
         return data.pivot(index="period", columns="firm", values="price").to_numpy()
+
+
+FIRM_KINDS = ("theory", "qlearning")
+
+
+def _keyword_market(market: LogitBertrand | None, keys: dict) -> LogitBertrand:
+    """`market`, or Calvano's baseline market with the keyword parameters given (not both)."""
+    given = {k: v for k, v in keys.items() if v is not None}
+    if market is not None:
+        if given:
+            raise ValueError(f"give a market or its parameters {sorted(given)}, not both")
+        return market
+    n = given.pop("n_firms", 2)
+    return LogitBertrand(firms=int(n), **{k: float(v) for k, v in given.items()})
+
+
+def _keyword_firms(firms, keys: dict, n: int) -> list:
+    """`firms` (makers), or n firms of the keyword kind: theory best responses of `preference`
+    (kappa for homo moralis) or Calvano's Q-learners."""
+    from agents.preferences import preference
+    from simulation.firms import qlearning_firm, theory_firm
+
+    given = {k: v for k, v in keys.items() if v is not None}
+    if firms is not None:
+        if given:
+            raise ValueError(f"give firm makers or the firms' parameters {sorted(given)}, not both")
+        return list(firms)
+    kind = given.get("firm", "theory")
+    if kind not in FIRM_KINDS:
+        raise ValueError(f"firm must be one of {FIRM_KINDS}, got {kind!r}")
+    if kind == "qlearning":
+        if {"preference", "kappa"} & set(given):
+            raise ValueError("preference and kappa are for theory firms, not Q-learners")
+        return [qlearning_firm()] * n
+    name = given.get("preference", "moralis")
+    kappa = given.get("kappa", 0.5 if name == "moralis" else None)
+    return [theory_firm(preference(name, kappa), use_grid=True)] * n

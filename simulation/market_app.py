@@ -48,8 +48,8 @@ def MarketSummary(model: MarketApp):
     update_counter.get()
     firms = ", ".join(f.label for f in model.firms)
     prices = ", ".join(f"{p:.3f}" for p in model.last_prices)
-    delta = "" if model.period == 0 else f", Delta {model.delta:.3f}"
-    solara.Text(f"{len(model.firms)} firms ({firms}), mu {model.market.mu:g}: period {model.period}, "
+    delta = "" if model.steps == 0 else f", Delta {model.delta:.3f}"
+    solara.Text(f"{len(model.firms)} firms ({firms}), mu {model.market.mu:g}: {model.steps} periods played, "
                 f"prices {prices} (Nash {model.nash.mean():.3f}, monopoly {model.monopoly.mean():.3f}){delta}")
 
 
@@ -65,7 +65,7 @@ def PricePlot(model: MarketApp):
             ax.plot(rows["period"], rows["price"], marker="o", ms=3, label=f"firm {firm}: {label}")
     ax.axhline(float(model.nash.mean()), color="grey", ls="--", lw=1, label="Bertrand-Nash")
     ax.axhline(float(model.monopoly.mean()), color="black", ls=":", lw=1, label="monopoly")
-    ax.set_xlim(-0.5, max(model.period, 1) + 0.5)
+    ax.set_xlim(-1.5, max(model.steps, 1) - 0.5)
     ax.set_xlabel("period")
     ax.set_ylabel("price")
     ax.legend(fontsize=7, loc="lower right")
@@ -87,7 +87,7 @@ def DeltaPlot(model: MarketApp):
         ax.plot(data["period"], data["delta"], marker="o", ms=3, color="tab:purple", label="Delta")
     ax.axhline(0.0, color="grey", ls="--", lw=1, label="Bertrand-Nash (0)")
     ax.axhline(1.0, color="black", ls=":", lw=1, label="monopoly (1)")
-    ax.set_xlim(-0.5, max(model.period, 1) + 0.5)
+    ax.set_xlim(-1.5, max(model.steps, 1) - 0.5)
     ax.set_xlabel("period")
     ax.set_ylabel("Delta")
     ax.legend(fontsize=7, loc="center right")

@@ -198,3 +198,25 @@ def test_missing_av_scenario_and_missing_adapter(tmp_path, capsys):
     path.write_text(f'[llm]\nadapters = "{tmp_path}/none"\n[[av]]\ntype = "llm"\npreference = "economicus"\n')
     assert main(["av", "run", str(path), "--out", str(tmp_path / "o")]) == 2
     assert "no adapter 'economicus'" in capsys.readouterr().err
+
+
+def test_mesa_batch_run_sweeps_traffic_by_keyword():
+    """`mesa.batch_run(AVTraffic, parameters=...)` with plain keyword parameters (traffic settings,
+    the theory AVs' preference): runs stop after `n_steps`, every AV has an agent row at every step
+    (Step 0: the city before the first step), and model rows line up (step = Step - 1)."""
+    import mesa
+
+    rows = pd.DataFrame(mesa.batch_run(AVTraffic, parameters={"avs": [6, 12], "n_steps": 8,
+                                                               "preference": ["economicus", "moralis"]},
+                                       iterations=1, max_steps=100, number_processes=1,
+                                       data_collection_period=1, display_progress=False))
+    assert rows.groupby(["avs", "preference"]).Step.max().eq(7).all()
+    sizes = rows.groupby(["avs", "preference", "Step"]).size().reset_index(name="rows")
+    assert (sizes.rows == sizes.avs).all()
+    assert (rows.step == rows.Step - 1).all() and set(rows.decider) == {"economicus", "moralis-0.5"}
+    model = AVTraffic(avs=3, brake_failure=1.0, kappa=0.9, seed=2)
+    assert [label for label, _ in model.deciders] == ["moralis-0.9"] and model.settings.brake_failure == 1.0
+    with pytest.raises(ValueError, match="unknown AVTraffic parameter 'speed'"):
+        AVTraffic(speed=3)
+    with pytest.raises(ValueError, match="not both"):
+        AVTraffic(settings=TrafficSettings(), avs=3)

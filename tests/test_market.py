@@ -280,3 +280,36 @@ def test_delta_of_asymmetric_firms_is_calvanos_on_the_average_profit(kappa):
     assert means["delta"] == pytest.approx(average, rel=1e-9)
     assert 0 < means["delta"] < 1 < means["firm_delta_0"]
     assert steps.delta.between(0, 1).all()
+
+
+def test_mesa_batch_run_sweeps_the_market_by_keyword():
+    """`mesa.batch_run(BertrandMarket, parameters=...)` with plain keyword parameters: each run
+    stops itself after `periods` (running = False), model and agent rows line up by Mesa's step
+    (period = Step - 1, the initial prices at Step 0), the reported Delta is Calvano's on the
+    average profit, and theory homo moralis firms on Calvano's grid land beside the closed-form
+    Delta for their kappa (0, 0.734, 1; docs/theory.md)."""
+    import mesa
+
+    rows = pd.DataFrame(mesa.batch_run(BertrandMarket, parameters={"kappa": [0.0, 0.5, 1.0], "periods": 6},
+                                       iterations=1, max_steps=100, number_processes=1,
+                                       data_collection_period=1, display_progress=False))
+    assert rows.groupby("kappa").Step.max().eq(5).all()            # stopped at 6 periods, not 100
+    assert (rows.period == rows.Step - 1).all() and rows.groupby(["kappa", "Step"]).size().eq(2).all()
+    market = LogitBertrand()
+    pi_n, pi_m = market.nash_profits().mean(), market.monopoly_profits().mean()
+    by_step = rows.groupby(["kappa", "Step"]).agg(profit=("profit", "mean"), delta=("delta", "first"))
+    np.testing.assert_allclose(by_step.delta, (by_step.profit - pi_n) / (pi_m - pi_n), rtol=1e-9)
+    final = by_step.xs(5, level="Step").delta
+    assert abs(final[0.0]) < 0.05 and final[0.5] == pytest.approx(0.734, abs=0.03) and final[1.0] > 0.99
+    model = BertrandMarket(firm="qlearning", n_firms=3, mu=0.5, periods=4)
+    model.run_model()
+    assert model.steps == 4 and not model.running and model.market.firms == 3 and model.market.mu == 0.5
+    assert len(model.step_data()) == 3 * 4
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"market": LogitBertrand(), "mu": 0.5}, "not both"), ({"firm": "llm"}, "firm must be one of"),
+    ({"firm": "qlearning", "kappa": 0.5}, "for theory firms"), ({"periods": 0}, "periods must be")])
+def test_market_keyword_construction_refuses_bad_input(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        BertrandMarket(**kwargs)
