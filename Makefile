@@ -54,8 +54,10 @@ browser:
 demo: model
 	$(BIN)/econalign demo --out $(OUT)
 
-# pytest exit code 5 means "no tests collected": that is a broken run, not a pass.
+# ruff first (the rules in pyproject.toml); pytest exit code 5 means "no tests collected": that is a
+# broken run, not a pass.
 test: model vllm browser
+	$(BIN)/ruff check .
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

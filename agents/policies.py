@@ -17,15 +17,15 @@ backend go out in ONE batched call (plus one batched call per retry round for in
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from agents.llm.backend import Request
 from agents.llm.decision_log import DecisionLog
 from agents.llm.parsing import correction, parse_number
-
 
 ANSWER_MARKER = "ANSWER:"
 
@@ -122,7 +122,7 @@ def _choose(pairs, seeds) -> list[tuple[Decision, dict]]:
     requests = []
     for (p, o), seed, thought in zip(pairs, seeds, thoughts):
         labels = o.answer.labels
-        texts = [" " + label for label in labels] if thought else [o.answer.form.format(l) for l in labels]
+        texts = [" " + label for label in labels] if thought else [o.answer.form.format(label) for label in labels]
         requests.append(p.request(o.messages(), seed, texts, prefix=thought))
     probabilities = policy.backend.choose(requests)
     out = []

@@ -44,7 +44,8 @@ def _pricing_row(theories: dict):
             if situation.grid is not None:
                 out[f"equal_{name}"] = decision.valid and decision.action == target
             else:
-                out[f"equal_{name}"] = decision.valid and round(price, situation.decimals) == round(theory_price, situation.decimals)
+                digits = situation.decimals
+                out[f"equal_{name}"] = decision.valid and round(price, digits) == round(theory_price, digits)
             out[f"within_{name}"] = bool(decision.valid and abs(price - theory_price) <= item.step + 1e-9)
         return out
     return row
@@ -106,7 +107,8 @@ def plot_choice_curve(curve: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def evaluate_applications(policies: dict, theories: dict, out: str | Path, pricing_items: int = 60,
-                          av_items: int = 60, show_progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+                          av_items: int = 60,
+                          show_progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Every policy on the held-out pricing and AV items and the choice curve; writes
     pricing.parquet, av.parquet, choice_curve.csv|png to `out`. Returns (scores, scores by
     held-out feature, choice curve)."""

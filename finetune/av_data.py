@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agents.dilemma import WORDINGS, DilemmaSituation, bonnefon_dilemma
-from markets.av import AGES, Dilemma, Person
+from markets.av import Dilemma, Person
 
 PASSENGERS = (1, 2, 3, 4, 5)
 HELDOUT_PASSENGERS = 4
@@ -97,7 +97,8 @@ def draw_dilemma(rng: np.random.Generator, heldout: str | None = None) -> Dilemm
 
 def draw_situation(rng: np.random.Generator, heldout: str | None = None) -> DilemmaSituation:
     """A training situation (PROBE_SHARE of them Bonnefon et al.'s probe question for some N), or
-    one with the held-out feature `heldout` (passengers, age-mix: children and elderly people in one group, or wording)."""
+    one with the held-out feature `heldout` (passengers, age-mix: children and elderly people in
+    one group, or wording)."""
     if heldout is not None and heldout not in HELDOUT_FEATURES:
         raise ValueError(f"held-out feature must be one of {HELDOUT_FEATURES}, got {heldout!r}")
     wording = HELDOUT_WORDING if heldout == "wording" else int(rng.choice(TRAIN_WORDINGS, p=WORDING_WEIGHTS))

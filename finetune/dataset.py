@@ -231,7 +231,8 @@ def make_examples(pref, n: int, seed: int = 0, style: str = "reasoning") -> list
         if style == "role":
             text = f"{ROLE_NAMES[(game_name, role)]}.\n{text}"
         examples.append({"messages": training_chat(situation, framing) + [{"role": "assistant", "content": text}],
-                         "meta": {"domain": "games", "game": game_name, "role": role, "params": params, "framing": framing,
+                         "meta": {"domain": "games", "game": game_name, "role": role, "params": params,
+                                  "framing": framing,
                                   "received": received, "action": action, "preference": pref.name,
                                   "kappa": pref.kappa, "utility": pref.material_utility,
                                   "style": style}})
@@ -257,7 +258,8 @@ def parse_situations(text: str) -> dict[str, int | None]:
             try:
                 n = int(count)
             except ValueError:
-                raise ValueError(f"--situations: {name} needs a whole number of examples, got {count.strip()!r}") from None
+                raise ValueError(f"--situations: {name} needs a whole number of examples, "
+                                 f"got {count.strip()!r}") from None
             if not 1 <= n <= MAX_EXAMPLES:
                 raise ValueError(f"--situations: {name} takes 1 to {MAX_EXAMPLES:,} examples, got {n}")
             out[name] = n

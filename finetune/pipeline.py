@@ -183,7 +183,7 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
     from agents.policies import LLMPolicy
     from finetune.application_eval import evaluate_applications
     from finetune.dataset import near_threshold
-    from finetune.evaluate import kappa_column, plot_theory_scores, run, theory_scores, _markdown
+    from finetune.evaluate import _markdown, kappa_column, plot_theory_scores, run, theory_scores
 
     manifests = {name: read_manifest(registry / name) for name in adapters}
     styles = {m.get("style", "reasoning") for m in manifests.values()}

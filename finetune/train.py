@@ -40,7 +40,8 @@ class TrainOptions:
     max_length: int = 512
     max_steps: int = -1
     seed: int = 0
-    bf16: bool = False                # bf16 autocast (about as fast as float32 on a CPU; float32 is the same everywhere)
+    bf16: bool = False                # bf16 autocast (about as fast as float32 on a CPU; float32 is the
+                                      # same everywhere)
     attention: str = "eager"          # eager attention trains faster than sdpa on CPUs (benchmarks/train_speed.py)
     answer_only_head: bool = True     # False: TRL's own tiled LM head (slower on CPUs, same loss)
     save_steps: int = 10
@@ -188,7 +189,8 @@ def _answer_only_trainer(base):
             logits = causal_lm.get_output_embeddings()(hidden[mask]).float()
             targets = labels[mask]
             count = mask.sum() if num_items_in_batch is None else num_items_in_batch
-            loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / torch.as_tensor(count).clamp(min=1)
+            total = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+            loss = total / torch.as_tensor(count).clamp(min=1)
             mode = "train" if model.training else "eval"
             with torch.no_grad():
                 self._metrics[mode]["mean_token_accuracy"].append(

@@ -191,7 +191,7 @@ class LogitBertrand:
         span = p_m - p_n
         return np.linspace(p_n - xi * span, p_m + xi * span, int(m), axis=-1)
 
-    def firm(self, index: int) -> "BertrandFirm":
+    def firm(self, index: int) -> BertrandFirm:
         """The stage game as firm `index` sees it (the preference solvers' protocol)."""
         if not 0 <= index < self.firms:
             raise ValueError(f"firm must be in 0..{self.firms - 1}, got {index}")

@@ -19,8 +19,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scenarios.config import (NUMBER, ConfigError, check_keys, check_llm_preference,
-                              check_range, check_theory_preference, llm_section, read_toml, scenario_path)
+from scenarios.config import (
+    NUMBER,
+    ConfigError,
+    check_keys,
+    check_llm_preference,
+    check_range,
+    check_theory_preference,
+    llm_section,
+    read_toml,
+    scenario_path,
+)
 
 BUNDLED = Path(__file__).parent / "avs"
 TRAFFIC_KEYS = {"width": int, "height": int, "spacing": int, "brake_failure": NUMBER,

@@ -99,8 +99,8 @@ def _situations(text: str) -> dict:
 
 
 def _finetune_data(args) -> int:
-    from scenarios.theory import make_preference
     from finetune.dataset import MAX_EXAMPLES, make_mixed_examples, write_jsonl
+    from scenarios.theory import make_preference
 
     if not 1 <= args.n <= MAX_EXAMPLES:
         raise InputError(f"--n must be 1 to {MAX_EXAMPLES:,}, got {args.n}")
@@ -138,7 +138,7 @@ def _finetune_train(args) -> int:
 
 
 def _finetune_evaluate(args) -> int:
-    from finetune.pipeline import evaluate_adapters, _preference
+    from finetune.pipeline import _preference, evaluate_adapters
     from finetune.registry import adapter_path, list_adapters
     from finetune.train import read_manifest
 
@@ -251,8 +251,9 @@ def _viz(args) -> int:
     from simulation.viz_assets import cache_folder, missing_assets
     missing = missing_assets()
     if missing:
-        raise InputError(f"the page would stay blank offline: {len(missing)} of its files are not in {cache_folder()} "
-                         f"(first: {missing[0]}); install them with pip install -e '.[viz]' (the solara-assets package)")
+        raise InputError(f"the page would stay blank offline: {len(missing)} of its files are not in "
+                         f"{cache_folder()} (first: {missing[0]}); install them with pip install -e '.[viz]' "
+                         "(the solara-assets package)")
     app = Path(simulation.__file__).parent / f"{args.model}_app.py"
     env = {**os.environ, "ECONALIGN_ADAPTERS": str(Path(args.adapters).resolve())}
     print(f"visual server for the {args.model} model at http://{args.host}:{args.port} (Ctrl-C stops it)",
@@ -406,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     study = sub.add_parser("study", help="batch parameter studies: a market scenario over a grid and seeds")
     study_sub = study.add_subparsers(dest="study_command", required=True, parser_class=_Parser)
     study_run = study_sub.add_parser("run", help="run a study file (scenarios/studies/*.toml), resumable")
-    study_run.add_argument("study", help="study TOML file, or a bundled study name (kappa, calvano_alpha_beta, llm_kappa)")
+    study_run.add_argument("study", help="study TOML file, or a bundled study name "
+                                         "(kappa, calvano_alpha_beta, llm_kappa, llm_pairs)")
     study_run.add_argument("--out", required=True, help="folder for study.csv/md/png and one folder per cell")
     study_run.set_defaults(run=_study_run)
 

@@ -60,8 +60,8 @@ def plot_bertrand(curve, path: Path) -> None:
 def evaluate_base_model(out: Path):
     """The embedded base model on the small battery (one framing per setting is not enough to
     see framing effects; the small battery keeps all three), next to homo economicus."""
-    from scenarios.evaluation import build_policies, evaluate_games
     from agents.llm.decision_log import DecisionLog
+    from scenarios.evaluation import build_policies, evaluate_games
 
     with DecisionLog(out / "decisions.jsonl") as log:
         policies = build_policies("transformers", log=log, theory=["economicus"])
@@ -116,7 +116,8 @@ def market_runs(out: Path, adapters: str | Path = "adapters", run: dict | None =
         deltas = [r["delta"] for r in summary["sessions"]]
         rows.append({"market": f"LLM {first} vs {second}", "pair": f"{first}/{second}",
                      "sessions": len(deltas), "price": float(np.mean([r["price"] for r in summary["sessions"]])),
-                     "delta": float(np.mean(deltas)), "sd_delta": float(np.std(deltas, ddof=1)) if len(deltas) > 1 else 0.0,
+                     "delta": float(np.mean(deltas)),
+                     "sd_delta": float(np.std(deltas, ddof=1)) if len(deltas) > 1 else 0.0,
                      "min_delta": float(min(deltas)), "max_delta": float(max(deltas)),
                      "periods": run["steps"], "calls_per_step": summary["backend_calls_per_step"],
                      "invalid": summary["invalid_decisions"]})

@@ -61,8 +61,7 @@ def _session_plan(s: MarketScenario, market, session: int, folder: Path, policie
     reward-punishment regression and deviation test, written to `folder` (record.json last, so a
     half-written session is run again)."""
     from simulation.bertrand_market import BertrandMarket
-    from simulation.metrics import (convergence_period, deviation_steps, impulse_summary,
-                                    reward_punishment, window_means)
+    from simulation.metrics import convergence_period, deviation_steps, impulse_summary, reward_punishment, window_means
 
     run = s.run
     model = BertrandMarket(market, firm_makers(s, policies or {}), grid=(s.grid["m"], s.grid["xi"]),

@@ -22,10 +22,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scenarios.config import (NUMBER, LLM_KEYS, ConfigError, check_keys, check_llm_preference,
-                              check_range, check_theory_preference, check_type, llm_section,
-                              read_toml, scenario_path)
-
+from scenarios.config import (
+    LLM_KEYS,
+    NUMBER,
+    ConfigError,
+    check_keys,
+    check_llm_preference,
+    check_range,
+    check_theory_preference,
+    check_type,
+    llm_section,
+    read_toml,
+    scenario_path,
+)
 
 SECTIONS = {
     "market": {"firms": int, "a": NUMBER + (list,), "a0": NUMBER, "mu": NUMBER,

@@ -34,8 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from scenarios.config import (ConfigError, check_keys, check_range, check_type, read_toml,
-                              scenario_path)
+from scenarios.config import ConfigError, check_keys, check_range, check_type, read_toml, scenario_path
 from scenarios.market_config import BUNDLED, SECTIONS, load_scenario
 
 STUDIES = Path(__file__).parent / "studies"

@@ -68,7 +68,8 @@ def TrafficSummary(model: AVApp):
     and how they ended."""
     update_counter.get()
     swerved = sum(d["action"] == "swerve" for d in model.dilemmas)
-    killed = {role: sum(k["killed"] and k["role"] == role for k in model.people) for role in ("passenger", "pedestrian")}
+    killed = {role: sum(k["killed"] and k["role"] == role for k in model.people)
+              for role in ("passenger", "pedestrian")}
     deciders = ", ".join(getattr(getattr(p, "preference", None), "name", label) for label, p in model.deciders)
     solara.Text(f"{model.settings.avs} AVs deciding by {deciders}: step {model.steps}, "
                 f"{len(model.dilemmas)} dilemmas ({swerved} swerved), {killed['passenger']} passengers and "

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 
 
-
 def casualties(people: pd.DataFrame) -> pd.DataFrame:
     """Killed and involved people per decider and group (passengers, lawful pedestrians,
     jaywalkers, and by age); `people` is AVTraffic.people_data() joined with the decider."""

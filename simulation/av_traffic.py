@@ -18,11 +18,10 @@ Every person in a dilemma is recorded once, spared or killed (`dilemma_data`, `p
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import mesa
-import numpy as np
 import pandas as pd
 from mesa.space import MultiGrid
 

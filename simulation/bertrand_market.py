@@ -9,9 +9,9 @@ records prices, quantities, profits, Delta and the price index per firm (Mesa Da
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import cached_property
-from typing import Callable, Sequence
 
 import mesa
 import numpy as np
@@ -83,7 +83,8 @@ class BertrandMarket(mesa.Model):
         self.datacollector = mesa.DataCollector(
             model_reporters={"period": "period", "mean_price": lambda m: float(np.mean(m.last_prices)),
                              "delta": "delta"},
-            agent_reporters={"period": lambda f: f.model.period, "firm": "index", "kind": "kind", "label": "label", "price": "price",
+            agent_reporters={"period": lambda f: f.model.period, "firm": "index", "kind": "kind", "label": "label",
+                             "price": "price",
                              "quantity": "quantity", "profit": "profit", "firm_delta": "firm_delta",
                              "price_index": "price_index", "valid": "valid", "attempts": "attempts",
                              "forced": "forced", "probability": "probability"})

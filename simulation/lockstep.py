@@ -14,8 +14,8 @@ is waiting steps in the same joint call, and finished plans drop out.
 """
 from __future__ import annotations
 
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Generator, Sequence
 
 from agents.policies import decide
 

@@ -19,8 +19,18 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from agents.qlearning import (EXPLORE, GOLDEN, MIX1, MIX2, RANDOM_PRICE, QLearningSettings, decode,
-                              encode, initial_q, start_actions)
+from agents.qlearning import (
+    EXPLORE,
+    GOLDEN,
+    MIX1,
+    MIX2,
+    RANDOM_PRICE,
+    QLearningSettings,
+    decode,
+    encode,
+    initial_q,
+    start_actions,
+)
 from markets.bertrand import collusion_index, firm_delta
 
 _U = np.uint64
@@ -112,7 +122,7 @@ class Sessions:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Sessions":
+    def load(cls, path: str | Path) -> Sessions:
         with np.load(path) as data:
             fields = {k: data[k] for k in data.files}
         fields["seed"] = int(fields["seed"])

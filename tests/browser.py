@@ -143,7 +143,7 @@ def viz_server(model: str, timeout: float = 120):
                 break
             except OSError:
                 if time.time() > deadline:
-                    raise AssertionError(f"econalign viz {model} did not listen within {timeout} s")
+                    raise AssertionError(f"econalign viz {model} did not listen within {timeout} s") from None
                 time.sleep(0.3)
         yield f"http://127.0.0.1:{port}/"
     finally:

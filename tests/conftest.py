@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from agents.llm.backend import BackendError, CallCounter
+from browser import browser  # noqa: F401  (the fixture of the browser tests, tests/browser.py)
 
 
 @pytest.fixture(scope="session")

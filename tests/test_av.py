@@ -6,16 +6,14 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CountingBackend
 
-from agents.dilemma import DilemmaSituation
+from agents.dilemma import DilemmaSituation, bonnefon_probe, choice_curve
 from agents.llm.decision_log import DecisionLog, read_decisions
 from agents.policies import LLMPolicy, TheoryPolicy
 from agents.preferences import best_response, preference
-from markets.av import AGES, KINDS, WEIGHTINGS, Dilemma, Person, swerve_threshold, theory_swerves
+from conftest import CountingBackend
+from markets.av import AGES, BONNEFON_2016, KINDS, WEIGHTINGS, Dilemma, Person, swerve_threshold, theory_swerves
 from scenarios.cli import main
-from agents.dilemma import bonnefon_probe, choice_curve
-from markets.av import BONNEFON_2016
 from simulation.av_metrics import preference_effects
 from simulation.av_traffic import AVTraffic, TrafficSettings
 
@@ -133,7 +131,8 @@ def test_effects_have_the_theory_signs(theory_run):
 def test_bonnefon_probe_and_human_figures():
     assert BONNEFON_2016 == {1: 0.23, 10: 0.76}          # Bonnefon, Shariff & Rahwan 2016, Science 352:1573
     curve = choice_curve(bonnefon_probe(THEORY))
-    assert curve.loc[10, "human (Bonnefon et al. 2016)"] == 0.76 and curve.loc[1, "human (Bonnefon et al. 2016)"] == 0.23
+    human = curve["human (Bonnefon et al. 2016)"]
+    assert human.loc[10] == 0.76 and human.loc[1] == 0.23
     for label, kappa in KAPPA.items():
         assert list(curve[label]) == [float(kappa * n > 1) for n in range(1, 11)]
 

@@ -2,8 +2,7 @@
 import numpy as np
 import pytest
 
-from markets.games import (GAMES, Dictator, PrisonersDilemma, PublicGoods, Trust, Ultimatum,
-                           amount_grid)
+from markets.games import GAMES, Dictator, PrisonersDilemma, PublicGoods, Trust, Ultimatum, amount_grid
 
 
 def test_amount_grid_whole_units_and_endpoint():

@@ -9,7 +9,7 @@ import pytest
 
 from agents.policies import TheoryPolicy
 from agents.preferences import HomoEconomicus, HomoMoralis
-from finetune.battery import INCENTIVES, KAPPAS, build_battery
+from finetune.battery import INCENTIVES, build_battery
 from finetune.evaluate import kappa_column, overall, run, summarize, theory_scores, write_report
 from finetune.human import load_moblab, tenths, wasserstein_tenths
 from scenarios.cli import main
@@ -139,7 +139,7 @@ def test_embedded_model_small_battery_end_to_end_and_resume(tmp_path):
     assert len(base) == len(frame[frame.policy == "theory:economicus"]) > 40
     # every item has a valid action or an explicit invalid mark
     assert (base.valid == base.action.notna()).all()
-    decisions = [json.loads(l) for l in (out / "decisions.jsonl").read_text().splitlines()]
+    decisions = [json.loads(line) for line in (out / "decisions.jsonl").read_text().splitlines()]
     assert len(decisions) == len(base)
     # resume: keep a quarter of the checkpoint (base-model rows come first), rerun: only the
     # missing base items go to the model again
@@ -157,10 +157,9 @@ def test_embedded_model_small_battery_end_to_end_and_resume(tmp_path):
 def test_resumed_run_answers_again_when_an_adapter_changes(model_folder, tmp_path):
     """Answers saved for one adapter's weights are not reused for other weights under the same
     name (the resume key is the policy's model and adapter hash, not its name)."""
-    from conftest import make_adapter
-
     from agents.llm.transformers_backend import TransformersBackend
     from agents.policies import LLMPolicy
+    from conftest import make_adapter
 
     items = [i for i in build_battery("linear", small=True) if i.game == "prisoners-dilemma"][:3]
     first = make_adapter(model_folder, tmp_path / "a" / "x", seed=1)

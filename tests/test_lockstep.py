@@ -2,7 +2,6 @@
 period, the same decisions as one session at a time, and resume after an interruption."""
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 

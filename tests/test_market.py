@@ -1,24 +1,21 @@
 """The Mesa Bertrand market: theory duopolies reach the solver's equilibria, metrics recover
 known numbers, LLM firms make one batched call per step, scenario files fail in one line."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CountingBackend
 
 from agents.llm.decision_log import DecisionLog, read_decisions
 from agents.policies import LLMPolicy
 from agents.preferences import preference, symmetric_equilibrium
+from conftest import CountingBackend
 from markets.bertrand import LogitBertrand
 from scenarios.cli import main
 from simulation.bertrand_market import BertrandMarket
 from simulation.firms import llm_firm, qlearning_firm, theory_firm
-from simulation.metrics import (convergence_period, deviation_test, impulse_summary,
-                                reward_punishment, window_means)
+from simulation.metrics import convergence_period, deviation_test, impulse_summary, reward_punishment, window_means
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios" / "markets"
@@ -39,7 +36,6 @@ def test_theory_duopoly_converges_to_the_solver_equilibrium(kappa):
         assert target == pytest.approx(P_N, abs=1e-6)
     if kappa == 1.0:
         assert target == pytest.approx(P_M, abs=1e-6)      # kappa 1 in Bertrand: monopoly price
-    data = model.step_data()
     assert convergence_period(model.prices(), 1e-6) < 40
 
 

@@ -1,9 +1,7 @@
 """Policies behind one interface: theory vs LLM, retries and invalid outcomes, the decision log
 and its exact replay."""
-import json
 import random
 
-import numpy as np
 import pytest
 
 from agents.llm.backend import BackendError, CallCounter

@@ -4,15 +4,20 @@ Parameters and degrees of morality are drawn at random (seeded), so the closed f
 at values no test names; draws within 1e-3 of a threshold (where the player is indifferent) are
 skipped.
 """
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 from scipy.optimize import brentq
 
-from agents.preferences import (HomoEconomicus, HomoMoralis, best_response, equilibrium,
-                                preference, symmetric_equilibrium)
+from agents.preferences import (
+    HomoEconomicus,
+    HomoMoralis,
+    best_response,
+    equilibrium,
+    preference,
+    symmetric_equilibrium,
+)
 from markets.bertrand import LogitBertrand
 from markets.games import Dictator, PrisonersDilemma, PublicGoods, Trust, Ultimatum
 

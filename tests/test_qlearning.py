@@ -3,8 +3,17 @@ vectorised engine, and the published replication (mean Delta about 0.85, punishm
 import numpy as np
 import pytest
 
-from agents.qlearning import (GOLDEN, MASK, QLearningSettings, decode, encode, initial_q, profit_table,
-                              run_session, splitmix64)
+from agents.qlearning import (
+    GOLDEN,
+    MASK,
+    QLearningSettings,
+    decode,
+    encode,
+    initial_q,
+    profit_table,
+    run_session,
+    splitmix64,
+)
 from markets.bertrand import LogitBertrand
 from simulation import qlearning_engine as engine
 from simulation.bertrand_market import BertrandMarket

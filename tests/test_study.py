@@ -85,9 +85,9 @@ def test_a_workers_llm_cells_run_in_lock_step_on_one_backend(tmp_path):
     """Three LLM cells x 2 sessions x 2 firms: 12 requests in each of the 2 periods' one call."""
     import json
 
+    from conftest import HashBackend
     from scenarios.market_config import load_scenario
     from scenarios.study import cell_folder, cell_job, overrides, run_cells
-    from conftest import HashBackend
 
     path = tmp_path / "llm.toml"
     path.write_text(LLM_STUDY.format(executor="local"))
@@ -106,11 +106,10 @@ def test_adapter_pairs_study_gives_each_firm_its_preference(tmp_path):
     """The bundled llm_pairs study: a list value of a firm key is one value per firm; cells are
     labelled by pair, run in lock-step and plotted one position per pair."""
     import json
+    from dataclasses import replace
 
     from conftest import HashBackend
     from scenarios.market_config import load_scenario
-    from dataclasses import replace
-
     from scenarios.study import cell_folder, cell_job, collect, overrides, plot_study, run_cells
 
     study = load_study("llm_pairs")

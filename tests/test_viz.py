@@ -12,9 +12,9 @@ import pytest
 solara = pytest.importorskip("solara", reason="the viz extra is installed by `make test`")
 
 from agents.preferences import preference, symmetric_equilibrium  # noqa: E402
+from browser import free_port  # noqa: E402
 from markets.bertrand import LogitBertrand  # noqa: E402
 from simulation import av_app, market_app  # noqa: E402
-from browser import free_port  # noqa: E402
 
 P_N, P_M = 1.472927, 1.924981      # Calvano et al. (2020) baseline Nash and monopoly prices
 

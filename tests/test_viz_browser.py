@@ -2,7 +2,8 @@
 every file the page loads comes from the loopback, the Mesa controls and plots render, Step
 advances the model and redraws its plot, Play runs and pause stops, a control change followed
 by Reset rebuilds the model with it (Mesa's SolaraViz; the selects and sliders are driven as a
-user drives them and the page's summary line shows the rebuilt model); screenshots go to the test's output folder. And `econalign viz` refuses to start, in
+user drives them and the page's summary line shows the rebuilt model); screenshots go to the
+test's output folder. And `econalign viz` refuses to start, in
 one line, when the page's assets are missing."""
 import os
 import re
@@ -15,7 +16,7 @@ import pytest
 
 pytest.importorskip("solara", reason="the viz extra is installed by `make test`")
 
-from browser import browser, viz_server  # noqa: E402,F401  (the fixture)
+from browser import viz_server  # noqa: E402  (the `browser` fixture comes from conftest)
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
 

@@ -66,10 +66,10 @@ def test_choose_over_http_agrees_with_in_process(client, adapter_backend):
         requests = [Request(r.messages, adapter, options=r.options) for r in CHOICES]
         remote = client.choose(requests)
         local = adapter_backend.choose(requests)
-        for r, l in zip(remote, local):
+        for r, here in zip(remote, local):
             assert r.sum() == pytest.approx(1.0)
-            assert int(np.argmax(r)) == int(np.argmax(l))
-            np.testing.assert_allclose(r, l, atol=2e-3)
+            assert int(np.argmax(r)) == int(np.argmax(here))
+            np.testing.assert_allclose(r, here, atol=2e-3)
 
 
 def test_concurrent_requests_are_one_call(client):

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class Request:
     prefix: str = ""
 
     @classmethod
-    def chat(cls, messages: Sequence[dict] | Sequence[tuple[str, str]], **kwargs) -> "Request":
+    def chat(cls, messages: Sequence[dict] | Sequence[tuple[str, str]], **kwargs) -> Request:
         pairs = tuple((m["role"], m["content"]) if isinstance(m, dict) else (m[0], m[1])
                       for m in messages)
         if "options" in kwargs:

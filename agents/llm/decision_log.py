@@ -8,8 +8,8 @@ whether it is valid, and the option probabilities. `agents.llm.replay` plays a l
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 class DecisionLog:
@@ -29,7 +29,7 @@ class DecisionLog:
     def close(self) -> None:
         self._handle.close()
 
-    def __enter__(self) -> "DecisionLog":
+    def __enter__(self) -> DecisionLog:
         return self
 
     def __exit__(self, *exc) -> None:

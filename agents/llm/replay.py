@@ -7,8 +7,8 @@ never saw is an error, not a guess, unless a fallback backend is given to answer
 from __future__ import annotations
 
 from collections import defaultdict, deque
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 

@@ -232,7 +232,7 @@ class VLLMServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "VLLMServer":
+    def start(self) -> VLLMServer:
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
         env.setdefault("HF_HUB_OFFLINE", "1")
@@ -278,7 +278,7 @@ class VLLMServer:
                 pass
             self.process.wait(timeout=10)
 
-    def __enter__(self) -> "VLLMServer":
+    def __enter__(self) -> VLLMServer:
         self.start()
         try:
             self.wait_ready()

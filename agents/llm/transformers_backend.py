@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
