@@ -125,6 +125,22 @@ class HomoMoralis(HomoEconomicus):
 Preference = HomoEconomicus  # the protocol: HomoMoralis is-a HomoEconomicus with kappa
 
 
+def from_name(name: str, utility: str = "linear") -> HomoEconomicus:
+    """The preference whose `.name` is `name` ("economicus", "moralis-0.5"): the inverse of `.name`."""
+    kind, _, kappa = name.partition("-")
+    if kind == "moralis" and kappa:
+        try:
+            value = float(kappa)
+        except ValueError:
+            raise ValueError(f"preference {name!r}: kappa must be a number") from None
+        if not 0 <= value <= 1:
+            raise ValueError(f"preference {name!r}: kappa must be in [0, 1]")
+        return HomoMoralis(utility, value)
+    if name == "economicus":
+        return HomoEconomicus(utility)
+    raise ValueError(f"preference must be economicus or moralis-K (K in [0, 1]), got {name!r}")
+
+
 def preference(name: str, kappa: float | None = None, utility: str = "linear") -> HomoEconomicus:
     """`economicus` or `moralis` (with kappa) by name."""
     if name == "economicus":

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from markets.bertrand import CALVANO_GRID
+
 MASK = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15
 MIX1 = 0xBF58476D1CE4E5B9
@@ -61,8 +63,8 @@ class QLearningSettings:
     """Calvano et al.'s baseline: 15 prices, xi 0.1, alpha 0.15, beta 4e-6, delta 0.95, converged
     after 100,000 periods without a change of greedy strategy (memory is one period)."""
 
-    m: int = 15
-    xi: float = 0.1
+    m: int = CALVANO_GRID[0]
+    xi: float = CALVANO_GRID[1]
     alpha: float = 0.15
     beta: float = 4e-6
     delta: float = 0.95

@@ -28,8 +28,8 @@ def run(backend, sessions: int, periods: int, lockstep: bool):
     from tqdm import tqdm
 
     from scenarios.market import llm_preferences, session_plans
-    from scenarios.market_config import load_scenario
     from scenarios.runs import make_policies
+    from scenarios.settings import load_scenario
     from simulation.lockstep import run_plan, run_plans
 
     s = load_scenario("llm_base", {"run": {"steps": periods, "sessions": sessions, "window": 1,

@@ -19,6 +19,8 @@ from functools import cached_property
 import numpy as np
 from scipy.optimize import brentq
 
+CALVANO_GRID = (15, 0.1)       # Calvano et al.'s price grid: m = 15 prices, xi = 0.1 beyond Nash and monopoly
+
 
 @dataclass(frozen=True)
 class LogitBertrand:
@@ -180,7 +182,7 @@ class LogitBertrand:
         p_n, p_m = self.nash_prices(), self.monopoly_prices()
         return (np.asarray(prices, dtype=float) - p_n) / (p_m - p_n)
 
-    def price_grid(self, m: int = 15, xi: float = 0.1) -> np.ndarray:
+    def price_grid(self, m: int = CALVANO_GRID[0], xi: float = CALVANO_GRID[1]) -> np.ndarray:
         """Calvano et al.'s action grid: m equally spaced prices on
         [p_N - xi (p_M - p_N), p_M + xi (p_M - p_N)], per firm (shape (firms, m))."""
         if int(m) != m or m < 2:

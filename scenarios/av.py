@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from scenarios.av_config import AVScenario, load_av_scenario
 from scenarios.runs import build_backend, loaded_adapters, make_policies, write_manifest
+from scenarios.settings import AVScenario, load_av_scenario
 
 
 def deciders(s: AVScenario, policies: dict) -> list[tuple[str, object]]:
@@ -40,11 +40,11 @@ def simulate(s: AVScenario, out: Path, policies: dict, progress: bool = True) ->
     from finetune.application_eval import plot_choice_curve
     from scenarios.av_plots import plot_casualties, plot_effects
     from simulation.av_metrics import casualties, preference_effects, utilitarian_share
-    from simulation.av_traffic import AVTraffic, TrafficSettings
+    from simulation.av_traffic import AVTraffic
 
     avs = deciders(s, policies)
-    model = AVTraffic(avs, TrafficSettings(**s.traffic), seed=s.seed)
-    for _ in tqdm(range(s.run["steps"]), desc=f"{s.name}", unit="step", disable=not progress):
+    model = AVTraffic(avs, s.traffic_settings(), seed=s.seed)
+    for _ in tqdm(range(s.run.steps), desc=f"{s.name}", unit="step", disable=not progress):
         model.step()
     steps, dilemmas, people = model.step_data(), model.dilemma_data(), model.people_data()
     if not people.empty:
@@ -62,7 +62,7 @@ def simulate(s: AVScenario, out: Path, policies: dict, progress: bool = True) ->
         plot_casualties(dead, out / "casualties.png", s.name)
     if not effects.empty:
         plot_effects(effects, out / "effects.png", s.name)
-    summary = {"steps": s.run["steps"], "avs": len(avs), "dilemmas": len(dilemmas),
+    summary = {"steps": s.run.steps, "avs": len(avs), "dilemmas": len(dilemmas),
                "backend_calls_per_step": max(model.backend_calls or [0]),
                "invalid_decisions": int((~dilemmas.valid).sum()) if len(dilemmas) else 0,
                **{k: int(v) for k, v in model.counts.items()}, "by_type": {}}
@@ -74,7 +74,7 @@ def simulate(s: AVScenario, out: Path, policies: dict, progress: bool = True) ->
             "utilitarian_share": float(known.is_utilitarian.astype(float).mean()) if len(known) else None,
             "killed": int(killed.get("all", 0)), "killed_passengers": int(killed.get("passenger", 0)),
             "killed_pedestrians": int(killed.get("all", 0) - killed.get("passenger", 0))}
-    if s.run["probe"]:
+    if s.run.probe:
         probe = bonnefon_probe(avs, seed=s.seed)
         probe.to_parquet(out / "probe.parquet", index=False)
         curve = choice_curve(probe)

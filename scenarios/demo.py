@@ -91,7 +91,7 @@ def market_runs(out: Path, adapters: str | Path = "adapters", run: dict | None =
     from agents.llm.transformers_backend import TransformersBackend
     from finetune.registry import list_adapters
     from scenarios.market import run_scenario, run_scenarios
-    from scenarios.market_config import load_scenario
+    from scenarios.settings import load_scenario
 
     run = {**LLM_RUN, **(run or {})}
     rows = []

@@ -19,19 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scenarios.config import ConfigError
-from scenarios.market_config import MarketScenario, load_scenario
 from scenarios.runs import build_backend, loaded_adapters, make_policies, sha256, write_manifest
-
-
-def _market(s: MarketScenario):
-    from markets.bertrand import LogitBertrand
-    return LogitBertrand(**s.market)
-
-
-def _settings(s: MarketScenario):
-    from agents.qlearning import QLearningSettings
-    return QLearningSettings(m=s.grid["m"], xi=s.grid["xi"], **s.qlearning)
+from scenarios.settings import ConfigError, MarketScenario, load_scenario
 
 
 def llm_preferences(s: MarketScenario) -> list[str]:
@@ -64,10 +53,10 @@ def _session_plan(s: MarketScenario, market, session: int, folder: Path, policie
     from simulation.metrics import convergence_period, deviation_steps, impulse_summary, reward_punishment, window_means
 
     run = s.run
-    model = BertrandMarket(market, firm_makers(s, policies or {}), grid=(s.grid["m"], s.grid["xi"]),
-                           ceiling=run.get("ceiling"), seed=s.seed, session=session,
-                           qlearning=_settings(s), initial_prices=run.get("initial_prices"))
-    for _ in range(run["steps"]):
+    model = BertrandMarket(market, firm_makers(s, policies or {}), grid=(s.grid.m, s.grid.xi),
+                           ceiling=run.ceiling, seed=s.seed, session=session,
+                           qlearning=s.qlearning_settings(), initial_prices=run.initial_prices, periods=run.steps)
+    for _ in range(run.steps):
         yield model
         bar.update()
     folder.mkdir(parents=True, exist_ok=True)
@@ -75,17 +64,17 @@ def _session_plan(s: MarketScenario, market, session: int, folder: Path, policie
     data.insert(0, "session", session)
     data.to_parquet(folder / "steps.parquet", index=False)
     prices = model.prices()
-    record = {"session": session, **window_means(data, run["window"]),
+    record = {"session": session, **window_means(data, run.window),
               "invalid": model.invalid, "max_calls_per_step": max(model.backend_calls),
               "convergence_period": convergence_period(prices, 0.01 * market.price_scale,
-                                                       window=run["window"])}
+                                                       window=run.window)}
     if len(prices) >= 4 and np.ptp(prices, axis=0).min() > 0:
         reg = reward_punishment(prices)
         reg.insert(0, "session", session)
         reg.to_csv(folder / "regression.csv", index=False)
-    if run["deviation"]:
-        ir = yield from deviation_steps(model, 0, run["deviation_periods"])
-        bar.update(run["deviation_periods"] + 1)
+    if run.deviation:
+        ir = yield from deviation_steps(model, 0, run.deviation_periods)
+        bar.update(run.deviation_periods + 1)
         ir.insert(0, "session", session)
         ir.to_parquet(folder / "impulse.parquet", index=False)
         record["impulse"] = impulse_summary(ir.filter(like="price_").to_numpy())
@@ -100,7 +89,7 @@ def resume_sessions(s: MarketScenario, out: Path, restart_if_changed: bool = Fal
     the rerun answers them again from the record (agents.llm.replay) and logs each decision once."""
     sessions = out / "sessions"
     stamp = sessions / "scenario.json"
-    files = {name: Path(s.llm["adapters"]) / name / "adapter_model.safetensors"
+    files = {name: Path(s.llm.adapters) / name / "adapter_model.safetensors"
              for name in sorted(set(llm_preferences(s)) - {"base"})}
     weights = {name: sha256(path) for name, path in files.items() if path.exists()}
     config = json.dumps({"scenario": s.raw, "adapters": weights}, sort_keys=True, default=str)
@@ -132,8 +121,8 @@ def resume_sessions(s: MarketScenario, out: Path, restart_if_changed: bool = Fal
 
 def session_plans(s: MarketScenario, out: Path, policies, bar) -> list:
     """The lock-step plans of the sessions not finished yet (out/sessions/NNNN/record.json)."""
-    market, plans = _market(s), []
-    for session in range(s.run["sessions"]):
+    market, plans = s.bertrand(), []
+    for session in range(s.run.sessions):
         folder = out / "sessions" / f"{session:04d}"
         if (folder / "record.json").exists():
             bar.update(session_periods(s))
@@ -145,20 +134,20 @@ def session_plans(s: MarketScenario, out: Path, policies, bar) -> list:
 def session_periods(s: MarketScenario) -> int:
     """Periods one session steps: its steps and, with the deviation test, its periods + 1."""
     run = s.run
-    return run["steps"] + (run["deviation_periods"] + 1 if run["deviation"] else 0)
+    return run.steps + (run.deviation_periods + 1 if run.deviation else 0)
 
 
 def session_count(s: MarketScenario) -> int:
     """Periods a scenario's sessions step in all (for progress bars)."""
-    return s.run["sessions"] * session_periods(s)
+    return s.run.sessions * session_periods(s)
 
 
 def collect_sessions(s: MarketScenario, out: Path) -> dict:
     """The scenario's summary from its finished sessions; writes steps.parquet,
     regression.csv, impulse.parquet and the plots."""
-    market = _market(s)
+    market = s.bertrand()
     steps, impulses, regressions, sessions, calls = [], [], [], [], []
-    for session in range(s.run["sessions"]):
+    for session in range(s.run.sessions):
         folder = out / "sessions" / f"{session:04d}"
         record = json.loads((folder / "record.json").read_text())
         calls.extend(record.pop("backend_calls"))
@@ -198,21 +187,21 @@ def run_vectorised(s: MarketScenario, out: Path, progress: bool = True) -> dict:
     from simulation import qlearning_engine as engine
     from simulation.metrics import impulse_summary
 
-    market, settings, run = _market(s), _settings(s), s.run
+    market, settings, run = s.bertrand(), s.qlearning_settings(), s.run
     grid = market.price_grid(settings.m, settings.xi)
     table = profit_table(market, grid)
     started = time.time()
-    with tqdm(total=run["sessions"], desc=f"{s.name}: sessions converged", unit="session",
+    with tqdm(total=run.sessions, desc=f"{s.name}: sessions converged", unit="session",
               disable=not progress) as bar:
         def report(done, total, periods):
             bar.n = done
             bar.set_postfix(period=f"{periods:,}")
             bar.refresh()
-        state = engine.learn(table, settings, run["sessions"], s.seed, chunk=run["chunk"],
+        state = engine.learn(table, settings, run.sessions, s.seed, chunk=run.chunk,
                              checkpoint=out / "checkpoint.npz", progress=report)
     seconds = time.time() - started
     records, impulses = engine.summarise(state, table, grid, market.nash_profits(),
-                                         market.monopoly_profits(), settings, run["deviation_periods"])
+                                         market.monopoly_profits(), settings, run.deviation_periods)
     sessions = pd.DataFrame(records)
     sessions.to_parquet(out / "sessions.parquet", index=False)
     mean_ir = impulses.mean(axis=0)
@@ -241,7 +230,7 @@ def run_scenario(path: str | Path, out: str | Path, progress: bool = True, backe
     one are answered again from its decision log (resume_sessions)."""
     s = load_scenario(path, overrides)
     out = Path(out)
-    if s.run["engine"] != "vectorised":
+    if s.run.engine != "vectorised":
         return run_scenarios([(s, out)], backend, progress, restart_if_changed)[0]
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -269,7 +258,7 @@ def run_scenarios(jobs: list[tuple[MarketScenario, Path]], backend=None, progres
     started = time.time()
     recorded: list[dict] = []
     for s, out in jobs:
-        if s.run["engine"] == "vectorised":
+        if s.run.engine == "vectorised":
             raise ConfigError(f"{s.name}: a vectorised scenario does not run in lock-step with others")
         out.mkdir(parents=True, exist_ok=True)
         recorded += resume_sessions(s, out, restart_if_changed)

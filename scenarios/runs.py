@@ -8,10 +8,10 @@ import platform
 import time
 from pathlib import Path
 
-from scenarios.config import ConfigError
+from scenarios.settings import ConfigError, LLMSection
 
 
-def build_backend(llm: dict, preferences, seed: int, log):
+def build_backend(llm: LLMSection, preferences, seed: int, log):
     """(backend, {preference: LLMPolicy}, {adapter: path}) for the LLM preference types named
     (`base` = no adapter), from the validated [llm] section."""
     from agents.llm.backend import BackendError
@@ -20,31 +20,31 @@ def build_backend(llm: dict, preferences, seed: int, log):
 
     names = sorted({p for p in preferences if p != "base"})
     try:
-        paths = {name: str(adapter_path(name, llm["adapters"])) for name in names}
+        paths = {name: str(adapter_path(name, llm.adapters)) for name in names}
     except ValueError as err:
         raise ConfigError(str(err)) from None
     try:
-        if llm["backend"] == "transformers":
+        if llm.backend == "transformers":
             from agents.llm.transformers_backend import TransformersBackend
-            backend = TransformersBackend(llm.get("model") or None, adapters=paths)
-        elif llm["backend"] == "openai":
+            backend = TransformersBackend(llm.model or None, adapters=paths)
+        elif llm.backend == "openai":
             from agents.llm.openai_backend import OpenAIBackend
-            backend = OpenAIBackend(llm.get("url", "http://127.0.0.1:8000"), model=llm.get("model") or "base")
+            backend = OpenAIBackend(llm.url, model=llm.model or "base")
         else:
             from agents.llm.replay import ReplayBackend
-            backend = ReplayBackend(llm["log"])
+            backend = ReplayBackend(llm.log)
     except (BackendError, ModelError, OSError) as err:
         raise ConfigError(str(err)) from None
     return backend, make_policies(llm, preferences, seed, backend, log), paths
 
 
-def make_policies(llm: dict, preferences, seed: int, backend, log) -> dict:
+def make_policies(llm: LLMSection, preferences, seed: int, backend, log) -> dict:
     """One LLM policy per preference type."""
     from agents.policies import LLMPolicy
 
-    return {p: LLMPolicy(backend, None if p == "base" else p, temperature=llm["temperature"],
-                         sample=llm["sample"], max_tokens=llm["max_tokens"],
-                         max_retries=llm["max_retries"], seed=seed, log=log)
+    return {p: LLMPolicy(backend, None if p == "base" else p, temperature=llm.temperature,
+                         sample=llm.sample, max_tokens=llm.max_tokens,
+                         max_retries=llm.max_retries, seed=seed, log=log)
             for p in dict.fromkeys(preferences)}
 
 

@@ -25,98 +25,17 @@ logged period); a worker runs its Mesa cells in lock-step on one backend (`run_c
 """
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from scenarios.config import ConfigError, check_keys, check_range, check_type, read_toml, scenario_path
-from scenarios.market_config import BUNDLED, SECTIONS, load_scenario
+from scenarios.settings import ConfigError, Study, cell_overrides, load_scenario, load_study
 
-STUDIES = Path(__file__).parent / "studies"
-EXECUTORS = ("local", "ray")
 MEASURES = ("mean_delta", "sd_delta", "converged_share", "mean_price", "mean_price_index",
             "mean_periods", "invalid_decisions", "backend_calls_per_step", "seconds")
-
-
-@dataclass
-class Study:
-    path: Path
-    name: str
-    scenario: Path
-    seeds: list[int]
-    fixed: dict                      # {"section.key": value}
-    grid: dict                       # {"section.key": [values]}
-    executor: str
-    workers: int
-    train_adapters: bool = False
-    theory_curve: bool = False
-
-    def cells(self) -> list[dict]:
-        """Every combination of the grid values, once per seed: {"section.key": value, "seed": s}."""
-        keys = list(self.grid)
-        return [{**dict(zip(keys, values)), "seed": seed}
-                for values in itertools.product(*self.grid.values()) for seed in self.seeds]
-
-
-def overrides(settings: dict) -> dict:
-    """{"section.key": value, "seed": s} as read_toml overrides {section: {key: value}}."""
-    out: dict = {}
-    for key, value in settings.items():
-        section, _, name = key.rpartition(".")
-        out.setdefault(section, {})[name] = value
-    return out
-
-
-def _check_key(where: str, key: str) -> None:
-    section, dot, name = key.partition(".")
-    if not dot or section not in (*SECTIONS, "firm") or not name:
-        raise ConfigError(f"{where} key {key!r} must be section.key with section one of "
-                          f"{', '.join((*SECTIONS, 'firm'))}")
-
-
-def load_study(path: str | Path) -> Study:
-    """The validated study of a TOML file (or the name of a study bundled in scenarios/studies)."""
-    path = scenario_path(path, STUDIES)
-    raw = read_toml(path)
-    check_keys(f"{path}:", raw, {"name": str, "scenario": str, "seeds": list, "set": dict,
-                                 "grid": dict, "study": dict})
-    if "scenario" not in raw:
-        raise ConfigError(f"{path}: scenario is missing (a bundled market scenario or a file)")
-    beside = path.parent / raw["scenario"]
-    scenario = beside if beside.is_file() else scenario_path(raw["scenario"], BUNDLED)
-    grid, fixed = raw.get("grid", {}), raw.get("set", {})
-    if not grid:
-        raise ConfigError(f"{path}: [grid] needs at least one key with a list of values")
-    for key, values in grid.items():
-        _check_key(f"{path}: [grid]", key)
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{path}: [grid] {key} must be a non-empty list, got {values!r}")
-    for key in fixed:
-        _check_key(f"{path}: [set]", key)
-    seeds = raw.get("seeds", [int(read_toml(scenario).get("seed", 0))])
-    for seed in seeds:
-        check_type(f"{path}:", "seeds", seed, int)
-    study = raw.get("study", {})
-    check_keys(f"{path}: [study]", study, {"executor": str, "workers": int, "train_adapters": bool,
-                                           "theory_curve": bool})
-    executor, workers = study.get("executor", "local"), study.get("workers", os.cpu_count() or 1)
-    check_range(f"{path}: [study]", "executor", executor in EXECUTORS, " or ".join(EXECUTORS), executor)
-    check_range(f"{path}: [study]", "workers", workers >= 1, ">= 1", workers)
-    s = Study(path, raw.get("name", path.stem), scenario, list(seeds), fixed, grid, executor, workers,
-              study.get("train_adapters", False), study.get("theory_curve", False))
-    for cell in s.cells():    # every cell must be a valid scenario before anything runs
-        load_scenario(scenario, overrides({**fixed, **_renamed(cell)}))
-    return s
-
-
-def _renamed(cell: dict) -> dict:
-    """The cell's settings as override keys (its seed is the scenario's top-level seed)."""
-    return {(".seed" if k == "seed" else k): v for k, v in cell.items()}
 
 
 def setting_label(value) -> str | int | float | bool:
@@ -133,7 +52,7 @@ def cell_folder(out: Path, index: int, cell: dict) -> Path:
 
 def cell_job(s: Study, folder: Path, cell: dict) -> tuple[str, str, dict]:
     """What `run_cells` takes for one cell: (scenario, folder, its overrides)."""
-    return str(s.scenario), str(folder), {**s.fixed, **_renamed(cell)}
+    return str(s.scenario_path), str(folder), {**s.fixed, **cell}
 
 
 def run_cells(jobs: list, backends: dict | None = None, done=lambda n: None, progress: bool = False) -> dict:
@@ -148,12 +67,12 @@ def run_cells(jobs: list, backends: dict | None = None, done=lambda n: None, pro
     backends = {} if backends is None else backends
     groups: dict[str, list] = {}
     for scenario, folder, settings in jobs:
-        s = load_scenario(scenario, overrides(settings))
-        if s.run["engine"] == "vectorised":
-            run_scenario(scenario, folder, progress=False, overrides=overrides(settings))
+        s = load_scenario(scenario, cell_overrides(settings))
+        if s.run.engine == "vectorised":
+            run_scenario(scenario, folder, progress=False, overrides=cell_overrides(settings))
             done(1)
         else:
-            key = json.dumps(s.llm, sort_keys=True, default=str) if s.uses_llm else ""
+            key = s.llm.model_dump_json() if s.uses_llm else ""
             groups.setdefault(key, []).append((s, Path(folder)))
     for key, group in groups.items():
         backend = None
@@ -193,24 +112,24 @@ def run_study(path: str | Path, out: str | Path, progress: bool = True, log=prin
     cells = s.cells()
     folders = [cell_folder(out, i, c) for i, c in enumerate(cells)]
     pending = [i for i, f in enumerate(folders) if not (f / "summary.json").exists()]
-    log(f"{s.name}: {len(cells)} cells, {len(cells) - len(pending)} done, executor {s.executor}")
-    if s.train_adapters and pending:
+    log(f"{s.name}: {len(cells)} cells, {len(cells) - len(pending)} done, executor {s.study.executor}")
+    if s.study.train_adapters and pending:
         train_named_adapters(s, [cells[i] for i in pending], out, log)
     started = time.time()
     with tqdm(total=len(cells), initial=len(cells) - len(pending), desc=f"{s.name}: cells",
               unit="cell", disable=not progress) as bar:
         jobs = [cell_job(s, folders[i], cells[i]) for i in pending]
-        if s.executor == "ray":
-            _run_on_ray(jobs, s.workers, bar)
+        if s.study.executor == "ray":
+            _run_on_ray(jobs, s.study.workers, bar)
         else:
             run_cells(jobs, done=bar.update, progress=progress)
     table = collect(cells, folders)
     table.to_csv(out / "study.csv", index=False)
     (out / "study.md").write_text(to_markdown(table))
-    plot_study(table, list(s.grid), out / "study.png", title=s.name, theory=s.theory_curve)
+    plot_study(table, list(s.grid), out / "study.png", title=s.name, theory=s.study.theory_curve)
     (out / "study.json").write_text(json.dumps(
-        {"name": s.name, "scenario": str(s.scenario), "grid": s.grid, "set": s.fixed, "seeds": s.seeds,
-         "executor": s.executor, "workers": s.workers, "cells": len(cells), "ran": len(pending),
+        {"name": s.name, "scenario": str(s.scenario_path), "grid": s.grid, "set": s.fixed, "seeds": s.seeds,
+         "executor": s.study.executor, "workers": s.study.workers, "cells": len(cells), "ran": len(pending),
          "seconds": round(time.time() - started, 1)}, indent=2, default=str) + "\n")
     return table
 
@@ -223,10 +142,10 @@ def train_named_adapters(s: Study, cells: list[dict], out: Path, log=print) -> N
 
     wanted: dict[str, tuple] = {}
     for cell in cells:
-        scenario = load_scenario(s.scenario, overrides({**s.fixed, **_renamed(cell)}))
+        scenario = load_scenario(s.scenario_path, cell_overrides({**s.fixed, **cell}))
         for firm in scenario.firms:
             if firm.type == "llm" and firm.preference != "base":
-                wanted.setdefault(scenario.llm["adapters"], set()).add(parse_adapter_name(firm.preference))
+                wanted.setdefault(scenario.llm.adapters, set()).add(parse_adapter_name(firm.preference))
     for folder, preferences in wanted.items():
         missing = sorted(p for p in preferences if adapter_name(*p) not in list_adapters(folder))
         if missing:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from agents.qlearning import QLearningSettings, decision_seed, encode, profit_table, start_actions
-from markets.bertrand import LogitBertrand, collusion_index, firm_delta
+from markets.bertrand import CALVANO_GRID, LogitBertrand, collusion_index, firm_delta
 from simulation.firms import DecidingFirm, Firm, QLearningFirm
 from simulation.lockstep import Asks, step_together
 
@@ -43,7 +43,7 @@ class BertrandMarket(mesa.Model):
     """
 
     def __init__(self, market: LogitBertrand | None = None, firms: Sequence[Callable] | None = None,
-                 grid: tuple | None = (15, 0.1), ceiling: float | None = None, seed: int = 0, session: int = 0,
+                 grid: tuple | None = CALVANO_GRID, ceiling: float | None = None, seed: int = 0, session: int = 0,
                  qlearning: QLearningSettings | None = None, initial_prices=None,
                  decimals: int = 2, periods: int | None = None, *, n_firms: int | None = None,
                  mu: float | None = None, cost: float | None = None, price_scale: float | None = None,

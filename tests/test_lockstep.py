@@ -12,30 +12,30 @@ SHORT = {"steps": 5, "sessions": 4, "window": 2, "deviation": True, "deviation_p
 
 
 def _scenario(name="llm_economicus_moralis", **run):
-    from scenarios.market_config import load_scenario
+    from scenarios.settings import load_scenario
 
     return load_scenario(name, {"run": {**SHORT, **run}})
 
 
 def _sequential_prices(s, backend) -> pd.DataFrame:
     """Every session of `s` stepped alone (model.step() in a loop), as (session, period, firm, price)."""
-    from scenarios.market import _market, _settings, firm_makers, llm_preferences
+    from scenarios.market import firm_makers, llm_preferences
     from scenarios.runs import make_policies
     from simulation.bertrand_market import BertrandMarket
     from simulation.metrics import deviation_test
 
     policies = make_policies(s.llm, llm_preferences(s), s.seed, backend, None)
     frames = []
-    for session in range(s.run["sessions"]):
-        model = BertrandMarket(_market(s), firm_makers(s, policies), grid=(s.grid["m"], s.grid["xi"]),
-                               seed=s.seed, session=session, qlearning=_settings(s))
-        for _ in range(s.run["steps"]):
+    for session in range(s.run.sessions):
+        model = BertrandMarket(s.bertrand(), firm_makers(s, policies), grid=(s.grid.m, s.grid.xi),
+                               seed=s.seed, session=session, qlearning=s.qlearning_settings())
+        for _ in range(s.run.steps):
             model.step()
-        if s.run["deviation"]:
-            deviation_test(model, 0, s.run["deviation_periods"])
+        if s.run.deviation:
+            deviation_test(model, 0, s.run.deviation_periods)
         data = model.step_data()
         data.insert(0, "session", session)
-        frames.append(data[data.period < s.run["steps"]][["session", "period", "firm", "price"]])
+        frames.append(data[data.period < s.run.steps][["session", "period", "firm", "price"]])
     return pd.concat(frames, ignore_index=True)
 
 

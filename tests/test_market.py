@@ -206,7 +206,7 @@ def test_missing_adapter_and_wrong_engine_are_refused(tmp_path, capsys):
 
 
 def test_every_shipped_scenario_file_is_valid():
-    from scenarios.market_config import load_scenario
+    from scenarios.settings import load_scenario
 
     files = sorted(SCENARIOS.glob("*.toml"))
     assert len(files) >= 8
@@ -218,8 +218,8 @@ def test_every_shipped_scenario_file_is_valid():
 def test_interrupted_llm_run_resumes_at_its_session_and_keeps_one_log(backend, tmp_path):
     """A run stopped inside session 1 reruns only session 1; the decision log ends up with each
     decision once; a different scenario in the same folder is refused in one line."""
-    from scenarios.config import ConfigError
     from scenarios.market import run_scenario
+    from scenarios.settings import ConfigError
 
     short = {"run": {"steps": 3, "sessions": 2, "window": 2, "deviation": False}}
     first = run_scenario("llm_base", tmp_path, progress=False, backend=backend, overrides=short)

@@ -86,14 +86,14 @@ def test_a_workers_llm_cells_run_in_lock_step_on_one_backend(tmp_path):
     import json
 
     from conftest import HashBackend
-    from scenarios.market_config import load_scenario
-    from scenarios.study import cell_folder, cell_job, overrides, run_cells
+    from scenarios.settings import cell_overrides, load_scenario
+    from scenarios.study import cell_folder, cell_job, run_cells
 
     path = tmp_path / "llm.toml"
     path.write_text(LLM_STUDY.format(executor="local"))
     s = load_study(path)
     jobs = [cell_job(s, cell_folder(tmp_path, i, c), c) for i, c in enumerate(s.cells())]
-    key = json.dumps(load_scenario(s.scenario, overrides(jobs[0][2])).llm, sort_keys=True, default=str)
+    key = load_scenario(s.scenario_path, cell_overrides(jobs[0][2])).llm.model_dump_json()
     backend = HashBackend()
     finished = []
     assert run_cells(jobs, {key: backend}, done=finished.append)[key] is backend   # not loaded again
@@ -106,23 +106,22 @@ def test_adapter_pairs_study_gives_each_firm_its_preference(tmp_path):
     """The bundled llm_pairs study: a list value of a firm key is one value per firm; cells are
     labelled by pair, run in lock-step and plotted one position per pair."""
     import json
-    from dataclasses import replace
 
     from conftest import HashBackend
-    from scenarios.market_config import load_scenario
-    from scenarios.study import cell_folder, cell_job, collect, overrides, plot_study, run_cells
+    from scenarios.settings import cell_overrides, load_scenario
+    from scenarios.study import cell_folder, cell_job, collect, plot_study, run_cells
 
     study = load_study("llm_pairs")
     assert [c["firm.preference"] for c in study.cells()][2] == ["economicus", "moralis-0.5"]
-    mixed = load_scenario(study.scenario, overrides(cell_job(study, tmp_path, study.cells()[2])[2]))
+    mixed = load_scenario(study.scenario_path, cell_overrides(cell_job(study, tmp_path, study.cells()[2])[2]))
     assert [f.preference for f in mixed.firms] == ["economicus", "moralis-0.5"]
-    assert mixed.run["steps"] == 50 and mixed.run["sessions"] == 5
-    short = replace(study, fixed={**study.fixed, "run.steps": 2, "run.sessions": 2})
+    assert mixed.run.steps == 50 and mixed.run.sessions == 5
+    short = study.model_copy(update={"fixed": {**study.fixed, "run.steps": 2, "run.sessions": 2}})
     cells = study.cells()
     folders = [cell_folder(tmp_path, i, c) for i, c in enumerate(cells)]
     assert all(f.parent == tmp_path / "cells" and "[" not in f.name and " " not in f.name for f in folders)
     jobs = [cell_job(short, f, c) for f, c in zip(folders, cells)]
-    key = json.dumps(mixed.llm, sort_keys=True, default=str)
+    key = mixed.llm.model_dump_json()
     backend = HashBackend()
     run_cells(jobs, {key: backend})
     assert backend.counter.history == [("choose", 4 * 2 * 2)] * 2
@@ -136,8 +135,7 @@ def test_adapter_pairs_study_gives_each_firm_its_preference(tmp_path):
 
 
 def test_a_per_firm_value_needs_one_value_per_firm():
-    from scenarios.config import ConfigError
-    from scenarios.market_config import load_scenario
+    from scenarios.settings import ConfigError, load_scenario
 
     with pytest.raises(ConfigError, match="needs one value for each of the 2"):
         load_scenario("llm_economicus", {"firm": {"preference": ["economicus"] * 3}})
