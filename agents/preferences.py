@@ -55,9 +55,12 @@ class HomoEconomicus:
     def kappa(self) -> float:
         return 0.0
 
+    kind = "economicus"
+
     @property
     def name(self) -> str:
-        return "economicus"
+        """The preference's name (and its adapter's): `economicus`, `moralis-0.5`; from_name inverts it."""
+        return self.kind
 
     def expected(self, game, own, others) -> np.ndarray:
         """E v(pi(own, others)) over the game's lottery of material payoffs."""
@@ -77,6 +80,7 @@ class HomoMoralis(HomoEconomicus):
     """u_k(x, y) = sum_S k^|S| (1-k)^(n-1-|S|) E v(pi(x; x on S, y off S)), kappa in [0, 1]."""
 
     kappa: float = 0.5  # type: ignore[assignment]
+    kind = "moralis"
 
     def __post_init__(self):
         super().__post_init__()
@@ -85,7 +89,7 @@ class HomoMoralis(HomoEconomicus):
 
     @property
     def name(self) -> str:
-        return f"moralis-{self.kappa:g}"
+        return f"{self.kind}-{self.kappa:g}"
 
     def utility(self, game, own, others) -> np.ndarray:
         own = np.asarray(own)

@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 
 from finetune.dataset import SITUATIONS
-from finetune.registry import adapter_name
 from finetune.train import TrainOptions, adapter_sha256, file_sha256, read_manifest, train, write_manifest
 
 EVAL_TOKENS = 128   # room for the worked reasoning before ANSWER:
@@ -45,11 +44,6 @@ class PipelineOptions:
     style: str = "answer"                       # finetune.dataset styles (README: measured best)
 
 
-def _preference(name: str, kappa):
-    from agents.preferences import preference
-    return preference(name, kappa)
-
-
 def situation_counts(name: str, situations: dict, games: int | None = None) -> dict[str, int]:
     """Examples per situation for preference `name`: the given counts, else the recipe's
     (`games` overrides the games count)."""
@@ -64,7 +58,7 @@ def make_data(pref, counts: dict[str, int], seed: int, folder: Path, style: str 
     """The training data of one preference (and its OpenAI-format copy); kept if already there."""
     from finetune.dataset import make_mixed_examples, write_jsonl
 
-    name = adapter_name(pref.name.split('-')[0], pref.kappa or None)
+    name = pref.name
     mix = "-".join(f"{k}{n}" for k, n in counts.items())
     path = folder / f"{name}-{style}-{mix}-s{seed}.jsonl"
     if not path.exists():
@@ -148,14 +142,15 @@ def train_adapter(pref, counts: dict[str, int], probe: int, train_options: dict,
 def run_pipeline(options: PipelineOptions, log=print) -> dict:
     """Returns {adapter name: manifest} after data, training and the held-out evaluation."""
     from agents.llm.models import model_hash, resolve
+    from agents.preferences import preference
 
     out, registry = Path(options.out), Path(options.adapters)
     base = resolve(options.base)
     base_hash = model_hash(base)
     trained = {}
     for name, kappa in options.preferences:
-        pref = _preference(name, kappa)
-        adapter = adapter_name(name, kappa)
+        pref = preference(name, kappa)
+        adapter = pref.name
         recipe = {k: v for k, v in RECIPES[name].items() if k not in (*SITUATIONS, "probe")}
         counts = situation_counts(name, options.situations, options.examples)
         train_adapter(pref, counts, RECIPES[name]["probe"], {**recipe, **options.train}, registry / adapter,

@@ -10,30 +10,21 @@ DEFAULT_FOLDER = Path("adapters")
 
 
 def adapter_name(preference: str, kappa: float | None = None) -> str:
-    """`economicus`, or `moralis-K` (K as in 0.5)."""
-    if preference == "economicus":
-        return "economicus"
-    if preference == "moralis" and kappa is not None:
-        return f"moralis-{kappa:g}"
-    if preference.startswith("moralis-"):
-        return preference
-    raise ValueError(f"no adapter name for preference {preference!r} (kappa {kappa})")
+    """The adapter of a preference is named by the preference (agents.preferences `.name`):
+    `economicus`, `moralis-0.5`; `preference` is a kind with its kappa, or already a name."""
+    from agents.preferences import from_name
+    from agents.preferences import preference as make
+
+    return (from_name(preference) if kappa is None else make(preference, kappa)).name
 
 
 def parse_adapter_name(name: str) -> tuple[str, float | None]:
     """(preference, kappa) of an adapter name: `economicus` -> ("economicus", None),
     `moralis-K` -> ("moralis", K); the inverse of adapter_name."""
-    if name == "economicus":
-        return "economicus", None
-    head, _, kappa = name.partition("-")
-    if head == "moralis":
-        try:
-            value = float(kappa)
-        except ValueError:
-            value = float("nan")
-        if 0 <= value <= 1:
-            return "moralis", value
-    raise ValueError(f"adapter name must be economicus or moralis-K with K in [0, 1], got {name!r}")
+    from agents.preferences import from_name
+
+    pref = from_name(name)
+    return pref.kind, (pref.kappa if pref.kind == "moralis" else None)
 
 
 def list_adapters(folder: str | Path = DEFAULT_FOLDER) -> dict[str, Path]:

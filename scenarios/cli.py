@@ -138,7 +138,8 @@ def _finetune_train(args) -> int:
 
 
 def _finetune_evaluate(args) -> int:
-    from finetune.pipeline import _preference, evaluate_adapters
+    from agents.preferences import from_name
+    from finetune.pipeline import evaluate_adapters
     from finetune.registry import adapter_path, list_adapters
     from finetune.train import read_manifest
 
@@ -161,7 +162,10 @@ def _finetune_evaluate(args) -> int:
                             base_sha256=model_hash(base))
         except (AdapterError, ModelError) as err:
             raise InputError(str(err)) from None
-        adapters[name] = _preference(manifest["preference"].split("-")[0], manifest["kappa"] or None)
+        try:
+            adapters[name] = from_name(manifest["preference"])
+        except ValueError as err:
+            raise InputError(f"adapter {name}: {err}") from None
     from agents.llm.backend import BackendError
     try:
         evaluate_adapters(Path(args.adapters), adapters, Path(args.out), base=args.base, small=args.small)

@@ -19,12 +19,12 @@ from scenarios.theory import InputError
 
 
 def parse_theory(spec: str):
-    """`economicus` or `moralis:K` (kappa K) as a theory policy's preference."""
-    from agents.preferences import preference
+    """`economicus` or `moralis:K` (also `moralis-K`, the preference's name) as a theory policy's
+    preference."""
+    from agents.preferences import from_name
 
-    name, _, kappa = spec.partition(":")
     try:
-        return preference(name, float(kappa) if kappa else None)
+        return from_name(spec.replace(":", "-", 1))
     except ValueError as err:
         raise InputError(f"--theory {spec!r}: {err}") from None
 

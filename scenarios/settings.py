@@ -139,11 +139,9 @@ class QLearningFirm(Section):
 Firm = Annotated[LLMFirm | TheoryFirm | QLearningFirm, Field(discriminator="type")]
 
 
-class Scenario(Section):
-    """What every scenario file shares: its name, seed, [llm] section, file path and raw tables."""
+class FileSettings(Section):
+    """Settings read from a file: its name (default: the file's stem), path and raw tables."""
     name: str | None = None
-    seed: int = Field(0, ge=0)
-    llm: LLMSection = LLMSection()
     _path: Path = PrivateAttr()
     _raw: dict = PrivateAttr()
 
@@ -154,6 +152,12 @@ class Scenario(Section):
     @property
     def raw(self) -> dict:
         return self._raw
+
+
+class Scenario(FileSettings):
+    """What every scenario file shares: its seed and [llm] section."""
+    seed: int = Field(0, ge=0)
+    llm: LLMSection = LLMSection()
 
 
 class MarketScenario(Scenario):
@@ -327,14 +331,15 @@ def read_toml(path: Path, overrides: dict | None = None) -> dict:
     return raw
 
 
-def validate(model: type[Scenario], path: Path, raw: dict) -> Any:
+def validate(model: type[FileSettings], path: Path, raw: dict) -> Any:
     """`raw` as a `model`, or ConfigError with the first error in one line."""
     try:
-        scenario = model.model_validate(raw)
+        settings = model.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(f"{path}: {one_line(err)}") from None
-    scenario._path, scenario._raw = path, raw
-    return scenario
+    settings._path, settings._raw = path, raw
+    settings.name = settings.name or path.stem
+    return settings
 
 
 _WANTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
@@ -407,17 +412,13 @@ def load_scenario(path: str | Path, overrides: dict | None = None) -> MarketScen
         start = raw.get("run", {}).get("initial_prices")
         if isinstance(start, list) and start:
             raw["run"]["initial_prices"] = _repeat(start, n)
-    scenario = validate(MarketScenario, path, raw)
-    scenario.name = scenario.name or path.stem
-    return scenario
+    return validate(MarketScenario, path, raw)
 
 
 def load_av_scenario(path: str | Path, overrides: dict | None = None) -> AVScenario:
     """The validated AV scenario of a TOML file (or bundled scenario name)."""
     path = scenario_path(path, BUNDLED_AVS)
-    scenario = validate(AVScenario, path, read_toml(path, overrides))
-    scenario.name = scenario.name or path.stem
-    return scenario
+    return validate(AVScenario, path, read_toml(path, overrides))
 
 
 # ------------------------------------------------------------------ studies
@@ -448,20 +449,14 @@ def study_key(key: str) -> str:
 StudyKey = Annotated[str, AfterValidator(study_key)]
 
 
-class Study(Section):
+class Study(FileSettings):
     """A market scenario run over every combination of `grid` values, once per seed."""
-    name: str | None = None
     scenario: str
     seeds: list[int] | None = None
     fixed: dict[StudyKey, Any] = Field(default_factory=dict, alias="set")
     grid: dict[StudyKey, Annotated[list, Field(min_length=1)]] = Field(min_length=1)
     study: StudySection = StudySection()
-    _path: Path = PrivateAttr()
     _scenario_path: Path = PrivateAttr()
-
-    @property
-    def path(self) -> Path:
-        return self._path
 
     @property
     def scenario_path(self) -> Path:
@@ -481,7 +476,6 @@ def load_study(path: str | Path) -> Study:
     study = validate(Study, path, read_toml(path))
     beside = path.parent / study.scenario
     study._scenario_path = beside if beside.is_file() else scenario_path(study.scenario, BUNDLED_MARKETS)
-    study.name = study.name or path.stem
     if study.seeds is None:
         study.seeds = [load_scenario(study.scenario_path).seed]
     for cell in study.cells():

@@ -108,7 +108,7 @@ def solve(game: str, pref: HomoEconomicus, params: dict | None = None) -> Theory
         strategy = {model.roles[0]: dict(zip(labels, eq.mixed))}
     else:
         strategy = {role: None for role in model.roles}
-    return TheoryResult(game, pref.name.split("-")[0], pref.kappa, pref.material_utility,
+    return TheoryResult(game, pref.kind, pref.kappa, pref.material_utility,
                         model.parameters(), strategy, eq.utility, eq.status,
                         [model.strategy(i) for i in eq.equilibria], {})
 
@@ -137,7 +137,7 @@ def _solve_bertrand(market: LogitBertrand, pref: HomoEconomicus, params: dict) -
     parameters = {"firms": market.firms, "a": market.a, "a0": market.a0, "mu": market.mu,
                   "cost": market.cost, "price_scale": market.price_scale,
                   "quantity_scale": market.quantity_scale}
-    return TheoryResult(BERTRAND, pref.name.split("-")[0], pref.kappa, pref.material_utility,
+    return TheoryResult(BERTRAND, pref.kind, pref.kappa, pref.material_utility,
                         parameters, strategy, utility, status, equilibria, extra)
 
 
