@@ -7,7 +7,7 @@ the Nash and monopoly prices and the collusion index Delta of the equilibrium.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -21,14 +21,8 @@ GAME_NAMES = tuple(GAMES) + (BERTRAND,)
 # Parameter names per game (the CLI contract) and how to read each value.
 INTEGER = {"players", "firms"}
 PER_FIRM = {"a", "cost"}
-PARAMETERS = {
-    "dictator": ("endowment",),
-    "ultimatum": ("endowment",),
-    "trust": ("endowment", "multiplier"),
-    "prisoners-dilemma": ("T", "R", "P", "S"),
-    "public-goods": ("players", "endowment", "mpcr"),
-    BERTRAND: ("firms", "a", "a0", "mu", "cost", "price_scale", "quantity_scale"),
-}
+PARAMETERS = {name: tuple(f.name for f in fields(cls) if f.init)       # the games' own fields
+              for name, cls in {**GAMES, BERTRAND: LogitBertrand}.items()}
 
 
 class InputError(ValueError):
@@ -134,9 +128,7 @@ def _solve_bertrand(market: LogitBertrand, pref: HomoEconomicus, params: dict) -
         extra = {"nash_price": nash.tolist(), "monopoly_price": monopoly.tolist(),
                  "delta": float(market.industry_delta(market.profits(prices))),
                  "profit": market.profits(prices).tolist()}
-    parameters = {"firms": market.firms, "a": market.a, "a0": market.a0, "mu": market.mu,
-                  "cost": market.cost, "price_scale": market.price_scale,
-                  "quantity_scale": market.quantity_scale}
+    parameters = {name: getattr(market, name) for name in PARAMETERS[BERTRAND]}
     return TheoryResult(BERTRAND, pref.kind, pref.kappa, pref.material_utility,
                         parameters, strategy, utility, status, equilibria, extra)
 
