@@ -116,6 +116,7 @@ def test_page_renders_offline_and_responds(browser, model, tmp_path):
         paused_at = _step_count(page)
         time.sleep(1.5)
         assert _step_count(page) == paused_at, "the model kept stepping after pause"
+        page.screenshot(tmp_path / f"{model}-played.png")
 
         before = _plots(page)
         for control, option in selects.items():
