@@ -119,12 +119,34 @@ def _finetune_data(args) -> int:
     return 0
 
 
+TRAIN_FLAGS = {"base": "base model (default: the embedded model)", "rank": "LoRA rank",
+               "epochs": "epochs", "batch_size": "batch size", "learning_rate": "peak learning rate",
+               "max_steps": "stop after this many steps (-1: the epochs decide)", "seed": "seed",
+               "top_layers": "adapt only the top N layers (0: all)",
+               "bf16": "bf16 autocast (default float32, the same on every CPU)"}
+
+
+def options_flags(parser, cls, helps: dict, names: dict | None = None) -> None:
+    """One --flag per field of the dataclass `cls` named in `helps`, with the field's default and
+    type (a bool default: a switch); `names` renames flags (learning_rate -> lr)."""
+    from dataclasses import MISSING, fields
+
+    for f in fields(cls):
+        if f.name not in helps:
+            continue
+        default = None if f.default is MISSING else f.default
+        flag = "--" + (names or {}).get(f.name, f.name).replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, action="store_true", help=helps[f.name])
+        else:
+            parser.add_argument(flag, dest=f.name, type=str if default is None else type(default), default=default,
+                                help=f"{helps[f.name]} (default {default})" if default is not None else helps[f.name])
+
+
 def _finetune_train(args) -> int:
     from finetune.train import TrainOptions, train
 
-    options = TrainOptions(args.data, args.out, args.base, rank=args.rank, epochs=args.epochs,
-                           batch_size=args.batch_size, learning_rate=args.lr, max_steps=args.max_steps,
-                           seed=args.seed, top_layers=args.top_layers, bf16=args.bf16)
+    options = TrainOptions(args.data, args.out, **{name: getattr(args, name) for name in TRAIN_FLAGS})
     try:
         options.check()
         folder = train(options)
@@ -295,6 +317,7 @@ def _scenario_command(sub, name: str, help: str, folder: str, examples: str, run
 
 def build_parser() -> argparse.ArgumentParser:
     from finetune.dataset import STYLES
+    from finetune.train import TrainOptions
 
     parser = _Parser(prog="econalign", description="LLM agents with economic preferences in markets.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -371,15 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = ft_sub.add_parser("train", help="LoRA SFT of the base model on a data file")
     tr.add_argument("--data", required=True)
     tr.add_argument("--out", required=True, help="adapter folder, e.g. adapters/economicus")
-    tr.add_argument("--base", help="base model (default: the embedded model)")
-    tr.add_argument("--rank", type=int, default=8)
-    tr.add_argument("--epochs", type=float, default=2.0)
-    tr.add_argument("--batch-size", type=int, default=8)
-    tr.add_argument("--lr", type=float, default=5e-4)
-    tr.add_argument("--max-steps", type=int, default=-1)
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--top-layers", type=int, default=0, help="adapt only the top N layers (0: all)")
-    tr.add_argument("--bf16", action="store_true", help="bf16 autocast (default float32, the same on every CPU)")
+    options_flags(tr, TrainOptions, TRAIN_FLAGS, {"learning_rate": "lr"})
     tr.set_defaults(run=_finetune_train)
     fe = ft_sub.add_parser("evaluate", help="base model vs adapters on the held-out battery")
     fe.add_argument("--adapters", default="adapters", help="the adapter registry folder")

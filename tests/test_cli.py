@@ -114,3 +114,24 @@ def test_the_wheel_ships_every_bundled_scenario_study_and_data_file(tmp_path):
                for p in root.glob(pattern)]
     assert any(p.startswith("scenarios/studies/") for p in bundled)
     assert sorted(set(bundled) - shipped) == []
+
+
+def test_finetune_train_flags_come_from_train_options(tmp_path, capsys):
+    """`finetune train`'s flags are TrainOptions' fields with its defaults (written once); bad
+    values are one line and exit code 2."""
+    from dataclasses import fields
+
+    from finetune.train import TrainOptions
+    from scenarios.cli import TRAIN_FLAGS, build_parser
+
+    args = build_parser().parse_args(["finetune", "train", "--data", "d.jsonl", "--out", "a"])
+    defaults = {f.name: f.default for f in fields(TrainOptions)}
+    assert {name: getattr(args, name) for name in TRAIN_FLAGS} == {name: defaults[name] for name in TRAIN_FLAGS}
+    args = build_parser().parse_args(["finetune", "train", "--data", "d", "--out", "a", "--lr", "1e-3", "--bf16"])
+    assert args.learning_rate == 1e-3 and args.bf16 is True
+    data = tmp_path / "d.jsonl"
+    data.write_text("")
+    for extra, needle in ((["--rank", "0"], "rank must be 1..16"), ([], "holds no examples")):
+        assert main(["finetune", "train", "--data", str(data), "--out", str(tmp_path / "a"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1
