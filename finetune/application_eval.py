@@ -21,8 +21,9 @@ import pandas as pd
 
 from agents.dilemma import bonnefon_probe, choice_curve
 from agents.policies import TheoryPolicy
+from agents.records import figure, save_figure
 from finetune import av_data, pricing_data
-from finetune.evaluate import _pyplot, _save, run
+from finetune.evaluate import run
 
 PROBE_SIZES = tuple(range(1, 11))
 
@@ -90,8 +91,7 @@ def theory_choice_curve(policies: dict, theories: dict, seed: int = 0) -> pd.Dat
 def plot_choice_curve(curve: pd.DataFrame, path: Path, title: str) -> None:
     """P(swerve) against the number of pedestrians saved (one passenger dies), per decider;
     theory columns dashed, human shares as black squares."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = figure(figsize=(6.4, 4.2))
     for column in curve.columns:
         if column.startswith("human"):
             points = curve[column].dropna()
@@ -103,7 +103,7 @@ def plot_choice_curve(curve: pd.DataFrame, path: Path, title: str) -> None:
     ax.set(xlabel="pedestrians saved by swerving (one passenger dies)", ylabel="P(swerve)",
            ylim=(-0.03, 1.03), title=title)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def evaluate_applications(policies: dict, theories: dict, out: str | Path, pricing_items: int = 60,

@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from agents.policies import decide
+from agents.records import figure, file_sha256, markdown_table, save_figure
 from finetune.battery import INCENTIVES, KAPPAS, Item
 from finetune.human import CITATION, load_moblab, tenths, wasserstein_tenths
-from finetune.train import file_sha256
 
 PARAMETER_COLUMNS = ("endowment", "multiplier", "players", "mpcr", "T", "R", "P", "S", "received")
 
@@ -219,16 +219,6 @@ def overall(frame: pd.DataFrame) -> pd.DataFrame:
 # Report
 
 
-def _markdown(frame: pd.DataFrame, columns: Sequence[str]) -> str:
-    def cell(v):
-        if isinstance(v, float):
-            return "" if np.isnan(v) else f"{v:.3g}"
-        return str(v)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for _, r in frame.iterrows()]
-    return "\n".join(lines) + "\n"
-
-
 SUMMARY_COLUMNS = ("policy", "game", "role", "items", "valid_rate", "mean_fraction",
                    "share_economicus", "best_kappa", "best_kappa_share", "human_w1")
 
@@ -240,10 +230,10 @@ def write_report(frame: pd.DataFrame, out: str | Path) -> tuple[pd.DataFrame, pd
     summary.to_csv(out / "summary.csv", index=False)
     totals.to_csv(out / "overall.csv", index=False)
     slope_columns = [c for c in summary.columns if c.startswith(("slope_", "economicus_slope_"))]
-    text = ["# Games evaluation\n", "## Overall\n", _markdown(totals, list(totals.columns)),
-            "\n## Per game and role\n", _markdown(summary, SUMMARY_COLUMNS),
+    text = ["# Games evaluation\n", "## Overall\n", markdown_table(totals, list(totals.columns)),
+            "\n## Per game and role\n", markdown_table(summary, SUMMARY_COLUMNS),
             "\n## Incentive sensitivity (OLS slope of the action on each incentive)\n",
-            _markdown(summary, ["policy", "game", "role"] + slope_columns),
+            markdown_table(summary, ["policy", "game", "role"] + slope_columns),
             f"\nHuman reference: {CITATION} `human_w1` is the Wasserstein-1 distance between the "
             "policy's actions and human play (tenths of the action range) under the MobLab conditions.\n"]
     (out / "summary.md").write_text("".join(text))
@@ -253,29 +243,13 @@ def write_report(frame: pd.DataFrame, out: str | Path) -> tuple[pd.DataFrame, pd
     return summary, totals
 
 
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    fig.clf()
-    _pyplot().close(fig)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_actions(summary: pd.DataFrame, path: Path) -> None:
     """Mean action (fraction of its range) per game and role, one bar per policy; x marks homo
     economicus, o the human mean under the MobLab conditions."""
-    plt = _pyplot()
     labels = list(dict.fromkeys(zip(summary.game, summary.role)))
     policies = list(dict.fromkeys(summary.policy))
     width = 0.8 / max(len(policies), 1)
-    fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(labels)), 4.5))
+    fig, ax = figure(figsize=(max(8, 1.4 * len(labels)), 4.5))
     humans = load_moblab()
     for j, policy in enumerate(policies):
         part = summary[summary.policy == policy].set_index(["game", "role"])
@@ -292,14 +266,13 @@ def plot_actions(summary: pd.DataFrame, path: Path) -> None:
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
     ax.set_title("Actions by game and role")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_theory(summary: pd.DataFrame, path: Path) -> None:
     """Share of answers equal to homo economicus and to the best-fitting homo moralis."""
-    plt = _pyplot()
     policies = list(dict.fromkeys(summary.policy))
-    fig, axes = plt.subplots(1, len(policies), figsize=(5 * len(policies), 4), squeeze=False)
+    fig, axes = figure(1, len(policies), figsize=(5 * len(policies), 4), squeeze=False)
     for ax, policy in zip(axes[0], policies):
         part = summary[summary.policy == policy]
         x = np.arange(len(part))
@@ -312,14 +285,13 @@ def plot_theory(summary: pd.DataFrame, path: Path) -> None:
         ax.set_ylim(0, 1.12)
         ax.set_title(policy)
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_human(frame: pd.DataFrame, path: Path) -> None:
     """Distribution of actions under the MobLab conditions against the human tenths."""
-    plt = _pyplot()
     humans = load_moblab()
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    fig, axes = figure(2, 3, figsize=(13, 6.5))
     centers = np.arange(10) / 10 + 0.05
     policies = list(dict.fromkeys(frame.policy))
     for ax, (key, human) in zip(axes.ravel(), humans.items()):
@@ -333,7 +305,7 @@ def plot_human(frame: pd.DataFrame, path: Path) -> None:
         ax.set_xlim(0, 1)
         ax.legend(fontsize=7)
     fig.suptitle("Share of decisions per tenth of the action range: policies vs MobLab humans")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,10 +335,9 @@ def theory_scores(frame: pd.DataFrame, theories: dict[str, str],
 
 
 def plot_theory_scores(scores: pd.DataFrame, path: Path) -> None:
-    plt = _pyplot()
     theories = list(dict.fromkeys(scores.theory))
     policies = list(dict.fromkeys(scores.policy))
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = figure(figsize=(7, 4))
     width = 0.8 / len(theories)
     for j, theory in enumerate(theories):
         part = scores[scores.theory == theory].set_index("policy")
@@ -378,4 +349,4 @@ def plot_theory_scores(scores: pd.DataFrame, path: Path) -> None:
     ax.set_ylabel("share of held-out items")
     ax.set_title("Held-out battery: answers equal to each theory")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from agents.records import file_sha256
 from finetune.dataset import SITUATIONS
-from finetune.train import TrainOptions, adapter_sha256, file_sha256, read_manifest, train, write_manifest
+from finetune.train import TrainOptions, adapter_sha256, read_manifest, train, write_manifest
 
 EVAL_TOKENS = 128   # room for the worked reasoning before ANSWER:
 
@@ -176,9 +177,10 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
     from agents.llm.decision_log import DecisionLog
     from agents.llm.transformers_backend import TransformersBackend
     from agents.policies import LLMPolicy
+    from agents.records import markdown_table
     from finetune.application_eval import evaluate_applications
     from finetune.dataset import near_threshold
-    from finetune.evaluate import _markdown, kappa_column, plot_theory_scores, run, theory_scores
+    from finetune.evaluate import kappa_column, plot_theory_scores, run, theory_scores
 
     manifests = {name: read_manifest(registry / name) for name in adapters}
     styles = {m.get("style", "reasoning") for m in manifests.values()}
@@ -217,10 +219,10 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
     scores = theory_scores(frame, theories, excluded).assign(domain="games")
     scores = pd.concat([scores, applied], ignore_index=True)
     scores.to_csv(out / "scores.csv", index=False)
-    (out / "scores.md").write_text(_markdown(scores, ["domain", *[c for c in scores.columns if c != "domain"]]))
+    (out / "scores.md").write_text(markdown_table(scores, ["domain", *[c for c in scores.columns if c != "domain"]]))
     by_role = theory_scores(frame, theories, excluded, by=("game", "role"))
-    (out / "scores_by_role.md").write_text(_markdown(by_role, list(by_role.columns)))
-    (out / "scores_by_feature.md").write_text(_markdown(by_feature, list(by_feature.columns)))
+    (out / "scores_by_role.md").write_text(markdown_table(by_role))
+    (out / "scores_by_feature.md").write_text(markdown_table(by_feature))
     plot_theory_scores(scores[scores.domain == "games"], out / "scores.png")
     for name, pref in adapters.items():
         target = pref.name

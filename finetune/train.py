@@ -9,13 +9,14 @@ hyper-parameters, library versions, the training-loss curve and the speed.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from agents.records import file_sha256, write_json
 
 MAX_RANK = 16  # vLLM's default --max-lora-rank
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -68,10 +69,6 @@ def examples_by_situation(examples) -> dict[str, int]:
 
     counts = Counter(e.get("meta", {}).get("domain", "games") for e in examples)
     return {name: counts[name] for name in (*SITUATIONS, *sorted(set(counts) - set(SITUATIONS))) if counts[name]}
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def adapter_sha256(folder: str | Path) -> str:
@@ -206,7 +203,4 @@ def read_manifest(folder: str | Path) -> dict:
 
 
 def write_manifest(folder: str | Path, manifest: dict) -> None:
-    path = Path(folder) / "manifest.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    tmp.rename(path)
+    write_json(Path(folder) / "manifest.json", manifest)

@@ -8,12 +8,12 @@ choice_curve.png, casualties.png and effects.png, summary.json and manifest.json
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import pandas as pd
 
+from agents.records import write_json
 from scenarios.runs import build_backend, loaded_adapters, make_policies, write_manifest
 from scenarios.settings import AVScenario, load_av_scenario
 
@@ -104,6 +104,6 @@ def run_av_scenario(path: str | Path, out: str | Path, progress: bool = True, ba
             else:
                 backend, policies, adapters = build_backend(s.llm, preferences, s.seed, log)
         summary = {"scenario": s.name, **simulate(s, out, policies, progress)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    write_json(out / "summary.json", summary)
     write_manifest(out, "av run", s.path, s.raw, s.seed, backend if s.uses_llm else None, adapters, started)
     return summary

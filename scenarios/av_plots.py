@@ -3,31 +3,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from agents.records import figure, save_figure
 
 
 def plot_casualties(casualties: pd.DataFrame, path: Path, title: str) -> None:
     """Killed people by group and AV type."""
     table = casualties[casualties.group != "all"].pivot(index="group", columns="decider", values="killed").fillna(0)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = figure(figsize=(6.4, 4.2))
     table.plot.bar(ax=ax, rot=30)
     ax.set(ylabel="killed", xlabel="", title=title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_effects(effects: pd.DataFrame, path: Path, title: str) -> None:
     """Difference in the probability of being spared per Moral Machine dimension and AV type."""
     table = effects.pivot(index="dimension", columns="decider", values="effect")
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = figure(figsize=(6.4, 4.2))
     table.plot.barh(ax=ax)
     ax.axvline(0, color="grey", lw=0.8)
     ax.set(xlabel="difference in P(spared)", ylabel="", xlim=(-1.05, 1.05), title=title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

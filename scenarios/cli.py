@@ -34,27 +34,20 @@ def _theory(args) -> int:
 
 
 def _models_prepare(args) -> int:
-    from agents.llm.models import ModelError, prepare
+    from agents.llm.models import prepare
 
-    try:
-        folder = prepare(args.source, force=args.force)
-    except ModelError as err:
-        raise InputError(str(err)) from None
-    print(folder)
+    print(prepare(args.source, force=args.force))
     return 0
 
 
 def _serve(args) -> int:
     import time
 
-    from agents.llm.models import ModelError, resolve
-    from agents.llm.server import AdapterError, ServerError, VLLMServer
+    from agents.llm.models import resolve
+    from agents.llm.server import VLLMServer
 
-    try:
-        server = VLLMServer(resolve(args.model), args.adapters, host=args.host, port=args.port,
-                            python=args.vllm_python, log=args.log, max_lora_rank=args.max_lora_rank)
-    except (ModelError, AdapterError, ServerError) as err:
-        raise InputError(str(err)) from None
+    server = VLLMServer(resolve(args.model), args.adapters, host=args.host, port=args.port,
+                        python=args.vllm_python, log=args.log, max_lora_rank=args.max_lora_rank)
     names = ", ".join(a.name for a in server.adapters) or "none"
     print(f"starting vLLM for {server.model.name} (adapters: {names}) at {server.url} ...", flush=True)
     try:
@@ -64,9 +57,6 @@ def _serve(args) -> int:
         while server.process.poll() is None:
             time.sleep(1.0)
         print(f"econalign: error: vLLM exited with code {server.process.returncode}", file=sys.stderr)
-        return 1
-    except ServerError as err:
-        print(f"econalign: error: {err}", file=sys.stderr)
         return 1
     finally:
         server.stop()
@@ -176,23 +166,15 @@ def _finetune_evaluate(args) -> int:
             raise InputError(str(err)) from None
         if "preference" not in manifest:
             raise InputError(f"adapter {name} has no manifest.json naming its preference")
-        from agents.llm.models import ModelError, model_hash, resolve
-        from agents.llm.server import AdapterError, inspect_adapter
-        try:  # refuse a corrupt or foreign adapter before loading any model
-            base = resolve(args.base)
-            inspect_adapter(adapter_path(name, args.adapters), base, name=name,
-                            base_sha256=model_hash(base))
-        except (AdapterError, ModelError) as err:
-            raise InputError(str(err)) from None
+        from agents.llm.models import model_hash, resolve
+        from agents.llm.server import inspect_adapter
+        base = resolve(args.base)         # refuse a corrupt or foreign adapter before loading any model
+        inspect_adapter(adapter_path(name, args.adapters), base, name=name, base_sha256=model_hash(base))
         try:
             adapters[name] = from_name(manifest["preference"])
         except ValueError as err:
             raise InputError(f"adapter {name}: {err}") from None
-    from agents.llm.backend import BackendError
-    try:
-        evaluate_adapters(Path(args.adapters), adapters, Path(args.out), base=args.base, small=args.small)
-    except BackendError as err:
-        raise InputError(str(err)) from None
+    evaluate_adapters(Path(args.adapters), adapters, Path(args.out), base=args.base, small=args.small)
     print(f"report: {args.out}/scores.md")
     return 0
 
@@ -452,20 +434,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def exit_code(err: BaseException) -> int | None:
+    """The one mapping of errors to exit codes: the user's input (a file, value, model or adapter
+    that is wrong) 2; a backend, server or solver that failed 1; anything else is a bug (None:
+    its traceback is shown)."""
+    from agents.llm.models import ModelError
+    from agents.llm.server import AdapterError
+
+    if isinstance(err, (InputError, ModelError, AdapterError)):
+        return 2
+    if isinstance(err, RuntimeError):       # BackendError, ServerError, a solver that did not converge
+        return 1
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except InputError as err:
-        print(f"econalign: error: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:  # a solver that did not converge: say so, no traceback
-        print(f"econalign: error: {err}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("econalign: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        code = exit_code(err)
+        if code is None:
+            raise
+        print(f"econalign: error: {err}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

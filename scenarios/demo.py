@@ -10,7 +10,6 @@ manifest.json, and prints the tables.
 """
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
@@ -18,27 +17,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from agents.records import figure, markdown_table, save_figure, write_json
 from scenarios.theory import GAME_NAMES, TABLE_KAPPAS, bertrand_by_kappa, theory_table
 
 PLOT_KAPPAS = np.round(np.linspace(0.0, 1.0, 21), 2)
 PLOT_FIRMS = (2, 3, 5)
 
 
-def _markdown(table) -> str:
-    header = "| game | role | " + " | ".join(table.columns) + " |"
-    rule = "|" + "---|" * (len(table.columns) + 2)
-    body = ["| " + " | ".join([game, role] + [str(v) for v in row]) + " |"
-            for (game, role), row in zip(table.index, table.values)]
-    return "\n".join([header, rule] + body) + "\n"
-
-
 def plot_bertrand(curve, path: Path) -> None:
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_p, ax_d) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_p, ax_d) = figure(1, 2, figsize=(10, 4))
     for firms, group in curve.groupby("firms"):
         line, = ax_p.plot(group.kappa, group.price, marker="o", ms=3, label=f"n = {firms}")
         ax_p.axhline(group.nash_price.iloc[0], color=line.get_color(), ls=":", lw=1)
@@ -52,9 +40,7 @@ def plot_bertrand(curve, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("Logit Bertrand, Calvano et al. (2020) baseline: a=2, a0=0, mu=1/4, c=1")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def evaluate_base_model(out: Path):
@@ -169,7 +155,8 @@ def run_demo(out: str | Path, finetune: bool = True, adapters: str | Path = "ada
         curve = bertrand_by_kappa(PLOT_KAPPAS, PLOT_FIRMS, progress=progress)
     for utility, table in tables.items():
         table.to_csv(out / f"theory_table_{utility}.csv")
-        (out / f"theory_table_{utility}.md").write_text(_markdown(table))
+        named = table.rename_axis(["game", "role"]).reset_index()
+        (out / f"theory_table_{utility}.md").write_text(markdown_table(named))
         v = "v(m) = m" if utility == "linear" else "v(m) = ln(1 + m)"
         print(f"\nSymmetric equilibria, {utility} material utility ({v}), default parameters:")
         print(table.to_string())
@@ -182,12 +169,12 @@ def run_demo(out: str | Path, finetune: bool = True, adapters: str | Path = "ada
     if finetune:
         print("\nFine-tuning economicus and moralis-0.5 adapters (cached in adapters/):", flush=True)
         manifests = finetune_adapters(out / "finetune", adapters)
-        from scenarios.transfer import adapter_rows, markdown
+        from scenarios.transfer import adapter_rows
         scores = pd.read_csv(out / "finetune" / "eval" / "scores.csv")
         scores.to_csv(out / "finetune_scores.csv", index=False)
         alignment = pd.DataFrame(adapter_rows("games + applications (in-domain)", manifests))
         alignment.to_csv(out / "alignment.csv", index=False)
-        (out / "alignment.md").write_text(markdown(alignment))
+        (out / "alignment.md").write_text(markdown_table(alignment))
         print(scores.to_string(index=False, float_format="%.3f"))
         for name, m in manifests.items():
             d = m["evaluation"]["domains"]
@@ -211,6 +198,6 @@ def run_demo(out: str | Path, finetune: bool = True, adapters: str | Path = "ada
                 "python": platform.python_version(),
                 "files": sorted(str(p.relative_to(out)) for p in out.rglob("*")
                                 if p.is_file() and p.name != "manifest.json")}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json(out / "manifest.json", manifest)
     print(f"\nReport written to {out}/ ({manifest['seconds']} s)")
     return out

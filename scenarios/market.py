@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scenarios.runs import build_backend, loaded_adapters, make_policies, sha256, write_manifest
+from agents.records import file_sha256, write_json
+from scenarios.runs import build_backend, loaded_adapters, make_policies, write_manifest
 from scenarios.settings import ConfigError, MarketScenario, load_scenario
 
 
@@ -79,7 +80,7 @@ def _session_plan(s: MarketScenario, market, session: int, folder: Path, policie
         ir.to_parquet(folder / "impulse.parquet", index=False)
         record["impulse"] = impulse_summary(ir.filter(like="price_").to_numpy())
     record["backend_calls"] = list(model.backend_calls)
-    (folder / "record.json").write_text(json.dumps(record, default=float) + "\n")
+    write_json(folder / "record.json", record)
 
 
 def resume_sessions(s: MarketScenario, out: Path, restart_if_changed: bool = False) -> list[dict]:
@@ -91,7 +92,7 @@ def resume_sessions(s: MarketScenario, out: Path, restart_if_changed: bool = Fal
     stamp = sessions / "scenario.json"
     files = {name: Path(s.llm.adapters) / name / "adapter_model.safetensors"
              for name in sorted(set(llm_preferences(s)) - {"base"})}
-    weights = {name: sha256(path) for name, path in files.items() if path.exists()}
+    weights = {name: file_sha256(path) for name, path in files.items() if path.exists()}
     config = json.dumps({"scenario": s.raw, "adapters": weights}, sort_keys=True, default=str)
     log = out / "decisions.jsonl"
     if stamp.exists() and stamp.read_text() != config:
@@ -235,7 +236,7 @@ def run_scenario(path: str | Path, out: str | Path, progress: bool = True, backe
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     summary = {"scenario": s.name, **run_vectorised(s, out, progress)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    write_json(out / "summary.json", summary)
     write_manifest(out, "market run", s.path, s.raw, s.seed, None, {}, started)
     return summary
 
@@ -279,7 +280,7 @@ def run_scenarios(jobs: list[tuple[MarketScenario, Path]], backend=None, progres
     summaries = []
     for (s, out), used in zip(jobs, policies):
         summary = {"scenario": s.name, **collect_sessions(s, out)}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+        write_json(out / "summary.json", summary)
         write_manifest(out, "market run", s.path, s.raw, s.seed, backend if s.uses_llm else None,
                        loaded_adapters(backend, used) if s.uses_llm else {}, started)
         summaries.append(summary)

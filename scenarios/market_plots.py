@@ -6,13 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+from agents.records import figure, save_figure
 
 
 def _reference_lines(ax, market) -> None:
@@ -20,17 +14,10 @@ def _reference_lines(ax, market) -> None:
     ax.axhline(float(market.monopoly_prices().mean()), color="k", ls="--", lw=1, label="monopoly p_M")
 
 
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
-
-
 def plot_prices(steps: pd.DataFrame, market, path: Path, title: str = "", sessions: int = 5) -> None:
     """Every firm's price by period in the first `sessions` sessions (one colour per firm, one
     line style per session), with p_N and p_M."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = figure(figsize=(8, 4))
     shown = sorted(steps.session.unique())[:sessions]
     styles = ("-", "--", ":", "-.", (0, (1, 3)))
     for j, session in enumerate(shown):
@@ -43,14 +30,13 @@ def plot_prices(steps: pd.DataFrame, market, path: Path, title: str = "", sessio
     ax.set(xlabel="period", ylabel="price", title=f"{title}: prices")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_impulse(impulse: pd.DataFrame, market, path: Path, title: str = "") -> None:
     """Prices around a one-period deviation of firm 0 (tau 1) to its static best response;
     `impulse` is indexed by tau with price_i columns."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = figure(figsize=(7, 4))
     for column in impulse.filter(like="price_").columns:
         firm = column.split("_")[1]
         ax.plot(impulse.index, impulse[column], marker="o", ms=3,
@@ -60,15 +46,14 @@ def plot_impulse(impulse: pd.DataFrame, market, path: Path, title: str = "") -> 
     ax.set(xlabel="tau (0: before, 1: deviation)", ylabel="price", title=f"{title}: impulse response")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_delta_histogram(sessions: pd.DataFrame, path: Path, title: str = "") -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = figure(figsize=(6, 4))
     ax.hist(sessions.delta, bins=20, color="tab:blue", alpha=0.8)
     ax.axvline(sessions.delta.mean(), color="k", lw=1.5, label=f"mean {sessions.delta.mean():.3f}")
     ax.set(xlabel="profit gain Delta (limit cycle)", ylabel="sessions",
            title=f"{title}: Delta over {len(sessions)} sessions")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)

@@ -2,12 +2,11 @@
 policy per preference type, and the manifest (scenario, seed, model, adapter hashes, versions)."""
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 import time
 from pathlib import Path
 
+from agents.records import file_sha256, write_json
 from scenarios.settings import ConfigError, LLMSection
 
 
@@ -65,19 +64,15 @@ def versions() -> dict:
     return out
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def write_manifest(out: Path, job: str, path: Path, raw: dict, seed: int, backend, adapters: dict,
                    started: float) -> None:
     """out/manifest.json: the scenario and its hash, the model, the adapters and their hashes,
     library versions, run time and the files written."""
     model = str(getattr(backend, "model_path", getattr(backend, "model", ""))) if backend is not None else None
-    manifest = {"job": job, "scenario": str(path), "scenario_sha256": sha256(path), "config": raw,
+    manifest = {"job": job, "scenario": str(path), "scenario_sha256": file_sha256(path), "config": raw,
                 "seed": seed, "model": model,
-                "adapters": {k: {"path": v, "sha256": sha256(Path(v) / "adapter_model.safetensors")}
+                "adapters": {k: {"path": v, "sha256": file_sha256(Path(v) / "adapter_model.safetensors")}
                              for k, v in adapters.items()},
                 "versions": versions(), "seconds": round(time.time() - started, 1),
                 "files": sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "manifest.json")}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    write_json(out / "manifest.json", manifest)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from agents.records import markdown_table, write_json
 from scenarios.settings import ConfigError, Study, cell_overrides, load_scenario, load_study
 
 MEASURES = ("mean_delta", "sd_delta", "converged_share", "mean_price", "mean_price_index",
@@ -125,12 +126,12 @@ def run_study(path: str | Path, out: str | Path, progress: bool = True, log=prin
             run_cells(jobs, done=bar.update, progress=progress)
     table = collect(cells, folders)
     table.to_csv(out / "study.csv", index=False)
-    (out / "study.md").write_text(to_markdown(table))
+    (out / "study.md").write_text(markdown_table(table.drop(columns=["folder"]), digits=4))
     plot_study(table, list(s.grid), out / "study.png", title=s.name, theory=s.study.theory_curve)
-    (out / "study.json").write_text(json.dumps(
-        {"name": s.name, "scenario": str(s.scenario_path), "grid": s.grid, "set": s.fixed, "seeds": s.seeds,
-         "executor": s.study.executor, "workers": s.study.workers, "cells": len(cells), "ran": len(pending),
-         "seconds": round(time.time() - started, 1)}, indent=2, default=str) + "\n")
+    write_json(out / "study.json",
+               {"name": s.name, "scenario": str(s.scenario_path), "grid": s.grid, "set": s.fixed, "seeds": s.seeds,
+                "executor": s.study.executor, "workers": s.study.workers, "cells": len(cells), "ran": len(pending),
+                "seconds": round(time.time() - started, 1)})
     return table
 
 
@@ -193,14 +194,6 @@ def collect(cells: list[dict], folders: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    shown = table.drop(columns=["folder"])
-    lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
-    for row in shown.itertuples(index=False):
-        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def _as_kappa(value):
     """Preference names (moralis-K, economicus) as their kappa, numbers as they are; None for
     anything else (a pair of preferences, base)."""
@@ -218,11 +211,9 @@ def plot_study(table: pd.DataFrame, keys: list[str], path: Path, title: str, the
     """Mean Delta over seeds (and, for multi-session cells, the sessions' spread) against the
     first grid key, one line per value of the second; with `theory`, the symmetric homo moralis
     equilibrium Delta of the duopoly (docs/theory.md) against kappa."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from agents.records import figure, save_figure
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = figure(figsize=(6, 4))
     x, lines = keys[0], keys[1:2]
     categories = None
     if table[x].map(lambda v: isinstance(v, str)).any():
@@ -256,6 +247,4 @@ def plot_study(table: pd.DataFrame, keys: list[str], path: Path, title: str, the
     ax.set_title(title + (f" (other keys: {', '.join(keys[2:])} pooled)" if len(keys) > 2 else ""))
     if lines or theory:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

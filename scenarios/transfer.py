@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from agents.records import markdown_table
 from finetune.dataset import SITUATIONS
 
 ARMS = {"games only (transfer)": ("games",), "games + applications (in-domain)": SITUATIONS}
@@ -36,13 +37,6 @@ def adapter_rows(arm: str, manifests: dict) -> list[dict]:
                      **{f"p_swerve_n{n}": e["choice_curve"]["adapter"][n - 1] for n in CURVE_POINTS},
                      "situations": ",".join(m.get("situations", {"games": 0}))})
     return rows
-
-
-def markdown(table: pd.DataFrame) -> str:
-    """The table in Markdown (finetune.evaluate's table format)."""
-    from finetune.evaluate import _markdown
-
-    return _markdown(table, list(table.columns))
 
 
 def run_transfer(out: str | Path, adapters: str | Path = "adapters", log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -69,7 +63,7 @@ def run_transfer(out: str | Path, adapters: str | Path = "adapters", log=print) 
     adapters_frame, markets_frame = pd.DataFrame(adapter_table), pd.DataFrame(market_table)
     out.mkdir(parents=True, exist_ok=True)
     adapters_frame.to_csv(out / "transfer_adapters.csv", index=False)
-    (out / "transfer_adapters.md").write_text(markdown(adapters_frame))
+    (out / "transfer_adapters.md").write_text(markdown_table(adapters_frame))
     markets_frame.to_csv(out / "transfer_markets.csv", index=False)
-    (out / "transfer_markets.md").write_text(markdown(markets_frame))
+    (out / "transfer_markets.md").write_text(markdown_table(markets_frame))
     return adapters_frame, markets_frame

@@ -239,8 +239,9 @@ def test_probe_phase_continues_the_first_phase_and_is_cached(tmp_path, model_fol
     the first phase's adapter (finetune.pipeline.PROBE_PHASE); the manifest records both phases
     and their summed time, and a rerun trains neither again."""
     from agents.llm.models import model_hash
+    from agents.records import file_sha256
     from finetune.pipeline import PROBE_PHASE, train_adapter
-    from finetune.train import file_sha256, read_manifest
+    from finetune.train import read_manifest
 
     messages = []
     args = (HomoMoralis(kappa=0.5), {"games": 4, "pricing": 2, "av": 2}, 8,

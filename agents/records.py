@@ -1,0 +1,62 @@
+"""What runs, studies and adapters write, written one way: figures (matplotlib `Figure`, no
+pyplot state), Markdown tables (pandas `to_markdown`), SHA-256 digests of files and JSON records
+such as manifests (written atomically: a kill leaves the old file or the new one, never half).
+
+It sits below every module that writes results (finetune, simulation, scenarios).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def figure(nrows: int = 1, ncols: int = 1, figsize=(6.4, 4.2), **kwargs):
+    """(fig, axes) of a new matplotlib Figure (as pyplot.subplots, without pyplot's global state)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
+    """The figure laid out tightly and saved as `path` (the format from its suffix)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    return Path(path)
+
+
+def markdown_table(frame, columns=None, digits: int = 3) -> str:
+    """A DataFrame's `columns` (default: all) as a Markdown table; numbers to `digits`
+    significant digits, missing values empty."""
+    shown = frame if columns is None else frame[list(columns)]
+    shown = shown.astype(object).where(shown.notna(), None)
+    return shown.to_markdown(index=False, floatfmt=f".{digits}g", missingval="") + "\n"
+
+
+def file_sha256(path: str | Path) -> str:
+    """The file's SHA-256, read in chunks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _plain(value):
+    """numpy numbers as Python numbers, anything else (paths) as text."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def write_json(path: str | Path, record) -> Path:
+    """`record` as indented JSON in `path`, replaced atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(record, indent=2, default=_plain) + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
