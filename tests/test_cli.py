@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from scenarios.cli import main
@@ -135,3 +136,30 @@ def test_finetune_train_flags_come_from_train_options(tmp_path, capsys):
         assert main(["finetune", "train", "--data", str(data), "--out", str(tmp_path / "a"), *extra]) == 2
         err = capsys.readouterr().err
         assert needle in err and err.count("\n") == 1
+
+
+def test_errors_map_to_exit_codes_in_one_place():
+    """User input (a value, file, model or adapter that is wrong) exits 2; a backend, server or
+    solver that fails exits 1; anything else is a bug and keeps its traceback."""
+    from agents.llm.backend import BackendError
+    from agents.llm.models import ModelError
+    from agents.llm.server import AdapterError, ServerError
+    from scenarios.cli import exit_code
+    from scenarios.settings import ConfigError
+    from scenarios.theory import InputError
+
+    errors = {InputError("x"): 2, ConfigError("x"): 2, ModelError("x"): 2, AdapterError("x"): 2,
+              BackendError("x"): 1, ServerError("x"): 1, RuntimeError("did not converge"): 1,
+              KeyError("x"): None, TypeError("x"): None}
+    assert {type(e).__name__: exit_code(e) for e in errors} == {type(e).__name__: c for e, c in errors.items()}
+
+
+def test_json_records_are_written_whole_with_plain_numbers(tmp_path):
+    from agents.records import file_sha256, write_json
+
+    path = write_json(tmp_path / "sub" / "summary.json", {"delta": np.float64(0.5), "n": np.int64(3),
+                                                          "path": tmp_path})
+    assert json.loads(path.read_text()) == {"delta": 0.5, "n": 3, "path": str(tmp_path)}
+    assert [p.name for p in path.parent.iterdir()] == ["summary.json"]      # no temporary file left
+    import hashlib
+    assert file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
