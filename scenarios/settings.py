@@ -48,11 +48,11 @@ def llm_preference(value: str) -> str:
 LLMPreference = Annotated[str, AfterValidator(llm_preference)]
 
 
-def theory_kappa(preference: str, kappa: float | None) -> None:
-    if preference == "moralis" and (kappa is None or not 0 <= kappa <= 1):
-        raise ValueError(f"kappa must be in [0, 1] for homo moralis, got {kappa!r}")
-    if preference == "economicus" and kappa not in (None, 0):
-        raise ValueError(f"kappa is for homo moralis; economicus has kappa 0, got {kappa!r}")
+def theory_kappa(name: str, kappa: float | None) -> None:
+    """A theory agent's preference and kappa, checked by agents.preferences (its ranges)."""
+    from agents.preferences import preference
+
+    preference(name, kappa)
 
 
 # ------------------------------------------------------------------ the [llm] section
