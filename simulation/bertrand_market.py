@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from agents.qlearning import QLearningSettings, decision_seed, encode, profit_table, start_actions
-from markets.bertrand import CALVANO_GRID, LogitBertrand, collusion_index, firm_delta
+from markets.bertrand import CALVANO_GRID, LogitBertrand
 from simulation.firms import DecidingFirm, Firm, QLearningFirm
 from simulation.lockstep import Asks, step_together
 
@@ -88,7 +88,6 @@ class BertrandMarket(mesa.Model):
                              "quantity": "quantity", "profit": "profit", "firm_delta": "firm_delta",
                              "price_index": "price_index", "valid": "valid", "attempts": "attempts",
                              "forced": "forced", "probability": "probability"})
-        self._pi_n, self._pi_m = market.nash_profits(), market.monopoly_profits()
         self._outcomes(self.last_prices)
         self.datacollector.collect(self)
 
@@ -180,14 +179,14 @@ class BertrandMarket(mesa.Model):
 
     def _outcomes(self, prices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The market cleared at `prices`: every firm's price, quantity, profit, own Delta and price
-        index, and the market's Delta (markets.bertrand.collusion_index); returns (quantities, profits)."""
+        index, and the market's Delta (LogitBertrand.industry_delta); returns (quantities, profits)."""
         quantities, profits = self.market.demand(prices), self.market.profits(prices)
-        deltas, index = firm_delta(profits, self._pi_n, self._pi_m), self.market.price_index(prices)
+        deltas, index = self.market.delta(profits), self.market.price_index(prices)
         for f in self.firms:
             i = f.index
             f.price, f.quantity, f.profit = float(prices[i]), float(quantities[i]), float(profits[i])
             f.firm_delta, f.price_index = float(deltas[i]), float(index[i])
-        self.delta = float(collusion_index(profits, self._pi_n, self._pi_m))
+        self.delta = float(self.market.industry_delta(profits))
         return quantities, profits
 
     # ------------------------------------------------------------------ data
