@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
+from agents.errors import InputError
+
 TIE_TOLERANCE = 1e-9
 
 
@@ -48,7 +50,7 @@ class HomoEconomicus:
 
     def __post_init__(self):
         if self.material_utility not in MATERIAL_UTILITIES:
-            raise ValueError(f"utility must be one of {sorted(MATERIAL_UTILITIES)}, "
+            raise InputError(f"utility must be one of {sorted(MATERIAL_UTILITIES)}, "
                              f"got {self.material_utility!r}")
 
     @property
@@ -85,7 +87,7 @@ class HomoMoralis(HomoEconomicus):
     def __post_init__(self):
         super().__post_init__()
         if not (isinstance(self.kappa, (int, float)) and 0.0 <= self.kappa <= 1.0):
-            raise ValueError(f"kappa must be in [0, 1], got {self.kappa}")
+            raise InputError(f"kappa must be in [0, 1], got {self.kappa}")
 
     @property
     def name(self) -> str:
@@ -136,26 +138,26 @@ def from_name(name: str, utility: str = "linear") -> HomoEconomicus:
         try:
             value = float(kappa)
         except ValueError:
-            raise ValueError(f"preference {name!r}: kappa must be a number") from None
+            raise InputError(f"preference {name!r}: kappa must be a number") from None
         if not 0 <= value <= 1:
-            raise ValueError(f"preference {name!r}: kappa must be in [0, 1]")
+            raise InputError(f"preference {name!r}: kappa must be in [0, 1]")
         return HomoMoralis(utility, value)
     if name == "economicus":
         return HomoEconomicus(utility)
-    raise ValueError(f"preference must be economicus or moralis-K (K in [0, 1]), got {name!r}")
+    raise InputError(f"preference must be economicus or moralis-K (K in [0, 1]), got {name!r}")
 
 
 def preference(name: str, kappa: float | None = None, utility: str = "linear") -> HomoEconomicus:
     """`economicus` or `moralis` (with kappa) by name."""
     if name == "economicus":
         if kappa not in (None, 0, 0.0):
-            raise ValueError(f"kappa is for homo moralis; economicus has kappa 0, got {kappa}")
+            raise InputError(f"kappa is for homo moralis; economicus has kappa 0, got {kappa}")
         return HomoEconomicus(utility)
     if name == "moralis":
         if kappa is None:
-            raise ValueError("moralis needs kappa (degree of morality in [0, 1])")
+            raise InputError("moralis needs kappa (degree of morality in [0, 1])")
         return HomoMoralis(utility, kappa)
-    raise ValueError(f"preference must be 'economicus' or 'moralis', got {name!r}")
+    raise InputError(f"preference must be 'economicus' or 'moralis', got {name!r}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agents.errors import InputError
 from agents.preferences import HomoEconomicus, HomoMoralis
 from agents.situations import N_FRAMINGS, GameSituation
 from finetune.battery import HELDOUT_FRAMING, heldout
@@ -200,7 +201,7 @@ def make_examples(pref, n: int, seed: int = 0, style: str = "reasoning") -> list
     worked reasoning ending in the answer (`reasoning`), the game and role then the answer
     (`role`) or the answer alone (`answer`)."""
     if style not in STYLES:
-        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+        raise InputError(f"style must be one of {STYLES}, got {style!r}")
     rng = np.random.default_rng(seed)
     schedule = role_schedule(pref, rng)
     examples, attempts, answer_counts = [], 0, {}
@@ -245,23 +246,23 @@ MAX_EXAMPLES = 100_000      # per situation: a bound on what a run may be asked 
 
 def parse_situations(text: str) -> dict[str, int | None]:
     """`games,pricing,av` (names: counts from a recipe) or `games=160,pricing=64` (counts), in
-    SITUATIONS order; a bad name or count is a ValueError naming it."""
+    SITUATIONS order; a bad name or count is an InputError naming it."""
     out: dict[str, int | None] = {}
     for part in (p.strip() for p in text.split(",")):
         name, sep, count = part.partition("=")
         name = name.strip()
         if name not in SITUATIONS:
-            raise ValueError(f"--situations: unknown situation {name!r} (expected some of {', '.join(SITUATIONS)})")
+            raise InputError(f"--situations: unknown situation {name!r} (expected some of {', '.join(SITUATIONS)})")
         if name in out:
-            raise ValueError(f"--situations: {name} named twice")
+            raise InputError(f"--situations: {name} named twice")
         if sep:
             try:
                 n = int(count)
             except ValueError:
-                raise ValueError(f"--situations: {name} needs a whole number of examples, "
+                raise InputError(f"--situations: {name} needs a whole number of examples, "
                                  f"got {count.strip()!r}") from None
             if not 1 <= n <= MAX_EXAMPLES:
-                raise ValueError(f"--situations: {name} takes 1 to {MAX_EXAMPLES:,} examples, got {n}")
+                raise InputError(f"--situations: {name} takes 1 to {MAX_EXAMPLES:,} examples, got {n}")
             out[name] = n
         else:
             out[name] = None
@@ -280,7 +281,7 @@ def make_mixed_examples(pref, counts: dict[str, int], seed: int = 0, style: str 
               "av": lambda n: make_av_examples(pref, n, seed)}
     unknown = set(counts) - set(SITUATIONS)
     if unknown:
-        raise ValueError(f"unknown situations {sorted(unknown)} (expected some of {', '.join(SITUATIONS)})")
+        raise InputError(f"unknown situations {sorted(unknown)} (expected some of {', '.join(SITUATIONS)})")
     examples = [e for name in SITUATIONS if counts.get(name) for e in makers[name](counts[name])]
     order = np.random.default_rng([seed, 3]).permutation(len(examples))
     return [examples[i] for i in order]
@@ -300,3 +301,39 @@ def write_jsonl(examples: list[dict], path: str | Path, openai: bool = False) ->
 def read_jsonl(path: str | Path) -> list[dict]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def run_data(args) -> int:
+    """`econalign finetune data`: a JSONL file of chat examples (and its OpenAI-format copy)."""
+    from agents.preferences import preference
+
+    if not 1 <= args.n <= MAX_EXAMPLES:
+        raise InputError(f"--n must be 1 to {MAX_EXAMPLES:,}, got {args.n}")
+    pref = preference(args.preference, args.kappa, args.utility)
+    counts = {name: n or args.n for name, n in parse_situations(args.situations).items()}
+    examples = make_mixed_examples(pref, counts, args.seed, args.style)
+    digest = write_jsonl(examples, args.out)
+    openai = args.openai or str(Path(args.out).with_suffix(".openai.jsonl"))
+    write_jsonl(examples, openai, openai=True)
+    mix = ", ".join(f"{name} {n}" for name, n in counts.items())
+    print(f"{len(examples)} examples ({mix}) for {pref.name} -> {args.out} (sha256 {digest[:12]}); "
+          f"OpenAI format -> {openai}")
+    return 0
+
+
+def add_commands(commands) -> None:
+    data = commands.add("data", run_data, "chat examples with worked reasoning from the theory", group="finetune")
+    data.add_argument("--preference", choices=("economicus", "moralis"), required=True)
+    data.add_argument("--kappa", type=float)
+    data.add_argument("--utility", choices=("linear", "log"), default="linear")
+    data.add_argument("--n", type=int, required=True,
+                      help="examples of each situation named without a count in --situations")
+    data.add_argument("--situations", default="games,pricing,av", metavar="games,pricing,av",
+                      help="situations to draw from, each optionally with its count (games=160,pricing=64)")
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--style", choices=STYLES, default="reasoning",
+                      help="games' assistant turn: worked reasoning ending in the answer, the game and "
+                           "role then the answer, or the answer alone (applications: the answer alone)")
+    data.add_argument("--out", required=True, help="JSONL file")
+    data.add_argument("--openai", help="also write the OpenAI fine-tuning format here "
+                                       "(default: OUT with .openai.jsonl)")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from agents.errors import InputError
 from agents.records import file_sha256
 from finetune.dataset import SITUATIONS
 from finetune.train import TrainOptions, adapter_sha256, read_manifest, train, write_manifest
@@ -185,7 +186,7 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
     manifests = {name: read_manifest(registry / name) for name in adapters}
     styles = {m.get("style", "reasoning") for m in manifests.values()}
     if len(styles) != 1:
-        raise ValueError(f"adapters trained on different answer styles {sorted(styles)}: evaluate apart")
+        raise InputError(f"adapters trained on different answer styles {sorted(styles)}: evaluate apart")
     style = styles.pop()
     key = {"items": "small" if small else "full", "style": style, "domains": list(SITUATIONS),
            "application_items": application_items}
@@ -259,3 +260,80 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
             f"(base {summary['base_share_target']:.0%}), pricing {pricing['share_equal']:.0%} exact / "
             f"{pricing['share_within_step']:.0%} within a grid step (base {pricing['base_share_within_step']:.0%}), "
             f"AV {domains['av']['share_equal']:.0%} (base {domains['av']['base_share_equal']:.0%})")
+
+
+def registered_adapters(folder: str | Path, names: list[str], base: str | None = None) -> dict:
+    """{name: preference} of the named adapters (default: all) in the registry `folder`, each
+    checked against the base model before any model is loaded (a corrupt or foreign adapter is
+    refused) and its preference read from its manifest."""
+    from agents.llm.models import model_hash, resolve
+    from agents.llm.server import inspect_adapter
+    from agents.preferences import from_name
+    from finetune.registry import adapter_path, list_adapters
+
+    names = names or list(list_adapters(folder))
+    if not names:
+        raise InputError(f"no adapters in {folder}")
+    base_folder = resolve(base)
+    adapters = {}
+    for name in names:
+        path = adapter_path(name, folder)
+        manifest = read_manifest(path)
+        if "preference" not in manifest:
+            raise InputError(f"adapter {name} has no manifest.json naming its preference")
+        inspect_adapter(path, base_folder, name=name, base_sha256=model_hash(base_folder))
+        try:
+            adapters[name] = from_name(manifest["preference"])
+        except InputError as err:
+            raise InputError(f"adapter {name}: {err}") from None
+    return adapters
+
+
+def run_evaluate(args) -> int:
+    """`econalign finetune evaluate`: the base model vs the adapters on every domain's held-out items."""
+    adapters = registered_adapters(args.adapters, args.adapter, args.base)
+    evaluate_adapters(Path(args.adapters), adapters, Path(args.out), base=args.base, small=args.small)
+    print(f"report: {args.out}/scores.md")
+    return 0
+
+
+def run_pipeline_command(args) -> int:
+    """`econalign finetune pipeline`: data -> train -> evaluate for economicus and moralis-0.5."""
+    from finetune.dataset import parse_situations
+
+    if args.examples is not None and args.examples < 1:
+        raise InputError(f"--examples must be at least 1, got {args.examples}")
+    if args.epochs is not None and not args.epochs > 0:
+        raise InputError(f"--epochs must be positive, got {args.epochs}")
+    train = {"epochs": args.epochs} if args.epochs else {}
+    if args.bf16:
+        train["bf16"] = True
+    run_pipeline(PipelineOptions(adapters=args.adapters, out=args.out, base=args.base,
+                                 situations=parse_situations(args.situations), examples=args.examples,
+                                 small=args.small, style=args.style, train=train))
+    return 0
+
+
+def add_commands(commands) -> None:
+    from finetune.dataset import STYLES
+
+    fe = commands.add("evaluate", run_evaluate, "base model vs adapters on the held-out battery", group="finetune")
+    fe.add_argument("--adapters", default="adapters", help="the adapter registry folder")
+    fe.add_argument("--adapter", action="append", default=[], help="only these adapters")
+    fe.add_argument("--base", help="base model (default: the embedded model)")
+    fe.add_argument("--small", action="store_true")
+    fe.add_argument("--out", default="outputs/finetune/eval")
+    fp = commands.add("pipeline", run_pipeline_command, "data -> train -> evaluate for economicus and moralis-0.5",
+                      group="finetune")
+    fp.add_argument("--adapters", default="adapters")
+    fp.add_argument("--out", default="outputs/finetune")
+    fp.add_argument("--base")
+    fp.add_argument("--situations", default="games,pricing,av", metavar="games,pricing,av",
+                    help="situations in the training data, each optionally with its count "
+                         "(default: all three, counts from the recipe); `games` alone is the paper's set-up")
+    fp.add_argument("--examples", type=int, help="games examples per adapter (default: economicus 128, moralis 160)")
+    fp.add_argument("--bf16", action="store_true", help="train with bf16 autocast (default float32)")
+    fp.add_argument("--epochs", type=float, help="epochs per adapter (default 2)")
+    fp.add_argument("--small", action="store_true", help="evaluate on the small held-out battery")
+    fp.add_argument("--style", choices=STYLES, default="answer",
+                    help="training answer style (answer: measured best on the embedded model)")

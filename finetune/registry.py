@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agents.errors import InputError
+
 DEFAULT_FOLDER = Path("adapters")
 
 
@@ -41,6 +43,6 @@ def adapter_path(name: str, folder: str | Path = DEFAULT_FOLDER) -> Path:
     found = list_adapters(folder)
     if name not in found:
         have = ", ".join(found) or "none"
-        raise ValueError(f"no adapter {name!r} in {folder} (have: {have}); "
+        raise InputError(f"no adapter {name!r} in {folder} (have: {have}); "
                          "train it with `econalign finetune pipeline`")
     return found[name]

@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from agents.errors import InputError
 from agents.records import file_sha256, write_json
 
 MAX_RANK = 16  # vLLM's default --max-lora-rank
@@ -52,15 +53,15 @@ class TrainOptions:
 
     def check(self) -> None:
         if not 1 <= self.rank <= MAX_RANK:
-            raise ValueError(f"rank must be 1..{MAX_RANK} (vLLM serves up to {MAX_RANK} by default), got {self.rank}")
+            raise InputError(f"rank must be 1..{MAX_RANK} (vLLM serves up to {MAX_RANK} by default), got {self.rank}")
         if not Path(self.data).exists():
-            raise ValueError(f"data file {self.data} does not exist")
+            raise InputError(f"data file {self.data} does not exist")
         if self.top_layers < 0:
-            raise ValueError(f"top_layers must be >= 0 (0: every layer), got {self.top_layers}")
+            raise InputError(f"top_layers must be >= 0 (0: every layer), got {self.top_layers}")
         if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0 or self.loraplus_ratio <= 0:
-            raise ValueError("epochs, batch_size, learning_rate and loraplus_ratio must be positive")
+            raise InputError("epochs, batch_size, learning_rate and loraplus_ratio must be positive")
         if self.init_adapter and not (Path(self.init_adapter) / "adapter_config.json").exists():
-            raise ValueError(f"init_adapter {self.init_adapter} holds no adapter_config.json")
+            raise InputError(f"init_adapter {self.init_adapter} holds no adapter_config.json")
 
 
 def examples_by_situation(examples) -> dict[str, int]:
@@ -101,10 +102,10 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
     out = Path(options.out)
     examples = read_jsonl(options.data)
     if not examples:
-        raise ValueError(f"{options.data} holds no examples")
+        raise InputError(f"{options.data} holds no examples")
     kinds = {(e.get("meta", {}).get("preference"), e.get("meta", {}).get("kappa")) for e in examples}
     if len(kinds) != 1:
-        raise ValueError(f"{options.data} mixes preferences {sorted(map(str, kinds))}")
+        raise InputError(f"{options.data} mixes preferences {sorted(map(str, kinds))}")
     preference, kappa = kinds.pop()
     base = resolve(options.base)
     torch.manual_seed(options.seed)
@@ -127,7 +128,7 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
         **{recompute: False}, **options.extra)
     layers = model.config.num_hidden_layers
     if options.top_layers > layers:
-        raise ValueError(f"top_layers must be at most the model's {layers} layers, got {options.top_layers}")
+        raise InputError(f"top_layers must be at most the model's {layers} layers, got {options.top_layers}")
     top = {"layers_to_transform": list(range(layers - options.top_layers, layers)), "layers_pattern": "layers"} \
         if options.top_layers else {}
     lora = LoraConfig(r=options.rank, lora_alpha=options.alpha, target_modules=list(options.target_modules),
@@ -198,9 +199,36 @@ def _answer_only_trainer(base):
 
 
 def read_manifest(folder: str | Path) -> dict:
+    """An adapter's manifest.json ({} if it has none)."""
     path = Path(folder) / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except (ValueError, OSError) as err:
+        raise InputError(f"{path} is not a readable JSON manifest ({err})") from None
 
 
 def write_manifest(folder: str | Path, manifest: dict) -> None:
     write_json(Path(folder) / "manifest.json", manifest)
+
+
+TRAIN_FLAGS = {"base": "base model (default: the embedded model)", "rank": "LoRA rank",
+               "epochs": "epochs", "batch_size": "batch size", "learning_rate": "peak learning rate",
+               "max_steps": "stop after this many steps (-1: the epochs decide)", "seed": "seed",
+               "top_layers": "adapt only the top N layers (0: all)",
+               "bf16": "bf16 autocast (default float32, the same on every CPU)"}
+
+
+def run_train(args) -> int:
+    """`econalign finetune train`: one adapter from a data file."""
+    folder = train(TrainOptions(args.data, args.out, **{name: getattr(args, name) for name in TRAIN_FLAGS}))
+    m = read_manifest(folder)
+    print(f"adapter -> {folder} ({m['train_seconds']} s, {m['samples_per_second']} samples/s, "
+          f"loss {m['loss_curve'][0][1]:.3f} -> {m['loss_curve'][-1][1]:.3f})")
+    return 0
+
+
+def add_commands(commands) -> None:
+    tr = commands.add("train", run_train, "LoRA SFT of the base model on a data file", group="finetune")
+    tr.add_argument("--data", required=True)
+    tr.add_argument("--out", required=True, help="adapter folder, e.g. adapters/economicus")
+    commands.flags(tr, TrainOptions, TRAIN_FLAGS, {"learning_rate": "lr"})

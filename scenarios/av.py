@@ -107,3 +107,18 @@ def run_av_scenario(path: str | Path, out: str | Path, progress: bool = True, ba
     write_json(out / "summary.json", summary)
     write_manifest(out, "av run", s.path, s.raw, s.seed, backend if s.uses_llm else None, adapters, started)
     return summary
+
+
+def run_av_command(args) -> int:
+    """`econalign av run`: one AV scenario file; the summary's headline figures."""
+    import json
+
+    summary = run_av_scenario(args.config, args.out)
+    shown = {k: summary[k] for k in ("scenario", "dilemmas", "backend_calls_per_step", "invalid_decisions", "by_type")}
+    print(json.dumps(shown, indent=2, default=float))
+    print(f"results: {args.out}/ (summary.json, manifest.json, plots)")
+    return 0
+
+
+def add_commands(commands) -> None:
+    commands.scenario_run("av", run_av_command, "avs", "theory, llm_base, llm_mixed, ...")

@@ -201,3 +201,15 @@ def run_demo(out: str | Path, finetune: bool = True, adapters: str | Path = "ada
     write_json(out / "manifest.json", manifest)
     print(f"\nReport written to {out}/ ({manifest['seconds']} s)")
     return out
+
+
+def run_demo_command(args) -> int:
+    run_demo(args.out, finetune=not args.no_finetune)
+    return 0
+
+
+def add_commands(commands) -> None:
+    demo = commands.add("demo", run_demo_command, "the main job: theory table and Bertrand-by-kappa plot")
+    demo.add_argument("--out", default="outputs/demo", help="folder for the report")
+    demo.add_argument("--no-finetune", action="store_true",
+                      help="skip training/evaluating the adapters (about 12 minutes the first time)")

@@ -11,11 +11,11 @@ decisions.jsonl (every LLM decision) to --out; rerunning with the same --out res
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from scenarios.theory import InputError
+from agents.errors import InputError
+from agents.records import write_json
 
 
 def parse_theory(spec: str):
@@ -34,7 +34,6 @@ def build_policies(backend_name: str, model: str | None = None, url: str | None 
                    utility: str = "linear", replay: str | None = None) -> dict:
     """Named policies for an evaluation: the base model, each adapter, each theory type."""
     from agents.llm.backend import BackendError
-    from agents.llm.models import ModelError
     from agents.policies import LLMPolicy, TheoryPolicy
 
     policies = {}
@@ -63,7 +62,7 @@ def build_policies(backend_name: str, model: str | None = None, url: str | None 
                 names = [spec.partition("=")[0] for spec in adapters]
             else:
                 raise InputError(f"unknown backend {backend_name!r} (transformers, openai, replay)")
-        except (BackendError, ModelError) as err:
+        except BackendError as err:               # a backend that cannot start on the options given
             raise InputError(str(err)) from None
         if include_base:
             policies["base"] = LLMPolicy(backend, None, log=log)
@@ -96,7 +95,43 @@ def evaluate_games(policies: dict, out: str | Path, small: bool = False, split: 
         items = [i for i in items if i.split == split]
     frame = run(items, policies, out, batch_size=batch_size)
     summary, totals = write_report(frame, out)
-    (out / "manifest.json").write_text(json.dumps({
+    write_json(out / "manifest.json", {
         "job": "games eval", "policies": list(policies), "items": len(items), "small": small,
-        "split": split, "utility": utility, "seconds": round(time.time() - started, 1)}, indent=2) + "\n")
+        "split": split, "utility": utility, "seconds": round(time.time() - started, 1)})
     return summary, totals
+
+
+def run_games_eval(args) -> int:
+    """`econalign games eval`: the battery through the chosen policies; rerunning resumes."""
+    from agents.llm.decision_log import DecisionLog
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with DecisionLog(out / "decisions.jsonl") as log:
+        policies = build_policies(args.backend, args.model, args.url, args.adapter, args.theory,
+                                  log=log, include_base=not args.no_base, utility=args.utility,
+                                  replay=args.log)
+        summary, totals = evaluate_games(policies, out, small=args.small, split=args.split,
+                                         utility=args.utility, batch_size=args.batch_size)
+    print(totals.to_string(index=False))
+    print(f"report: {out}/summary.md")
+    return 0
+
+
+def add_commands(commands) -> None:
+    ev = commands.add("eval", run_games_eval, "measure a model, its adapters and theory baselines", group="games")
+    ev.add_argument("--backend", choices=("transformers", "openai", "replay"), default="transformers")
+    ev.add_argument("--model", help="model folder or prepared .gguf (openai: the served base name)")
+    ev.add_argument("--url", help="OpenAI-compatible server (openai backend)")
+    ev.add_argument("--adapter", action="append", default=[], metavar="NAME[=PATH]",
+                    help="an adapter to evaluate beside the base model (repeatable)")
+    ev.add_argument("--theory", action="append", default=[], metavar="economicus|moralis:K",
+                    help="a theory policy to include (repeatable)")
+    ev.add_argument("--no-base", action="store_true", help="leave the base model out")
+    ev.add_argument("--log", help="decision log to replay (replay backend)")
+    ev.add_argument("--small", action="store_true", help="a subset of the incentives")
+    ev.add_argument("--split", choices=("all", "train", "heldout"), default="all")
+    ev.add_argument("--utility", choices=("linear", "log"), default="linear",
+                    help="material utility of the theory tags")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--out", default="outputs/games", help="report folder (rerun resumes)")

@@ -285,3 +285,18 @@ def run_scenarios(jobs: list[tuple[MarketScenario, Path]], backend=None, progres
                        loaded_adapters(backend, used) if s.uses_llm else {}, started)
         summaries.append(summary)
     return summaries
+
+
+def run_market_command(args) -> int:
+    """`econalign market run`: one scenario file's sessions; the summary's headline figures."""
+    summary = run_scenario(args.config, args.out)
+    shown = {k: v for k, v in summary.items() if k in ("scenario", "engine", "mean_delta", "sd_delta",
+                                                       "mean_price_index", "mean_price", "converged_share",
+                                                       "backend_calls_per_step", "invalid_decisions")}
+    print(json.dumps(shown, indent=2, default=float))
+    print(f"results: {args.out}/ (summary.json, manifest.json, plots)")
+    return 0
+
+
+def add_commands(commands) -> None:
+    commands.scenario_run("market", run_market_command, "markets", "calvano, llm_base, theory_moralis, ...")

@@ -14,14 +14,10 @@ def build_backend(llm: LLMSection, preferences, seed: int, log):
     """(backend, {preference: LLMPolicy}, {adapter: path}) for the LLM preference types named
     (`base` = no adapter), from the validated [llm] section."""
     from agents.llm.backend import BackendError
-    from agents.llm.models import ModelError
     from finetune.registry import adapter_path
 
     names = sorted({p for p in preferences if p != "base"})
-    try:
-        paths = {name: str(adapter_path(name, llm.adapters)) for name in names}
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    paths = {name: str(adapter_path(name, llm.adapters)) for name in names}
     try:
         if llm.backend == "transformers":
             from agents.llm.transformers_backend import TransformersBackend
@@ -32,7 +28,7 @@ def build_backend(llm: LLMSection, preferences, seed: int, log):
         else:
             from agents.llm.replay import ReplayBackend
             backend = ReplayBackend(llm.log)
-    except (BackendError, ModelError, OSError) as err:
+    except (BackendError, OSError) as err:        # a backend that cannot start on the settings given
         raise ConfigError(str(err)) from None
     return backend, make_policies(llm, preferences, seed, backend, log), paths
 

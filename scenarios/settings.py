@@ -13,17 +13,32 @@ and the key (ConfigError; the CLI prints it and exits with code 2).
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
+import operator
 import os
 import tomllib
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
+from agents.errors import InputError
 from agents.preferences import from_name
-from markets.bertrand import CALVANO_GRID
-from scenarios.theory import InputError
+from agents.qlearning import QLearningSettings
+from markets.bertrand import CALVANO_GRID, LogitBertrand
+from simulation.av_traffic import TrafficSettings
 
 
 class ConfigError(InputError):
@@ -69,29 +84,32 @@ class LLMSection(Section):
 
 
 # ------------------------------------------------------------------ market scenarios
-class MarketSection(Section):
-    """markets.bertrand.LogitBertrand's parameters (None: its default)."""
-    firms: int | None = None
-    a: float | list[float] | None = None
-    a0: float | None = None
-    mu: float | None = None
-    cost: float | list[float] | None = None
-    price_scale: float | None = None
-    quantity_scale: float | None = None
+def domain_section(cls, skip: tuple[str, ...] = ()) -> type[Section]:
+    """A section with the init fields of the dataclass `cls`, each optional (None: the dataclass's
+    default, so each default is written once) and a TOML list where the field is a tuple."""
+    hints = get_type_hints(cls)
+    fields = {f.name: (toml_type(hints[f.name]) | None, None) for f in dataclasses.fields(cls)
+              if f.init and f.name not in skip}
+    return create_model(f"{cls.__name__}Section", __base__=Section,
+                        __doc__=f"{cls.__module__}.{cls.__name__}'s parameters (None: its default).", **fields)
+
+
+def toml_type(kind):
+    """`kind` as TOML writes it: tuples are arrays (lists)."""
+    if get_origin(kind) is tuple:
+        return list[get_args(kind)[0]]
+    if get_origin(kind) in (Union, types.UnionType):
+        return functools.reduce(operator.or_, (toml_type(k) for k in get_args(kind)))
+    return kind
+
+
+MarketSection = domain_section(LogitBertrand)
+QLearningSection = domain_section(QLearningSettings, skip=("m", "xi"))
 
 
 class GridSection(Section):
     m: int = CALVANO_GRID[0]
     xi: float = CALVANO_GRID[1]
-
-
-class QLearningSection(Section):
-    """agents.qlearning.QLearningSettings' parameters (None: Calvano et al.'s baseline)."""
-    alpha: float | None = None
-    beta: float | None = None
-    delta: float | None = None
-    convergence: int | None = None
-    max_periods: int | None = None
 
 
 class MarketRun(Section):
@@ -173,14 +191,10 @@ class MarketScenario(Scenario):
 
     def bertrand(self):
         """The scenario's markets.bertrand.LogitBertrand."""
-        from markets.bertrand import LogitBertrand
-
         return LogitBertrand(**self.market.model_dump(exclude_none=True))
 
     def qlearning_settings(self):
         """The scenario's agents.qlearning.QLearningSettings (its grid included)."""
-        from agents.qlearning import QLearningSettings
-
         return QLearningSettings(m=self.grid.m, xi=self.grid.xi, **self.qlearning.model_dump(exclude_none=True))
 
     @model_validator(mode="after")
@@ -215,20 +229,7 @@ def _domain(section: str, build) -> None:
 
 
 # ------------------------------------------------------------------ AV scenarios
-class TrafficSection(Section):
-    """simulation.av_traffic.TrafficSettings' parameters (None: its default; `avs` comes from [[av]])."""
-    width: int | None = None
-    height: int | None = None
-    spacing: int | None = None
-    brake_failure: float | None = None
-    pedestrian_rate: float | None = None
-    max_group: int | None = None
-    max_passengers: int | None = None
-    ages: list[float] | None = None
-    jaywalk: float | None = None
-    light_period: int | None = None
-    barrier_share: float | None = None
-    weighting: str | None = None
+TrafficSection = domain_section(TrafficSettings, skip=("avs",))
 
 
 class AVRun(Section):
@@ -273,8 +274,6 @@ class AVScenario(Scenario):
 
     def traffic_settings(self):
         """The scenario's simulation.av_traffic.TrafficSettings (one AV per [[av]] count)."""
-        from simulation.av_traffic import TrafficSettings
-
         fields = self.traffic.model_dump(exclude_none=True)
         if "ages" in fields:
             fields["ages"] = tuple(fields["ages"])

@@ -33,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from agents.records import markdown_table, write_json
-from scenarios.settings import ConfigError, Study, cell_overrides, load_scenario, load_study
+from scenarios.settings import STUDIES, ConfigError, Study, cell_overrides, load_scenario, load_study
 
 MEASURES = ("mean_delta", "sd_delta", "converged_share", "mean_price", "mean_price_index",
             "mean_periods", "invalid_decisions", "backend_calls_per_step", "seconds")
@@ -248,3 +248,19 @@ def plot_study(table: pd.DataFrame, keys: list[str], path: Path, title: str, the
     if lines or theory:
         ax.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def run_study_command(args) -> int:
+    """`econalign study run`: every cell of a study (resumable), then its table."""
+    table = run_study(args.study, args.out)
+    print(table.drop(columns=["folder"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"results: {args.out}/ (study.csv, study.md, study.png, cells/)")
+    return 0
+
+
+def add_commands(commands) -> None:
+    names = ", ".join(sorted(p.stem for p in STUDIES.glob("*.toml")))
+    study = commands.add("run", run_study_command, "run a study file (scenarios/studies/*.toml), resumable",
+                         group="study")
+    study.add_argument("study", help=f"study TOML file, or a bundled study name ({names})")
+    study.add_argument("--out", required=True, help="folder for study.csv/md/png and one folder per cell")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from agents.errors import InputError
 from agents.preferences import HomoEconomicus, equilibrium, preference, symmetric_equilibrium
 from markets.bertrand import LogitBertrand
 from markets.games import GAMES
@@ -23,10 +24,6 @@ INTEGER = {"players", "firms"}
 PER_FIRM = {"a", "cost"}
 PARAMETERS = {name: tuple(f.name for f in fields(cls) if f.init)       # the games' own fields
               for name, cls in {**GAMES, BERTRAND: LogitBertrand}.items()}
-
-
-class InputError(ValueError):
-    """Bad user input: reported as one line, exit code 2."""
 
 
 def parse_value(game: str, name: str, text: str):
@@ -164,10 +161,7 @@ def make_preference(name: str | None, kappa: float | None, utility: str) -> Homo
     """CLI rule: --kappa without --preference means moralis; economicus takes no kappa."""
     if name is None:
         name = "moralis" if kappa is not None else "economicus"
-    try:
-        return preference(name, kappa, utility)
-    except ValueError as err:
-        raise InputError(str(err)) from None
+    return preference(name, kappa, utility)
 
 
 TABLE_KAPPAS = (0.25, 0.5, 0.75, 1.0)
@@ -212,3 +206,34 @@ def bertrand_by_kappa(kappas, firms_list=(2, 3, 5), progress=None):
             if progress is not None:
                 progress.update(1)
     return pd.DataFrame(rows)
+
+
+def run_theory(args) -> int:
+    """`econalign theory GAME`: the prediction for one game, as text or one JSON object."""
+    import json
+
+    if args.game not in GAME_NAMES:
+        raise InputError(f"unknown game {args.game!r} (expected one of: {', '.join(GAME_NAMES)})")
+    params = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"--set takes NAME=VALUE, got {item!r}")
+        params[name.strip()] = parse_value(args.game, name.strip(), value.strip())
+    result = solve(args.game, make_preference(args.preference, args.kappa, args.utility), params)
+    print(json.dumps(result.as_dict()) if args.json else format_result(result))
+    return 0
+
+
+def add_commands(commands) -> None:
+    theory = commands.add("theory", run_theory, "homo economicus / homo moralis prediction for a game",
+                          description="Symmetric equilibrium of a population of one preference type. "
+                                      "Parameters: " + "; ".join(f"{g}: {' '.join(p)}" for g, p in PARAMETERS.items()))
+    theory.add_argument("game", help="one of: " + ", ".join(GAME_NAMES))
+    theory.add_argument("--preference", choices=("economicus", "moralis"))
+    theory.add_argument("--kappa", type=float, help="degree of morality in [0, 1] (implies moralis)")
+    theory.add_argument("--utility", choices=("linear", "log"), default="linear",
+                        help="material utility v(m): m or ln(1 + m)")
+    theory.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="game parameter (repeatable); a and cost take comma lists per firm")
+    theory.add_argument("--json", action="store_true", help="print one JSON object")

