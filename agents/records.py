@@ -49,12 +49,18 @@ def _plain(value):
 
 def write_json(path: str | Path, record) -> Path:
     """`record` as indented JSON in `path`, replaced atomically."""
+    return write_text(path, json.dumps(record, indent=2, default=_plain) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """`text` in `path`, replaced atomically (a kill leaves the old file or the new one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(record, indent=2, default=_plain) + "\n")
+            f.write(text)
+        os.chmod(temporary, 0o644)              # as a plain open() would leave it (mkstemp: 0600)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -350,3 +350,15 @@ def plot_theory_scores(scores: pd.DataFrame, path: Path) -> None:
     ax.set_title("Held-out battery: answers equal to each theory")
     ax.legend()
     save_figure(fig, path)
+
+
+def plot_learning_curves(curves: pd.DataFrame, path: Path) -> None:
+    """Training loss by optimiser step, one line per adapter (columns adapter, step, loss)."""
+    fig, ax = figure(figsize=(6.4, 3.8))
+    for name, part in curves.groupby("adapter", sort=False):
+        ax.plot(part.step, part.loss, marker=".", label=name)
+    ax.set(xlabel="optimiser step", ylabel="training loss (answer tokens)", title="Fine-tuning learning curves")
+    ax.grid(alpha=0.3)
+    if len(curves):
+        ax.legend()
+    save_figure(fig, path)

@@ -195,6 +195,7 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
                                              and m["evaluation"].get("adapter_sha256") == weights[name]
                                              for name, m in manifests.items()):
         log("evaluation: up to date")
+        write_evaluation_records(registry, adapters, out, base, small)
         return
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -260,6 +261,28 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
             f"(base {summary['base_share_target']:.0%}), pricing {pricing['share_equal']:.0%} exact / "
             f"{pricing['share_within_step']:.0%} within a grid step (base {pricing['base_share_within_step']:.0%}), "
             f"AV {domains['av']['share_equal']:.0%} (base {domains['av']['base_share_equal']:.0%})")
+    write_evaluation_records(registry, adapters, out, base, small)
+
+
+def write_evaluation_records(registry: Path, adapters: dict, out: Path, base, small: bool) -> None:
+    """The evaluation folder's learning_curve.csv|png (each adapter's training loss, from its
+    manifest) and manifest.json (job, adapters with their hashes, training and evaluation times)."""
+    from agents.records import write_json
+    from finetune.evaluate import plot_learning_curves
+
+    manifests = {name: read_manifest(registry / name) for name in adapters}
+    curves = pd.DataFrame([{"adapter": name, "step": step, "loss": loss} for name, m in manifests.items()
+                           for step, loss in m.get("loss_curve", [])], columns=["adapter", "step", "loss"])
+    curves.to_csv(out / "learning_curve.csv", index=False)
+    plot_learning_curves(curves, out / "learning_curve.png")
+    write_json(out / "manifest.json", {
+        "job": "finetune evaluate", "base": str(base or "embedded"), "small": small,
+        "adapters": {name: {"preference": m.get("preference"), "sha256": adapter_sha256(registry / name),
+                            "situations": m.get("situations"), "precision": m.get("precision"),
+                            "train_seconds": m.get("train_seconds"),
+                            "evaluation_seconds": m.get("evaluation", {}).get("seconds")}
+                     for name, m in manifests.items()},
+        "files": sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "manifest.json")})
 
 
 def registered_adapters(folder: str | Path, names: list[str], base: str | None = None) -> dict:
@@ -293,7 +316,7 @@ def run_evaluate(args) -> int:
     """`econalign finetune evaluate`: the base model vs the adapters on every domain's held-out items."""
     adapters = registered_adapters(args.adapters, args.adapter, args.base)
     evaluate_adapters(Path(args.adapters), adapters, Path(args.out), base=args.base, small=args.small)
-    print(f"report: {args.out}/scores.md")
+    print(f"tables: {args.out}/scores.md")
     return 0
 
 
@@ -317,7 +340,8 @@ def run_pipeline_command(args) -> int:
 def add_commands(commands) -> None:
     from finetune.dataset import STYLES
 
-    fe = commands.add("evaluate", run_evaluate, "base model vs adapters on the held-out battery", group="finetune")
+    fe = commands.add("evaluate", run_evaluate, "base model vs adapters on the held-out battery", group="finetune",
+                      report="out")
     fe.add_argument("--adapters", default="adapters", help="the adapter registry folder")
     fe.add_argument("--adapter", action="append", default=[], help="only these adapters")
     fe.add_argument("--base", help="base model (default: the embedded model)")

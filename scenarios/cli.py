@@ -11,7 +11,7 @@ from agents.errors import InputError
 
 OWNERS = ("scenarios.theory", "agents.llm.models", "agents.llm.server", "scenarios.evaluation",
           "finetune.dataset", "finetune.train", "finetune.pipeline", "scenarios.market", "scenarios.av",
-          "scenarios.study", "simulation.viz_server", "scenarios.transfer", "scenarios.demo")
+          "scenarios.study", "simulation.viz_server", "scenarios.transfer", "scenarios.demo", "scenarios.report")
 GROUPS = {"models": "prepare the embedded model (or a GGUF file) once",
           "games": "the canonical-games evaluation battery",
           "finetune": "synthetic data, LoRA training, before/after evaluation",
@@ -35,13 +35,16 @@ class Commands:
         self.commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
         self.groups: dict = {}
 
-    def add(self, name: str, run, help: str, group: str | None = None, **kwargs) -> argparse.ArgumentParser:
-        """`econalign [GROUP] NAME`, which calls run(args) and exits with what it returns."""
+    def add(self, name: str, run, help: str, group: str | None = None, report: str | None = None,
+            **kwargs) -> argparse.ArgumentParser:
+        """`econalign [GROUP] NAME`, which calls run(args) and exits with what it returns; `report`:
+        the argument naming the output folder, whose report.html is written after a run that
+        succeeds (scenarios.report)."""
         if group is not None and group not in self.groups:
             self.groups[group] = self.commands.add_parser(group, help=GROUPS[group]).add_subparsers(
                 dest=f"{group}_command", required=True, parser_class=Parser)
         command = (self.commands if group is None else self.groups[group]).add_parser(name, help=help, **kwargs)
-        command.set_defaults(run=run)
+        command.set_defaults(run=run, report=report)
         return command
 
     @staticmethod
@@ -62,7 +65,7 @@ class Commands:
 
     def scenario_run(self, group: str, run, folder: str, examples: str) -> argparse.ArgumentParser:
         """`econalign GROUP run CONFIG --out DIR` for the scenario files in scenarios/FOLDER/."""
-        command = self.add("run", run, f"run a scenario file (scenarios/{folder}/*.toml)", group=group)
+        command = self.add("run", run, f"run a scenario file (scenarios/{folder}/*.toml)", group=group, report="out")
         command.add_argument("config", help=f"scenario TOML file, or a bundled scenario name ({examples})")
         command.add_argument("--out", required=True, help="folder for step data, manifest, decision log, plots")
         return command
@@ -90,7 +93,11 @@ def exit_code(err: BaseException) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        code = args.run(args)
+        if code == 0 and args.report:
+            from scenarios.report import write_report
+            print(f"report: {write_report(getattr(args, args.report))} (open it in a browser)")
+        return code
     except KeyboardInterrupt:
         print("econalign: interrupted", file=sys.stderr)
         return 130

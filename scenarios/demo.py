@@ -209,7 +209,8 @@ def run_demo_command(args) -> int:
 
 
 def add_commands(commands) -> None:
-    demo = commands.add("demo", run_demo_command, "the main job: theory table and Bertrand-by-kappa plot")
+    demo = commands.add("demo", run_demo_command, "the main job: theory, base model, fine-tuning, markets, roads",
+                        report="out")
     demo.add_argument("--out", default="outputs/demo", help="folder for the report")
     demo.add_argument("--no-finetune", action="store_true",
                       help="skip training/evaluating the adapters (about 12 minutes the first time)")

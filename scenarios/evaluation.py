@@ -114,12 +114,13 @@ def run_games_eval(args) -> int:
         summary, totals = evaluate_games(policies, out, small=args.small, split=args.split,
                                          utility=args.utility, batch_size=args.batch_size)
     print(totals.to_string(index=False))
-    print(f"report: {out}/summary.md")
+    print(f"tables: {out}/summary.md")
     return 0
 
 
 def add_commands(commands) -> None:
-    ev = commands.add("eval", run_games_eval, "measure a model, its adapters and theory baselines", group="games")
+    ev = commands.add("eval", run_games_eval, "measure a model, its adapters and theory baselines", group="games",
+                      report="out")
     ev.add_argument("--backend", choices=("transformers", "openai", "replay"), default="transformers")
     ev.add_argument("--model", help="model folder or prepared .gguf (openai: the served base name)")
     ev.add_argument("--url", help="OpenAI-compatible server (openai backend)")

@@ -261,6 +261,6 @@ def run_study_command(args) -> int:
 def add_commands(commands) -> None:
     names = ", ".join(sorted(p.stem for p in STUDIES.glob("*.toml")))
     study = commands.add("run", run_study_command, "run a study file (scenarios/studies/*.toml), resumable",
-                         group="study")
+                         group="study", report="out")
     study.add_argument("study", help=f"study TOML file, or a bundled study name ({names})")
     study.add_argument("--out", required=True, help="folder for study.csv/md/png and one folder per cell")
