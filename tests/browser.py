@@ -149,3 +149,23 @@ def viz_server(model: str, timeout: float = 120):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def open_report(page: Page, path: Path, screenshot: Path | None = None) -> dict:
+    """Open an HTML report from disk: seconds until its images are decoded, the images and the
+    broken ones, the section titles, the network requests it made (a self-contained page makes
+    none) and the page's errors; a screenshot if asked."""
+    started = time.time()
+    page.open(Path(path).resolve().as_uri())
+    page.wait_for(lambda p: p.driver.execute_script(
+        "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)"),
+        30, "the report's images")
+    seconds = time.time() - started
+    images, broken, titles = page.driver.execute_script(
+        "return [document.images.length, Array.from(document.images).filter(i => i.naturalWidth === 0).length,"
+        " Array.from(document.querySelectorAll('h2')).map(h => h.textContent)]")
+    errors = page.errors()
+    if screenshot is not None:
+        page.screenshot(screenshot)
+    return {"seconds": seconds, "images": images, "broken": broken, "titles": titles, "errors": errors,
+            "requests": [url for _, url in page.responses if url.startswith("http")]}

@@ -66,3 +66,23 @@ def test_demo_av_report_theory_and_the_base_model(report):
     assert avs.loc["theory:moralis-1", "utilitarian_share"] == 1.0
     assert avs.loc["llm:base", "dilemmas"] > 0 and 0 <= avs.loc["llm:base", "p_swerve_n10"] <= 1
     assert (report / "avs" / "llm_base" / "choice_curve.png").exists()
+
+
+@pytest.mark.slow
+def test_demo_html_report_has_every_section_and_opens_in_a_browser(report, browser, tmp_path):
+    """The main job's report.html (written by `econalign demo`, rebuilt here by `econalign report`):
+    its sections in order, each with its figure, and it opens from disk with every image, no
+    request and no console error. Without adapters the fine-tuning sections are left out."""
+    from browser import open_report
+    from scenarios.cli import main
+
+    assert main(["report", str(report)]) == 0
+    seen = open_report(browser(height=2400), report / "report.html", tmp_path / "report-demo.png")
+    assert seen["titles"] == ["The theory", "The base model: against the theory", "The base model: against humans",
+                              "Calvano's replication", "Theory and LLM duopolies", "Autonomous vehicles",
+                              "Timings and the manifest"]
+    # bertrand_kappa, games x3, calvano x2, theory + base LLM duopolies, AV casualties + theory + base curves
+    assert seen["images"] == 11 and seen["broken"] == 0
+    assert seen["errors"] == [] and seen["requests"] == []
+    html = (report / "report.html").read_text()
+    assert "LLM base vs base" in html and "Q-learning vs Q-learning (Calvano, 100 sessions)" in html

@@ -201,7 +201,7 @@ def test_corrupt_or_mismatched_adapters_are_refused_in_one_line(tiny_adapter, tm
 
 
 @pytest.mark.slow
-def test_evaluation_reports_every_domain(tiny_adapter, tmp_path):
+def test_evaluation_reports_every_domain(tiny_adapter, tmp_path, browser):
     """`finetune evaluate`: the base model and the adapter on the held-out games, pricing and AV
     items, scores per domain (pricing: exact and within one grid step) and the AV choice curve
     beside the theory's step and Bonnefon et al.'s human shares, into the manifest."""
@@ -231,6 +231,18 @@ def test_evaluation_reports_every_domain(tiny_adapter, tmp_path):
     assert set(evaluation["domains"]) == {"games", "pricing", "av"}
     assert len(evaluation["choice_curve"]["adapter"]) == 10
     assert (out / "choice_curve.png").stat().st_size > 0 and (out / "scores_by_feature.md").exists()
+    # the evaluation folder's report: before/after per domain, the learning curve, the choice curve
+    from browser import open_report
+    from scenarios.report import write_report
+
+    curve = pd.read_csv(out / "learning_curve.csv")
+    assert set(curve.adapter) == {"economicus"}
+    assert len(curve) == len(read_manifest(registry / "economicus")["loss_curve"])
+    assert json.loads((out / "manifest.json").read_text())["job"] == "finetune evaluate"
+    seen = open_report(browser(), write_report(out), tmp_path / "report-finetune.png")
+    assert seen["titles"] == ["Before and after fine-tuning", "Learning curves", "AV choice curve after fine-tuning",
+                              "The run"]
+    assert seen["images"] == 3 and seen["broken"] == 0 and seen["errors"] == [] and seen["requests"] == []
 
 
 @pytest.mark.slow
