@@ -124,19 +124,40 @@ def _choose(pairs, seeds) -> list[tuple[Decision, dict]]:
         labels = o.answer.labels
         texts = [" " + label for label in labels] if thought else [o.answer.form.format(label) for label in labels]
         requests.append(p.request(o.messages(), seed, texts, prefix=thought))
-    probabilities = policy.backend.choose(requests)
+    probabilities = list(policy.backend.choose(requests))
+    attempts = [1] * len(pairs)
+    while True:       # a broken reply (no or non-finite probabilities) is asked again, then invalid
+        again = [i for i, probs in enumerate(probabilities)
+                 if not usable(probs) and attempts[i] <= pairs[i][0].max_retries]
+        if not again:
+            break
+        for i, probs in zip(again, policy.backend.choose([requests[i] for i in again])):
+            probabilities[i], attempts[i] = probs, attempts[i] + 1
     out = []
-    for (p, o), request, probs, seed, trail in zip(pairs, requests, probabilities, seeds, exchanges):
+    for (p, o), request, probs, seed, trail, tries in zip(pairs, requests, probabilities, seeds, exchanges, attempts):
         labels = o.answer.labels
-        if p.sample:
-            index = int(np.random.default_rng(seed).choice(len(labels), p=probs))
+        trail.append({"fingerprint": request.fingerprint("choose"),
+                      "output": [float(x) if np.isfinite(x) else None for x in probs]})
+        if not usable(probs):
+            decision = Decision(None, False, p.name, raw=f"{_server(p.backend)} gave no usable option "
+                                                         f"probabilities after {tries} attempts",
+                                adapter=p.adapter, attempts=tries)
         else:
-            index = int(np.argmax(probs))
-        decision = Decision(labels[index], True, p.name, dict(zip(labels, map(float, probs))),
-                            raw=request.prefix or None, adapter=p.adapter, attempts=1)
-        trail.append({"fingerprint": request.fingerprint("choose"), "output": [float(x) for x in probs]})
+            index = int(np.random.default_rng(seed).choice(len(labels), p=probs)) if p.sample else int(np.argmax(probs))
+            decision = Decision(labels[index], True, p.name, dict(zip(labels, map(float, probs))),
+                                raw=request.prefix or None, adapter=p.adapter, attempts=tries)
         out.append((decision, {"kind": "choose", "request": request, "exchanges": trail}))
     return out
+
+
+def usable(probabilities) -> bool:
+    """Option probabilities a decision can rest on: finite, non-negative, summing to 1."""
+    probs = np.asarray(probabilities, dtype=float)
+    return bool(probs.size and np.all(np.isfinite(probs)) and np.all(probs >= 0) and abs(probs.sum() - 1) < 1e-6)
+
+
+def _server(backend) -> str:
+    return getattr(backend, "base_url", None) or getattr(backend, "name", "the backend")
 
 
 def _generate(pairs, seeds) -> list[tuple[Decision, dict]]:

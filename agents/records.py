@@ -10,7 +10,10 @@ import hashlib
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+
+from agents.errors import InputError
 
 
 def figure(nrows: int = 1, ncols: int = 1, figsize=(6.4, 4.2), **kwargs):
@@ -66,3 +69,53 @@ def write_text(path: str | Path, text: str) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def folder_lock(folder: str | Path):
+    """Hold FOLDER/.lock (an advisory lock, released when the process ends, even killed) while a
+    run writes into the folder: a second run into it is refused in one line naming the first."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise InputError(f"{folder} is in use by another run (process {holder}); wait for it to finish or "
+                         "choose another output folder") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield folder
+    finally:
+        handle.close()
+
+
+def visible_files(folder: Path, recursive: bool = False) -> list[str]:
+    """The files a run wrote into `folder` (relative paths, sorted), without hidden ones (the lock,
+    temporary files) and the manifest itself."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(str(p.relative_to(folder)) for p in found
+                  if p.is_file() and p.name != "manifest.json" and not p.name.startswith("."))
+
+
+def read_json_lines(path: str | Path, what: str = "a JSON-lines file") -> list:
+    """The records of a JSON-lines file (blank lines skipped); InputError naming the first line
+    that is not JSON, or the file if it is not text."""
+    records, line_number = [], 0
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                line_number += 1
+                if line.strip():
+                    records.append(json.loads(line))
+    except ValueError:                  # not JSON (json.JSONDecodeError), or not text (UnicodeDecodeError)
+        raise InputError(f"{path}:{max(line_number, 1)} is not a JSON line of {what}") from None
+    return records

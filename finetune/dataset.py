@@ -28,6 +28,7 @@ import numpy as np
 
 from agents.errors import InputError
 from agents.preferences import HomoEconomicus, HomoMoralis
+from agents.records import read_json_lines
 from agents.situations import N_FRAMINGS, GameSituation
 from finetune.battery import HELDOUT_FRAMING, heldout
 from finetune.paraphrases import N_PARAPHRASES, paraphrase_messages
@@ -299,8 +300,12 @@ def write_jsonl(examples: list[dict], path: str | Path, openai: bool = False) ->
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    """The chat examples of a JSONL file; InputError naming the first line that is not one."""
+    examples = read_json_lines(path, "chat examples")
+    for number, example in enumerate(examples, 1):
+        if not (isinstance(example, dict) and isinstance(example.get("messages"), list) and example["messages"]):
+            raise InputError(f"{path}: example {number} has no \"messages\" list (chat format)")
+    return examples
 
 
 def run_data(args) -> int:

@@ -267,7 +267,7 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
 def write_evaluation_records(registry: Path, adapters: dict, out: Path, base, small: bool) -> None:
     """The evaluation folder's learning_curve.csv|png (each adapter's training loss, from its
     manifest) and manifest.json (job, adapters with their hashes, training and evaluation times)."""
-    from agents.records import write_json
+    from agents.records import visible_files, write_json
     from finetune.evaluate import plot_learning_curves
 
     manifests = {name: read_manifest(registry / name) for name in adapters}
@@ -282,7 +282,7 @@ def write_evaluation_records(registry: Path, adapters: dict, out: Path, base, sm
                             "train_seconds": m.get("train_seconds"),
                             "evaluation_seconds": m.get("evaluation", {}).get("seconds")}
                      for name, m in manifests.items()},
-        "files": sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "manifest.json")})
+        "files": visible_files(out)})
 
 
 def registered_adapters(folder: str | Path, names: list[str], base: str | None = None) -> dict:
@@ -341,14 +341,14 @@ def add_commands(commands) -> None:
     from finetune.dataset import STYLES
 
     fe = commands.add("evaluate", run_evaluate, "base model vs adapters on the held-out battery", group="finetune",
-                      report="out")
+                      out="out", report=True)
     fe.add_argument("--adapters", default="adapters", help="the adapter registry folder")
     fe.add_argument("--adapter", action="append", default=[], help="only these adapters")
     fe.add_argument("--base", help="base model (default: the embedded model)")
     fe.add_argument("--small", action="store_true")
     fe.add_argument("--out", default="outputs/finetune/eval")
     fp = commands.add("pipeline", run_pipeline_command, "data -> train -> evaluate for economicus and moralis-0.5",
-                      group="finetune")
+                      group="finetune", out="out")
     fp.add_argument("--adapters", default="adapters")
     fp.add_argument("--out", default="outputs/finetune")
     fp.add_argument("--base")

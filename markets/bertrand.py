@@ -22,6 +22,14 @@ from scipy.optimize import brentq
 CALVANO_GRID = (15, 0.1)       # Calvano et al.'s price grid: m = 15 prices, xi = 0.1 beyond Nash and monopoly
 
 
+# Declared ranges (Calvano units): wide enough for every market in the literature, narrow enough
+# that every solver below stays finite and bounded.
+MAX_FIRMS = 100
+BOUNDS = {"a": (-1e3, 1e3), "a0": (-1e3, 1e3), "cost": (-1e3, 1e3), "mu": (1e-3, 1e3),
+          "price_scale": (1e-6, 1e6), "quantity_scale": (1e-6, 1e6)}
+MAX_DOUBLINGS = 200          # bracket doublings before a solver gives up (the bounds never need 60)
+
+
 @dataclass(frozen=True)
 class LogitBertrand:
     """n firms with qualities `a`, marginal costs `cost` (in Calvano units, i.e. before
@@ -41,14 +49,12 @@ class LogitBertrand:
     _c: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if int(self.firms) != self.firms or self.firms < 2:
-            raise ValueError(f"firms must be an integer >= 2, got {self.firms}")
-        if not self.mu > 0:
-            raise ValueError(f"mu must be > 0, got {self.mu}")
-        if not self.price_scale > 0:
-            raise ValueError(f"price_scale must be > 0, got {self.price_scale}")
-        if not self.quantity_scale > 0:
-            raise ValueError(f"quantity_scale must be > 0, got {self.quantity_scale}")
+        if int(self.firms) != self.firms or not 2 <= self.firms <= MAX_FIRMS:
+            raise ValueError(f"firms must be an integer from 2 to {MAX_FIRMS}, got {self.firms}")
+        for name in ("a0", "mu", "price_scale", "quantity_scale"):
+            low, high = BOUNDS[name]
+            if not low <= getattr(self, name) <= high:
+                raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {getattr(self, name)}")
         object.__setattr__(self, "_a", self._per_firm("a", self.a))
         object.__setattr__(self, "_c", self._per_firm("cost", self.cost))
 
@@ -57,8 +63,9 @@ class LogitBertrand:
             else np.asarray(value, dtype=float)
         if arr.shape != (self.firms,):
             raise ValueError(f"{name} needs one value or one per firm ({self.firms}), got {len(arr)}")
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name} must be finite, got {value}")
+        low, high = BOUNDS[name]
+        if not np.all((arr >= low) & (arr <= high)):
+            raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {value}")
         return arr.copy()
 
     # ------------------------------------------------------------------ demand and profit
@@ -108,9 +115,11 @@ class LogitBertrand:
             return x - c - self.mu / (1.0 - self._shares(p)[firm])
 
         lo, hi = c, c + self.mu
-        while foc(hi) < 0:
+        for _ in range(MAX_DOUBLINGS):
+            if foc(hi) >= 0:
+                return brentq(foc, lo, hi, xtol=1e-14, rtol=1e-14) * self.price_scale
             hi = c + 2 * (hi - c)
-        return brentq(foc, lo, hi, xtol=1e-14, rtol=1e-14) * self.price_scale
+        raise RuntimeError(f"no best response found below price {hi * self.price_scale:g} (firm {firm})")
 
     def nash_prices(self) -> np.ndarray:
         """Static Bertrand-Nash equilibrium prices (solved once per market, `_nash`)."""
@@ -152,10 +161,11 @@ class LogitBertrand:
             return m - self.mu * (inside + outside) / outside
 
         hi = self.mu
-        while gap(hi) < 0:
+        for _ in range(MAX_DOUBLINGS):
+            if gap(hi) >= 0:
+                return (self._c + brentq(gap, 0.0, hi, xtol=1e-14, rtol=1e-14)) * self.price_scale
             hi *= 2
-        m = brentq(gap, 0.0, hi, xtol=1e-14, rtol=1e-14)
-        return (self._c + m) * self.price_scale
+        raise RuntimeError(f"no monopoly markup found below {hi:g}")
 
     def nash_profits(self) -> np.ndarray:
         return self.profits(self.nash_prices())

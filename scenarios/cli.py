@@ -35,16 +35,16 @@ class Commands:
         self.commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
         self.groups: dict = {}
 
-    def add(self, name: str, run, help: str, group: str | None = None, report: str | None = None,
-            **kwargs) -> argparse.ArgumentParser:
-        """`econalign [GROUP] NAME`, which calls run(args) and exits with what it returns; `report`:
-        the argument naming the output folder, whose report.html is written after a run that
-        succeeds (scenarios.report)."""
+    def add(self, name: str, run, help: str, group: str | None = None, out: str | None = None,
+            report: bool = False, **kwargs) -> argparse.ArgumentParser:
+        """`econalign [GROUP] NAME`, which calls run(args) and exits with what it returns. `out`:
+        the argument naming the command's output folder, locked while it runs (a second run into
+        it is refused); `report`: write the folder's report.html when the run succeeds."""
         if group is not None and group not in self.groups:
             self.groups[group] = self.commands.add_parser(group, help=GROUPS[group]).add_subparsers(
                 dest=f"{group}_command", required=True, parser_class=Parser)
         command = (self.commands if group is None else self.groups[group]).add_parser(name, help=help, **kwargs)
-        command.set_defaults(run=run, report=report)
+        command.set_defaults(run=run, out_argument=out, report=report)
         return command
 
     @staticmethod
@@ -65,7 +65,8 @@ class Commands:
 
     def scenario_run(self, group: str, run, folder: str, examples: str) -> argparse.ArgumentParser:
         """`econalign GROUP run CONFIG --out DIR` for the scenario files in scenarios/FOLDER/."""
-        command = self.add("run", run, f"run a scenario file (scenarios/{folder}/*.toml)", group=group, report="out")
+        command = self.add("run", run, f"run a scenario file (scenarios/{folder}/*.toml)", group=group, out="out",
+                           report=True)
         command.add_argument("config", help=f"scenario TOML file, or a bundled scenario name ({examples})")
         command.add_argument("--out", required=True, help="folder for step data, manifest, decision log, plots")
         return command
@@ -81,23 +82,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 def exit_code(err: BaseException) -> int | None:
     """The one mapping of errors to exit codes: the user's input (a file, value, model or adapter
-    that is wrong: agents.errors.InputError) 2; a backend, server or solver that failed
-    (RuntimeError) 1; anything else is a bug (None: its traceback is shown)."""
+    that is wrong: agents.errors.InputError; a path that cannot be read or written: OSError) 2; a
+    backend, server or solver that failed (RuntimeError, a refused connection) 1; anything else
+    is a bug (None: its traceback is shown)."""
     if isinstance(err, InputError):
         return 2
-    if isinstance(err, RuntimeError):
+    if isinstance(err, (RuntimeError, ConnectionError, TimeoutError)):
         return 1
+    if isinstance(err, OSError):
+        return 2
     return None
+
+
+def message(err: BaseException) -> str:
+    """One line: an OSError as "what: path", anything else as its text."""
+    if isinstance(err, OSError) and err.strerror:
+        paths = " -> ".join(str(p) for p in (err.filename, err.filename2) if p is not None)
+        return f"{err.strerror}: {paths}" if paths else err.strerror
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def run(args) -> int:
+    """The command, with its output folder locked, then its report."""
+    from contextlib import nullcontext
+
+    from agents.records import folder_lock
+
+    folder = getattr(args, args.out_argument) if args.out_argument else None
+    with folder_lock(folder) if folder else nullcontext():
+        code = args.run(args)
+        if code == 0 and args.report:
+            from scenarios.report import write_report
+            print(f"report: {write_report(folder)} (open it in a browser)")
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        code = args.run(args)
-        if code == 0 and args.report:
-            from scenarios.report import write_report
-            print(f"report: {write_report(getattr(args, args.report))} (open it in a browser)")
-        return code
+        return run(args)
     except KeyboardInterrupt:
         print("econalign: interrupted", file=sys.stderr)
         return 130
@@ -105,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         code = exit_code(err)
         if code is None:
             raise
-        print(f"econalign: error: {err}", file=sys.stderr)
+        print(f"econalign: error: {message(err)}", file=sys.stderr)
         return code
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from agents.records import figure, markdown_table, save_figure, write_json
+from agents.records import figure, markdown_table, save_figure, visible_files, write_json
 from scenarios.theory import GAME_NAMES, TABLE_KAPPAS, bertrand_by_kappa, theory_table
 
 PLOT_KAPPAS = np.round(np.linspace(0.0, 1.0, 21), 2)
@@ -196,8 +196,7 @@ def run_demo(out: str | Path, finetune: bool = True, adapters: str | Path = "ada
     print(duopoly.loc[[0.0, 0.25, 0.5, 0.75, 1.0], ["price", "profit", "delta"]].to_string())
     manifest = {"job": "demo", "seconds": round(time.time() - started, 1),
                 "python": platform.python_version(),
-                "files": sorted(str(p.relative_to(out)) for p in out.rglob("*")
-                                if p.is_file() and p.name != "manifest.json")}
+                "files": visible_files(out, recursive=True)}
     write_json(out / "manifest.json", manifest)
     print(f"\nReport written to {out}/ ({manifest['seconds']} s)")
     return out
@@ -210,7 +209,7 @@ def run_demo_command(args) -> int:
 
 def add_commands(commands) -> None:
     demo = commands.add("demo", run_demo_command, "the main job: theory, base model, fine-tuning, markets, roads",
-                        report="out")
+                        out="out", report=True)
     demo.add_argument("--out", default="outputs/demo", help="folder for the report")
     demo.add_argument("--no-finetune", action="store_true",
                       help="skip training/evaluating the adapters (about 12 minutes the first time)")

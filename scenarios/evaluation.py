@@ -105,6 +105,8 @@ def run_games_eval(args) -> int:
     """`econalign games eval`: the battery through the chosen policies; rerunning resumes."""
     from agents.llm.decision_log import DecisionLog
 
+    if not 1 <= args.batch_size <= 4096:
+        raise InputError(f"--batch-size must be 1 to 4096, got {args.batch_size}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with DecisionLog(out / "decisions.jsonl") as log:
@@ -120,7 +122,7 @@ def run_games_eval(args) -> int:
 
 def add_commands(commands) -> None:
     ev = commands.add("eval", run_games_eval, "measure a model, its adapters and theory baselines", group="games",
-                      report="out")
+                      out="out", report=True)
     ev.add_argument("--backend", choices=("transformers", "openai", "replay"), default="transformers")
     ev.add_argument("--model", help="model folder or prepared .gguf (openai: the served base name)")
     ev.add_argument("--url", help="OpenAI-compatible server (openai backend)")

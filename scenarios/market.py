@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from agents.records import file_sha256, write_json
+from agents.records import file_sha256, write_json, write_text
 from scenarios.runs import build_backend, loaded_adapters, make_policies, write_manifest
 from scenarios.settings import ConfigError, MarketScenario, load_scenario
 
@@ -96,12 +96,14 @@ def resume_sessions(s: MarketScenario, out: Path, restart_if_changed: bool = Fal
     config = json.dumps({"scenario": s.raw, "adapters": weights}, sort_keys=True, default=str)
     log = out / "decisions.jsonl"
     if stamp.exists() and stamp.read_text() != config:
-        if not restart_if_changed:
+        # a run that failed before deciding anything (a missing adapter, say) left nothing to keep
+        kept = any(sessions.glob("*/record.json")) or (log.exists() and log.stat().st_size > 0)
+        if kept and not restart_if_changed:
             raise ConfigError(f"{out} holds sessions of a different scenario: use another --out or delete it")
         shutil.rmtree(sessions)
         log.unlink(missing_ok=True)
     sessions.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(config)
+    write_text(stamp, config)
     if not log.exists():
         return []
     finished = {json.loads(p.read_text())["session"] for p in sessions.glob("*/record.json")}

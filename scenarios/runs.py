@@ -6,7 +6,7 @@ import platform
 import time
 from pathlib import Path
 
-from agents.records import file_sha256, write_json
+from agents.records import file_sha256, visible_files, write_json
 from scenarios.settings import ConfigError, LLMSection
 
 
@@ -70,5 +70,5 @@ def write_manifest(out: Path, job: str, path: Path, raw: dict, seed: int, backen
                 "adapters": {k: {"path": v, "sha256": file_sha256(Path(v) / "adapter_model.safetensors")}
                              for k, v in adapters.items()},
                 "versions": versions(), "seconds": round(time.time() - started, 1),
-                "files": sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "manifest.json")}
+                "files": visible_files(out)}
     write_json(out / "manifest.json", manifest)

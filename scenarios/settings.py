@@ -76,10 +76,10 @@ class LLMSection(Section):
     model: str | None = None
     url: str = "http://127.0.0.1:8000"
     adapters: str = "adapters"
-    temperature: float = Field(0.0, ge=0)
+    temperature: float = Field(0.0, ge=0, le=10)
     sample: bool = False
-    max_tokens: int = Field(16, ge=1)
-    max_retries: int = Field(2, ge=0)
+    max_tokens: int = Field(16, ge=1, le=4096)
+    max_retries: int = Field(2, ge=0, le=10)
     log: str | None = None
 
 
@@ -108,27 +108,27 @@ QLearningSection = domain_section(QLearningSettings, skip=("m", "xi"))
 
 
 class GridSection(Section):
-    m: int = CALVANO_GRID[0]
-    xi: float = CALVANO_GRID[1]
+    m: int = Field(CALVANO_GRID[0], ge=2, le=1000)
+    xi: float = Field(CALVANO_GRID[1], ge=0, le=10)
 
 
 class MarketRun(Section):
     engine: Literal["mesa", "vectorised"] = "mesa"
-    steps: int = Field(100, ge=1)
-    sessions: int = Field(1, ge=1)
-    window: int = Field(20, ge=1)
+    steps: int = Field(100, ge=1, le=10_000_000)
+    sessions: int = Field(1, ge=1, le=100_000)
+    window: int = Field(20, ge=1, le=10_000_000)
     deviation: bool = False
-    deviation_periods: int = Field(15, ge=1)
-    ceiling: float | None = Field(None, gt=0)
-    initial_prices: list[Annotated[float, Field(ge=0)]] | None = None
-    chunk: int = Field(200_000, ge=1)
+    deviation_periods: int = Field(15, ge=1, le=10_000)
+    ceiling: float | None = Field(None, gt=0, le=1e6)
+    initial_prices: list[Annotated[float, Field(ge=0, le=1e6)]] | None = None
+    chunk: int = Field(200_000, ge=1, le=100_000_000)
 
 
 class LLMFirm(Section):
     type: Literal["llm"]
     preference: LLMPreference = "base"
     prices: Literal["grid", "free"] = "grid"
-    memory: int = Field(100, ge=0)
+    memory: int = Field(100, ge=0, le=10_000)
     notes: bool = False
 
     @model_validator(mode="after")
@@ -174,7 +174,7 @@ class FileSettings(Section):
 
 class Scenario(FileSettings):
     """What every scenario file shares: its seed and [llm] section."""
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**63 - 1)
     llm: LLMSection = LLMSection()
 
 
@@ -233,7 +233,7 @@ TrafficSection = domain_section(TrafficSettings, skip=("avs",))
 
 
 class AVRun(Section):
-    steps: int = Field(100, ge=1)
+    steps: int = Field(100, ge=1, le=1_000_000)
     probe: bool = True
 
 
@@ -451,7 +451,7 @@ StudyKey = Annotated[str, AfterValidator(study_key)]
 class Study(FileSettings):
     """A market scenario run over every combination of `grid` values, once per seed."""
     scenario: str
-    seeds: list[int] | None = None
+    seeds: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] | None = Field(None, min_length=1, max_length=10_000)
     fixed: dict[StudyKey, Any] = Field(default_factory=dict, alias="set")
     grid: dict[StudyKey, Annotated[list, Field(min_length=1)]] = Field(min_length=1)
     study: StudySection = StudySection()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -45,9 +46,12 @@ def setting_label(value) -> str | int | float | bool:
 
 
 def cell_folder(out: Path, index: int, cell: dict) -> Path:
+    """out/cells/NNNN_<slug>: the slug names the cell's values in letters, digits and . + = -
+    only (a value can never reach outside `out`), at most 100 characters."""
     slug = "_".join(k.rpartition(".")[2] + (f"{v:g}" if isinstance(v, (int, float)) else
                                             str(setting_label(v)).replace("/", "+"))
                     for k, v in cell.items())
+    slug = re.sub(r"[^A-Za-z0-9.+=_-]", "-", slug).replace("..", "-")[:100]
     return out / "cells" / f"{index:04d}_{slug}"
 
 
@@ -261,6 +265,6 @@ def run_study_command(args) -> int:
 def add_commands(commands) -> None:
     names = ", ".join(sorted(p.stem for p in STUDIES.glob("*.toml")))
     study = commands.add("run", run_study_command, "run a study file (scenarios/studies/*.toml), resumable",
-                         group="study", report="out")
+                         group="study", out="out", report=True)
     study.add_argument("study", help=f"study TOML file, or a bundled study name ({names})")
     study.add_argument("--out", required=True, help="folder for study.csv/md/png and one folder per cell")

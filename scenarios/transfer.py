@@ -82,7 +82,7 @@ def run_transfer_command(args) -> int:
 
 def add_commands(commands) -> None:
     transfer = commands.add("transfer", run_transfer_command,
-                            "games-only vs games + applications adapters, side by side")
+                            "games-only vs games + applications adapters, side by side", out="out")
     transfer.add_argument("--adapters", default="adapters", help="the in-domain adapters (the main job's); "
                                                                  "the games-only ones go to ADAPTERS/games-only")
     transfer.add_argument("--out", default="outputs/transfer")

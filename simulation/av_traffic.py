@@ -47,17 +47,16 @@ class TrafficSettings:
     weighting: str = "lives"
 
     def __post_init__(self):
-        checks = [("width", self.width >= self.spacing), ("height", self.height >= self.spacing),
-                  ("spacing", self.spacing >= 3), ("avs", self.avs >= 1),
-                  ("brake_failure", 0 <= self.brake_failure <= 1),
-                  ("pedestrian_rate", 0 <= self.pedestrian_rate <= 1), ("max_group", self.max_group >= 1),
-                  ("max_passengers", self.max_passengers >= 1), ("jaywalk", 0 <= self.jaywalk <= 1),
-                  ("light_period", self.light_period >= 1), ("barrier_share", 0 <= self.barrier_share <= 1),
-                  ("ages", len(self.ages) == 3 and min(self.ages) >= 0 and abs(sum(self.ages) - 1) < 1e-9),
-                  ("weighting", self.weighting in ("lives", "life_years"))]
-        for name, ok in checks:
-            if not ok:
-                raise ValueError(f"traffic setting {name} is out of range: {getattr(self, name)!r}")
+        ranges = {"width": (self.spacing, 1000), "height": (self.spacing, 1000), "spacing": (3, 1000),
+                  "avs": (1, 10_000), "brake_failure": (0, 1), "pedestrian_rate": (0, 1), "max_group": (1, 100),
+                  "max_passengers": (1, 10), "jaywalk": (0, 1), "light_period": (1, 1000), "barrier_share": (0, 1)}
+        for name, (low, high) in ranges.items():
+            if not low <= getattr(self, name) <= high:
+                raise ValueError(f"traffic setting {name} must be in [{low}, {high}], got {getattr(self, name)!r}")
+        if not (len(self.ages) == 3 and min(self.ages) >= 0 and abs(sum(self.ages) - 1) < 1e-9):
+            raise ValueError(f"traffic setting ages must be three shares summing to 1, got {self.ages!r}")
+        if self.weighting not in ("lives", "life_years"):
+            raise ValueError(f"traffic setting weighting must be lives or life_years, got {self.weighting!r}")
         if self.width % self.spacing or self.height % self.spacing:
             raise ValueError("width and height must be multiples of spacing")
 

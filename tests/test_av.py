@@ -173,7 +173,7 @@ def test_cli_runs_the_theory_scenario(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ('[traffic]\nbrake_failure = 1.5\n', "brake_failure is out of range"),
+    ("[traffic]\nbrake_failure = 1.5\n", "brake_failure must be in [0, 1]"),
     ('[traffic]\nspeed = 3\n', "[traffic]: unknown key 'speed'"),
     ('[run]\nsteps = 0\n', "[run] steps must be >= 1"),
     ('[[av]]\ntype = "theory"\npreference = "moralis"\nkappa = 2\n', "kappa must be in [0, 1]"),

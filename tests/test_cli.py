@@ -159,7 +159,8 @@ def test_each_command_comes_from_the_module_that_owns_it():
                      "finetune data": "finetune.dataset", "finetune train": "finetune.train",
                      "finetune evaluate": "finetune.pipeline", "finetune pipeline": "finetune.pipeline",
                      "market run": "scenarios.market", "av run": "scenarios.av", "study run": "scenarios.study",
-                     "viz": "simulation.viz_server", "transfer": "scenarios.transfer", "demo": "scenarios.demo"}
+                     "viz": "simulation.viz_server", "transfer": "scenarios.transfer", "demo": "scenarios.demo",
+                     "report": "scenarios.report"}
     assert set(found.values()) == set(OWNERS)
 
 

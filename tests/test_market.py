@@ -162,7 +162,7 @@ def test_bundled_scenarios_run_by_name_and_a_missing_file_is_one_line(tmp_path, 
 
 
 @pytest.mark.parametrize("text, message", [
-    ('[market]\nmu = 0\n', "[market] mu must be > 0"),
+    ('[market]\nmu = 0\n', "[market] mu must be in [0.001, 1000]"),
     ('[market]\nfoo = 1\n', "[market]: unknown key 'foo'"),
     ('[run]\nsteps = "ten"\n', "[run] steps must be an integer"),
     ('[run]\nengine = "fast"\n', '[run] engine must be "mesa" or "vectorised"'),

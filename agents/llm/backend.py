@@ -89,6 +89,8 @@ class Backend(Protocol):
 def softmax(scores: Sequence[float]) -> np.ndarray:
     """Normalised probabilities from log-likelihood scores (numerically stable)."""
     s = np.asarray(scores, dtype=float)
+    if not np.all(np.isfinite(s)):
+        return np.full(s.shape, np.nan)       # a broken reply stays visibly broken (agents.policies.usable)
     e = np.exp(s - s.max())
     return e / e.sum()
 

@@ -11,6 +11,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from agents.records import read_json_lines
+
 
 class DecisionLog:
     """Appends records to a JSONL file, flushed per record (a crash loses nothing written)."""
@@ -46,10 +48,4 @@ def _plain(value):
 
 def read_decisions(path: str | Path) -> Iterator[dict]:
     """The records of a decision log, in order."""
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except ValueError:
-                    raise ValueError(f"{path}:{number} is not a JSON line") from None
+    return iter(read_json_lines(path, "a decision log"))

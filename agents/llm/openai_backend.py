@@ -86,7 +86,10 @@ class OpenAIBackend:
             if response.status_code >= 400:
                 raise BackendError(f"{self.base_url}{path} refused the request (HTTP "
                                    f"{response.status_code}): {_detail(response)}")
-            return response.json()
+            try:
+                return response.json()
+            except ValueError:
+                last = f"a reply that is not JSON: {response.text[:80]!r}"
         raise BackendError(f"LLM server at {self.base_url} did not answer {path} after "
                            f"{self.retries + 1} attempts ({last})")
 
@@ -119,7 +122,10 @@ class OpenAIBackend:
                    "max_tokens": request.max_tokens, "temperature": request.temperature,
                    "top_p": request.top_p, "seed": request.seed}
         data = await self._post(client, "/v1/chat/completions", payload)
-        return data["choices"][0]["message"]["content"] or ""
+        try:
+            return data["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            return ""           # a reply without a message: parsed as no answer, asked again, then invalid
 
     # ------------------------------------------------------------------ choose
     def choose(self, requests: Sequence[Request]) -> list[np.ndarray]:
@@ -176,14 +182,19 @@ class OpenAIBackend:
                    "return_tokens_as_token_ids": True}
         data = await self._post(client, "/v1/completions", payload)
         table = {}
-        for choice in data["choices"]:
+        for choice in data.get("choices") or []:
             top = (choice.get("logprobs") or {}).get("top_logprobs") or [None]
             if not top[0]:
                 raise BackendError(f"{self.base_url} returned no token log-probabilities; choose() "
                                    "needs a vLLM server")
             table[nodes[choice["index"]]] = top[0]
-        return np.array([sum(table[tuple(o[:j])][f"token_id:{o[j]}"] for j in range(len(o)))
-                         for o in options])
+        try:
+            scores = np.array([sum(float(table[tuple(o[:j])][f"token_id:{o[j]}"]) for j in range(len(o)))
+                               for o in options])
+        except (KeyError, IndexError, TypeError, ValueError):
+            return np.full(len(options), np.nan)      # an option left unscored: the reply is invalid
+        # log-probabilities are finite and at most 0; anything else is a broken reply (invalid)
+        return scores if np.all(np.isfinite(scores)) and np.all(scores <= 0) else np.full(len(options), np.nan)
 
 
 def _detail(response) -> str:

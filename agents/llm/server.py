@@ -300,6 +300,8 @@ def run_serve(args) -> int:
                         python=args.vllm_python, log=args.log, max_lora_rank=args.max_lora_rank)
     names = ", ".join(a.name for a in server.adapters) or "none"
     print(f"starting vLLM for {server.model.name} (adapters: {names}) at {server.url} ...", flush=True)
+    # SIGTERM would end this process at once and leave vLLM (in its own session) serving: unwind
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         server.start()
         server.wait_ready()
@@ -310,6 +312,7 @@ def run_serve(args) -> int:
         return 1
     finally:
         server.stop()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def add_commands(commands) -> None:
