@@ -24,7 +24,7 @@ def build_backend(llm: LLMSection, preferences, seed: int, log):
             backend = TransformersBackend(llm.model or None, adapters=paths)
         elif llm.backend == "openai":
             from agents.llm.openai_backend import OpenAIBackend
-            backend = OpenAIBackend(llm.url, model=llm.model or "base")
+            backend = OpenAIBackend(llm.url, model=llm.model or "base", timeout=llm.timeout, retries=llm.retries)
         else:
             from agents.llm.replay import ReplayBackend
             backend = ReplayBackend(llm.log)

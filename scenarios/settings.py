@@ -79,7 +79,9 @@ class LLMSection(Section):
     temperature: float = Field(0.0, ge=0, le=10)
     sample: bool = False
     max_tokens: int = Field(16, ge=1, le=4096)
-    max_retries: int = Field(2, ge=0, le=10)
+    max_retries: int = Field(2, ge=0, le=10)      # answers asked again when invalid
+    timeout: float = Field(120.0, gt=0, le=3600)   # openai: seconds per request to the server
+    retries: int = Field(3, ge=0, le=10)           # openai: requests sent again when the server fails
     log: str | None = None
 
 

@@ -1,0 +1,358 @@
+"""Fault injection: bad input across every command is one line and exit code 2; a misbehaving
+OpenAI-compatible server's replies are asked again, then counted invalid (never valid) and the
+error names the server; two runs into one folder are refused; nothing is written outside --out."""
+import json
+import math
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from scenarios.cli import main
+
+ECONALIGN = str(Path(sys.executable).parent / "econalign")
+THEORY_FIRM = '[[firm]]\ntype = "theory"\npreference = "economicus"\n'
+MARKET = f'name = "m"\n[run]\nsteps = 5\n{THEORY_FIRM}{THEORY_FIRM}'
+AV = 'name = "a"\n[run]\nsteps = 5\n[[av]]\ntype = "theory"\npreference = "economicus"\n'
+
+
+def one_line_exit_2(capsys, args) -> str:
+    """Run the CLI in-process: exit code 2, one line on stderr, no traceback; returns the line."""
+    try:
+        code = main(args)
+    except SystemExit as stop:           # argparse's usage errors
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2, (args, err)
+    assert err.count("\n") == 1 and "Traceback" not in err, (args, err)
+    return err
+
+
+# ------------------------------------------------------------------ bad input, every command
+MARKET_FILES = [  # (TOML text, a word the error must name)
+    (MARKET.replace('name = "m"', 'name = "m"\n[market]\ncost = 1e20'), "cost"),
+    (MARKET.replace('name = "m"', 'name = "m"\n[market]\nmu = 1e308'), "mu"),
+    (MARKET.replace('name = "m"', 'name = "m"\n[market]\na = 1e308'), "a"),
+    (MARKET.replace('name = "m"', 'name = "m"\n[market]\nprice_scale = 1e308'), "price_scale"),
+    (MARKET.replace('name = "m"', 'name = "m"\n[market]\nmu = nan'), "mu"),
+    (MARKET.replace('name = "m"', 'name = "m"\nseed = -1'), "seed"),
+    (MARKET.replace("steps = 5", "steps = 0"), "steps"),
+    (MARKET.replace("steps = 5", "steps = 1_000_000_000_000"), "steps"),
+    (MARKET.replace("steps = 5", "sessions = 0"), "sessions"),
+    (MARKET.replace("steps = 5", "ceiling = 1e308"), "ceiling"),
+    (MARKET.replace("steps = 5", "initial_prices = [1.0]"), "initial_prices"),
+    (MARKET.replace("steps = 5", "bogus = 1"), "bogus"),
+    (MARKET.replace('name = "m"', 'name = "m"\n[grid]\nm = 1'), "m"),
+    (MARKET.replace('name = "m"', 'name = "m"\n[grid]\nxi = -1.0'), "xi"),
+    (MARKET.replace('name = "m"', 'name = "m"\n[qlearning]\nalpha = 2.0'), "alpha"),
+    (f'name = "m"\n{THEORY_FIRM}', "at least two"),
+    ('name = "m"\n' + THEORY_FIRM * 11, "firms"),
+    (MARKET.replace('type = "theory"', 'type = "oracle"', 1), "type"),
+    (MARKET.replace('type = "theory"\npreference = "economicus"', 'preference = "economicus"', 1), "type"),
+    (MARKET.replace('preference = "economicus"', 'preference = "moralis"', 1), "kappa"),
+    (MARKET.replace('preference = "economicus"', 'preference = "economicus"\nkappa = 0.5', 1), "kappa"),
+    (MARKET.replace('[[firm]]\ntype = "theory"\npreference = "economicus"',
+                    '[[firm]]\ntype = "llm"\npreference = "saint"', 1), "preference"),
+    (MARKET.replace('[[firm]]\ntype = "theory"\npreference = "economicus"',
+                    '[[firm]]\ntype = "llm"\nmemory = -1', 1), "memory"),
+    (MARKET.replace('[[firm]]\ntype = "theory"\npreference = "economicus"',
+                    '[[firm]]\ntype = "llm"\nnotes = true', 1), "notes"),
+    (MARKET.replace("steps = 5", 'engine = "vectorised"'), "vectorised"),
+    (MARKET.replace('[[firm]]\ntype = "theory"\npreference = "economicus"',
+                    '[llm]\nbackend = "replay"\n[[firm]]\ntype = "llm"', 1), "replay"),
+    (MARKET.replace('name = "m"', 'name = "m"\n[llm]\ntimeout = 0'), "timeout"),
+    ("name = \"m\"\n[run\n", "TOML"),
+]
+AV_FILES = [
+    (AV.replace('name = "a"', 'name = "a"\nseed = -1'), "seed"),
+    (AV.replace('name = "a"', 'name = "a"\n[traffic]\nwidth = 1_000_000_000_000'), "width"),
+    (AV.replace('name = "a"', 'name = "a"\n[traffic]\nmax_group = 1_000_000_000_000'), "max_group"),
+    (AV.replace('name = "a"', 'name = "a"\n[traffic]\nbrake_failure = 2.0'), "brake_failure"),
+    (AV.replace('name = "a"', 'name = "a"\n[traffic]\nages = [0.5, 0.5]'), "ages"),
+    (AV.replace('name = "a"', 'name = "a"\n[traffic]\nweighting = "wealth"'), "weighting"),
+    (AV.replace("steps = 5", "steps = 0"), "steps"),
+    (AV.replace('[[av]]\ntype = "theory"\npreference = "economicus"', '[[av]]\ntype = "llm"'), "preference"),
+    (AV.replace('preference = "economicus"', 'preference = "economicus"\ncount = 0'), "count"),
+    (AV.replace('type = "theory"', 'type = "robot"'), "type"),
+    ('name = "a"\n', "[[av]]"),
+]
+STUDY = 'scenario = "theory_economicus"\n[grid]\n"market.mu" = [0.25]\n'
+STUDY_FILES = [
+    (STUDY + "seeds = [-1]\n", "seeds"),
+    (STUDY.replace('"market.mu"', '"market.bogus"'), "bogus"),
+    (STUDY.replace('"market.mu"', '"mu"'), "section.key"),
+    (STUDY.replace("[0.25]", "[]"), "non-empty"),
+    (STUDY.replace("[0.25]", "[0.0]"), "mu"),
+    (STUDY.replace("theory_economicus", "no_such_scenario"), "no_such_scenario"),
+    ('scenario = "theory_economicus"\n', "grid"),
+]
+
+
+@pytest.mark.parametrize("text,needle", MARKET_FILES)
+def test_bad_market_files(text, needle, tmp_path, capsys):
+    (tmp_path / "m.toml").write_text(text)
+    assert needle in one_line_exit_2(capsys, ["market", "run", str(tmp_path / "m.toml"), "--out", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("text,needle", AV_FILES)
+def test_bad_av_files(text, needle, tmp_path, capsys):
+    (tmp_path / "a.toml").write_text(text)
+    assert needle in one_line_exit_2(capsys, ["av", "run", str(tmp_path / "a.toml"), "--out", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("text,needle", STUDY_FILES)
+def test_bad_study_files(text, needle, tmp_path, capsys):
+    (tmp_path / "s.toml").write_text(text)
+    assert needle in one_line_exit_2(capsys, ["study", "run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "o")])
+
+
+def bad_paths(tmp_path: Path) -> dict:
+    """A regular file, a path under a regular file, a folder that cannot be written, a binary file."""
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "binary").write_bytes(bytes(range(256)) * 4)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    return {"file": tmp_path / "file", "under_file": tmp_path / "file" / "out", "binary": tmp_path / "binary",
+            "unwritable": locked / "out", "folder": tmp_path}
+
+
+COMMANDS = [  # (arguments with {file} {under_file} {binary} {unwritable} {folder} {tmp}, a word the error names)
+    (["market", "run", "theory_economicus", "--out", "{file}"], "File exists"),
+    (["market", "run", "theory_economicus", "--out", "{under_file}"], "Not a directory"),
+    (["av", "run", "theory", "--out", "{file}"], "File exists"),
+    (["study", "run", "kappa", "--out", "{under_file}"], "Not a directory"),
+    (["games", "eval", "--no-base", "--theory", "economicus", "--out", "{file}"], "File exists"),
+    (["games", "eval", "--batch-size", "0", "--out", "{tmp}/g"], "batch-size"),
+    (["games", "eval", "--batch-size", "-1", "--out", "{tmp}/g"], "batch-size"),
+    (["games", "eval", "--backend", "replay", "--out", "{tmp}/g"], "--log"),
+    (["games", "eval", "--backend", "replay", "--log", "{folder}", "--out", "{tmp}/g"], "Is a directory"),
+    (["games", "eval", "--backend", "replay", "--log", "{binary}", "--out", "{tmp}/g"], "JSON line"),
+    (["games", "eval", "--no-base", "--theory", "moralis:2", "--out", "{tmp}/g"], "kappa"),
+    (["games", "eval", "--no-base", "--theory", "saint", "--out", "{tmp}/g"], "preference"),
+    (["games", "eval", "--no-base", "--out", "{tmp}/g"], "nothing to evaluate"),
+    (["finetune", "data", "--preference", "moralis", "--n", "0", "--out", "{tmp}/d.jsonl"], "--n"),
+    (["finetune", "data", "--preference", "moralis", "--kappa", "0.5", "--n", "1000000000000",
+      "--out", "{tmp}/d.jsonl"], "--n"),
+    (["finetune", "data", "--preference", "moralis", "--kappa", "2", "--n", "4", "--out", "{tmp}/d.jsonl"], "kappa"),
+    (["finetune", "data", "--preference", "economicus", "--kappa", "0.5", "--n", "4", "--out", "{tmp}/d.jsonl"],
+     "kappa"),
+    (["finetune", "data", "--preference", "economicus", "--n", "4", "--situations", "chess",
+      "--out", "{tmp}/d.jsonl"], "chess"),
+    (["finetune", "data", "--preference", "economicus", "--n", "4", "--situations", "games=x",
+      "--out", "{tmp}/d.jsonl"], "games"),
+    (["finetune", "data", "--preference", "economicus", "--n", "4", "--out", "{under_file}"], "File exists"),
+    (["finetune", "train", "--data", "{tmp}/none.jsonl", "--out", "{tmp}/a"], "does not exist"),
+    (["finetune", "train", "--data", "{folder}", "--out", "{tmp}/a"], "Is a directory"),
+    (["finetune", "train", "--data", "{binary}", "--out", "{tmp}/a"], "JSON line"),
+    (["finetune", "train", "--data", "{tmp}/nomessages.jsonl", "--out", "{tmp}/a"], "messages"),
+    (["finetune", "train", "--data", "{tmp}/nomessages.jsonl", "--out", "{tmp}/a", "--rank", "0"], "rank"),
+    (["finetune", "evaluate", "--adapters", "{tmp}/empty", "--out", "{tmp}/e"], "no adapters"),
+    (["finetune", "evaluate", "--adapters", "{tmp}/empty", "--adapter", "ghost", "--out", "{tmp}/e"], "ghost"),
+    (["finetune", "pipeline", "--examples", "0", "--out", "{tmp}/p"], "--examples"),
+    (["finetune", "pipeline", "--situations", "chess", "--out", "{tmp}/p"], "chess"),
+    (["theory", "bertrand", "--set", "cost=1e308"], "cost"),
+    (["theory", "bertrand", "--set", "firms=100000"], "firms"),
+    (["theory", "bertrand", "--set", "mu=1e-300"], "mu"),
+    (["theory", "bertrand", "--set", "a=nan"], "a"),
+    (["theory", "bertrand", "--set", "price_scale=1e308"], "price_scale"),
+    (["report", "{folder}"], "manifest.json"),
+    (["report", "{tmp}/nowhere"], "manifest.json"),
+    (["viz", "market", "--adapters", "{file}"], "not a folder"),
+    (["market", "run", "no_such_market", "--out", "{tmp}/o"], "does not exist"),
+    (["market"], "required"),
+    (["bogus"], "invalid choice"),
+]
+
+
+@pytest.mark.parametrize("args,needle", COMMANDS)
+def test_bad_commands(args, needle, tmp_path, capsys):
+    paths = bad_paths(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "nomessages.jsonl").write_text('{"prompt": "x"}\n')
+    filled = [a.format(tmp=tmp_path, **paths) for a in args]
+    assert needle in one_line_exit_2(capsys, filled)
+    (tmp_path / "locked").chmod(0o700)
+
+
+def test_at_least_sixty_bad_inputs():
+    assert len(MARKET_FILES) + len(AV_FILES) + len(STUDY_FILES) + len(COMMANDS) >= 60
+
+
+def test_an_unwritable_output_folder_is_one_line(tmp_path, capsys):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into any folder")
+    paths = bad_paths(tmp_path)
+    assert "Permission denied" in one_line_exit_2(capsys, ["market", "run", "theory_economicus",
+                                                           "--out", str(paths["unwritable"])])
+
+
+# ------------------------------------------------------------------ nothing outside --out
+@pytest.mark.parametrize("value", ["x/../../../../ESCAPED", "../..", "/etc/passwd", "a\\b\x00c", "." * 300])
+def test_a_study_cell_folder_stays_inside_out(value, tmp_path):
+    from scenarios.study import cell_folder
+
+    folder = cell_folder(tmp_path / "out", 7, {"llm.url": value, "seed": 0})
+    assert folder.resolve().parent == (tmp_path / "out" / "cells").resolve()
+    assert len(folder.name) <= 110 and "/" not in folder.name and "\x00" not in folder.name
+
+
+# ------------------------------------------------------------------ two runs into one folder
+def test_a_second_run_into_a_busy_folder_is_refused(tmp_path):
+    out = tmp_path / "out"
+    first = subprocess.Popen([ECONALIGN, "market", "run", "calvano", "--out", str(out)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not (out / ".lock").exists() or not (out / ".lock").read_text().strip():
+            assert time.time() < deadline and first.poll() is None
+            time.sleep(0.1)
+        second = subprocess.run([ECONALIGN, "market", "run", "calvano", "--out", str(out)],
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and second.stderr.count("\n") == 1
+        assert f"in use by another run (process {first.pid})" in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+    # the lock dies with its process (killed here): the folder is free again at once
+    from agents.records import folder_lock
+    with folder_lock(out):
+        pass
+
+
+# ------------------------------------------------------------------ a misbehaving server
+class FakeServer(ThreadingHTTPServer):
+    """An OpenAI-compatible server on 127.0.0.1 (vLLM's /tokenize, /v1/completions with
+    `logprob_token_ids`, /v1/chat/completions) whose replies break as `mode` says."""
+
+    request_queue_size = 256          # the client opens up to 64 connections at once
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.mode = "good"
+        self.hits: dict[str, int] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def tokens(messages: list[dict], generation: bool, open_turn: bool) -> list[int]:
+    """A toy chat template: 1 role 2 content 0 per turn (0 ends a turn), characters as token ids."""
+    out = []
+    for i, m in enumerate(messages):
+        out += [1, *map(ord, m["role"]), 2, *map(ord, m["content"])]
+        if not (open_turn and i == len(messages) - 1):
+            out.append(0)
+    return out + ([1, *map(ord, "assistant"), 2] if generation else [])
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        server: FakeServer = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        server.hits[self.path] = server.hits.get(self.path, 0) + 1
+        mode = server.mode
+        if self.path == "/tokenize":
+            reply = {"tokens": tokens(body["messages"], body["add_generation_prompt"], body["continue_final_message"])}
+        elif self.path == "/v1/completions":
+            wanted = body["logprob_token_ids"]
+            value = {"nan": math.nan, "huge": 1e308, "positive": 0.5}.get(mode, -0.7)
+            choices = []
+            for i, _ in enumerate(body["prompt"]):
+                scores = {f"token_id:{t}": (value if mode != "good" else -0.1 * (1 + t % 7)) for t in wanted}
+                if mode == "missing":
+                    scores.pop(f"token_id:{wanted[0]}")
+                choices.append({"index": i, "logprobs": {"top_logprobs": [scores]}})
+            reply = {"choices": choices}
+        else:
+            reply = {"choices": [{"message": {"content": "ANSWER: 1.8"}}]} if mode == "good" else {"choices": []}
+        text = "{not json" if mode == "badjson" else json.dumps(reply)
+        data = text.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def server():
+    fake = FakeServer()
+    thread = threading.Thread(target=fake.serve_forever, daemon=True)
+    thread.start()
+    yield fake
+    fake.shutdown()
+    fake.server_close()
+
+
+def pricing_pairs(backend, n=3, max_retries=2):
+    """n LLM firms' grid-price decisions on Calvano's market (choose: one scored option each)."""
+    from agents.policies import LLMPolicy
+    from agents.pricing import PricingSituation
+    from markets.bertrand import LogitBertrand
+
+    market = LogitBertrand()
+    grid = tuple(market.price_grid(15, 0.1)[0])
+    policy = LLMPolicy(backend, None, max_retries=max_retries)
+    return [(policy, PricingSituation(market, 0, 2.5, [], (1.5 + 0.1 * i, 1.6), grid)) for i in range(n)]
+
+
+@pytest.mark.parametrize("mode", ["nan", "huge", "positive", "missing"])
+def test_broken_log_probabilities_are_asked_again_then_invalid(server, mode):
+    """Non-finite, positive or missing log-probabilities: every decision is asked again (max_retries
+    times), then invalid with the server named; none is counted valid."""
+    from agents.llm.openai_backend import OpenAIBackend
+    from agents.policies import decide
+
+    server.mode = mode
+    backend = OpenAIBackend(server.url, retries=0, backoff=0.0)
+    decisions = decide(pricing_pairs(backend))
+    assert [d.valid for d in decisions] == [False] * 3 and all(d.action is None for d in decisions)
+    assert all(d.attempts == 3 and server.url in d.raw for d in decisions)
+    assert server.hits["/v1/completions"] == 3 * 3          # 3 decisions x (1 + 2 retries)
+    server.mode = "good"
+    assert all(d.valid for d in decide(pricing_pairs(backend)))
+
+
+def test_a_reply_that_is_not_json_is_retried_then_names_the_server(server):
+    from agents.llm.backend import BackendError
+    from agents.llm.openai_backend import OpenAIBackend
+    from agents.policies import decide
+
+    server.mode = "badjson"
+    backend = OpenAIBackend(server.url, retries=2, backoff=0.0)
+    with pytest.raises(BackendError, match=f"{server.url}.*not JSON"):
+        decide(pricing_pairs(backend, 1))
+    assert server.hits["/tokenize"] == 3                    # asked once and again twice
+
+
+def test_a_market_against_a_broken_server_counts_every_decision_invalid(server, tmp_path):
+    """A Mesa market run whose server answers NaN log-probabilities: exit 0, every LLM decision
+    counted invalid (the prices stay where they started), the summary is strict JSON."""
+    server.mode = "nan"
+    scenario = tmp_path / "m.toml"
+    scenario.write_text(f'name = "nan"\n[llm]\nbackend = "openai"\nurl = "{server.url}"\nretries = 0\n'
+                        '[run]\nsteps = 3\ninitial_prices = [1.6, 1.7]\n'
+                        '[[firm]]\ntype = "llm"\n[[firm]]\ntype = "llm"\n')
+    proc = subprocess.run([ECONALIGN, "market", "run", str(scenario), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text(),
+                         parse_constant=lambda c: pytest.fail(f"summary.json holds {c}"))
+    assert summary["invalid_decisions"] == 2 * 3
+    session = summary["sessions"][0]
+    assert (session["price_0"], session["price_1"]) == (pytest.approx(1.6), pytest.approx(1.7))
+    for line in (tmp_path / "o" / "decisions.jsonl").read_text().splitlines():
+        record = json.loads(line, parse_constant=lambda c: pytest.fail(f"the decision log holds {c}"))
+        assert record["valid"] is False
