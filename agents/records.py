@@ -106,14 +106,17 @@ def visible_files(folder: Path, recursive: bool = False) -> list[str]:
                   if p.is_file() and p.name != "manifest.json" and not p.name.startswith("."))
 
 
-def read_json_lines(path: str | Path, what: str = "a JSON-lines file") -> list:
+def read_json_lines(path: str | Path, what: str = "a JSON-lines file", cut_short_ok: bool = False) -> list:
     """The records of a JSON-lines file (blank lines skipped); InputError naming the first line
-    that is not JSON, or the file if it is not text."""
+    that is not JSON, or the file if it is not text. `cut_short_ok`: a last line without its
+    newline (a kill during the write) is left out."""
     records, line_number = [], 0
     try:
         with open(path, encoding="utf-8") as handle:
             for line in handle:
                 line_number += 1
+                if cut_short_ok and not line.endswith("\n"):
+                    break
                 if line.strip():
                     records.append(json.loads(line))
     except ValueError:                  # not JSON (json.JSONDecodeError), or not text (UnicodeDecodeError)

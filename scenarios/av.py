@@ -88,21 +88,29 @@ def simulate(s: AVScenario, out: Path, policies: dict, progress: bool = True) ->
 def run_av_scenario(path: str | Path, out: str | Path, progress: bool = True, backend=None,
                     overrides: dict | None = None) -> dict:
     """Load, validate and run an AV scenario file; returns its summary (also out/summary.json).
-    `backend`: an already loaded backend holding the adapters the AVs name."""
+    `backend`: an already loaded backend holding the adapters the AVs name. A rerun into the
+    same folder (after a kill, say) answers the decisions its log already holds from the log
+    (agents.llm.replay; the simulation is deterministic for a seed), so each decision is asked
+    and logged once."""
     from agents.llm.decision_log import DecisionLog
+    from agents.llm.replay import ReplayBackend
+    from agents.records import read_json_lines
 
     s = load_av_scenario(path, overrides)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started, adapters, policies = time.time(), {}, {}
     preferences = [a.preference for a in s.avs if a.type == "llm"]
-    with DecisionLog(out / "decisions.jsonl") as log:
+    log_path = out / "decisions.jsonl"
+    recorded = read_json_lines(log_path, "a decision log", cut_short_ok=True) if log_path.exists() else []
+    if s.uses_llm and backend is None:
+        backend, _, adapters = build_backend(s.llm, preferences, s.seed, None)
+    log_path.unlink(missing_ok=True)            # written again, each decision once
+    with DecisionLog(log_path) as log:
         if s.uses_llm:
-            if backend is not None:
-                policies = make_policies(s.llm, preferences, s.seed, backend, log)
-                adapters = loaded_adapters(backend, policies)
-            else:
-                backend, policies, adapters = build_backend(s.llm, preferences, s.seed, log)
+            asked = ReplayBackend(records=recorded, fallback=backend) if recorded else backend
+            policies = make_policies(s.llm, preferences, s.seed, asked, log)
+            adapters = adapters or loaded_adapters(backend, policies)
         summary = {"scenario": s.name, **simulate(s, out, policies, progress)}
     write_json(out / "summary.json", summary)
     write_manifest(out, "av run", s.path, s.raw, s.seed, backend if s.uses_llm else None, adapters, started)

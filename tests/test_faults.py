@@ -356,3 +356,32 @@ def test_a_market_against_a_broken_server_counts_every_decision_invalid(server, 
     for line in (tmp_path / "o" / "decisions.jsonl").read_text().splitlines():
         record = json.loads(line, parse_constant=lambda c: pytest.fail(f"the decision log holds {c}"))
         assert record["valid"] is False
+
+
+# ------------------------------------------------------------------ AV runs resume
+def test_an_av_run_resumes_from_its_log_and_logs_each_decision_once(server, tmp_path, capsys):
+    """An LLM AV run rerun into its folder answers the logged decisions from the log: a complete
+    log asks the server nothing again; a log cut short by a kill (half the records, the last line
+    torn) asks only for the rest; the results are the same and each decision is logged once."""
+    scenario = tmp_path / "a.toml"
+    scenario.write_text(f'name = "llm-avs"\nseed = 3\n[llm]\nbackend = "openai"\nurl = "{server.url}"\n'
+                        '[traffic]\nbrake_failure = 0.9\npedestrian_rate = 0.9\n'
+                        '[run]\nsteps = 40\nprobe = false\n[[av]]\ntype = "llm"\npreference = "base"\ncount = 12\n')
+    out = tmp_path / "o"
+
+    def run() -> tuple[dict, list, int]:
+        before = server.hits.get("/v1/completions", 0)
+        assert main(["av", "run", str(scenario), "--out", str(out)]) == 0
+        capsys.readouterr()
+        summary = json.loads((out / "summary.json").read_text())
+        log = (out / "decisions.jsonl").read_text().splitlines()
+        return summary, log, server.hits.get("/v1/completions", 0) - before
+
+    first, log, asked = run()
+    assert first["dilemmas"] >= 4 and len(log) == first["dilemmas"] and asked == first["dilemmas"]
+    again, log_again, asked_again = run()
+    assert again == first and log_again == log and asked_again == 0
+    half = len(log) // 2
+    (out / "decisions.jsonl").write_text("\n".join(log[:half]) + "\n" + log[half][:40])
+    resumed, log_resumed, asked_resumed = run()
+    assert resumed == first and log_resumed == log and asked_resumed == len(log) - half
