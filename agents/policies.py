@@ -160,6 +160,9 @@ def _server(backend) -> str:
     return getattr(backend, "base_url", None) or getattr(backend, "name", "the backend")
 
 
+MAX_CHARS_PER_TOKEN = 64        # no tokenizer's token is longer
+
+
 def _generate(pairs, seeds) -> list[tuple[Decision, dict]]:
     backend = pairs[0][0].backend
     conversations = [list(o.messages()) for _, o in pairs]
@@ -171,7 +174,9 @@ def _generate(pairs, seeds) -> list[tuple[Decision, dict]]:
     while pending:
         attempt += 1
         requests = [pairs[i][0].request(conversations[i], seeds[i]) for i in pending]
-        texts = backend.generate(requests)
+        # a reply longer than max_tokens tokens can be is cut (a broken or hostile server cannot
+        # fill the decision log: each attempt is logged)
+        texts = [text[:MAX_CHARS_PER_TOKEN * r.max_tokens] for r, text in zip(requests, backend.generate(requests))]
         still = []
         for i, request, text in zip(pending, requests, texts):
             policy, observation = pairs[i]

@@ -276,7 +276,8 @@ class Handler(BaseHTTPRequestHandler):
                 choices.append({"index": i, "logprobs": {"top_logprobs": [scores]}})
             reply = {"choices": choices}
         else:
-            reply = {"choices": [{"message": {"content": "ANSWER: 1.8"}}]} if mode == "good" else {"choices": []}
+            content = {"good": "ANSWER: 1.8", "megabyte": "x" * 1_000_000}.get(mode)
+            reply = {"choices": [{"message": {"content": content}}]} if content else {"choices": []}
         text = "{not json" if mode == "badjson" else json.dumps(reply)
         data = text.encode()
         self.send_response(200)
@@ -385,3 +386,20 @@ def test_an_av_run_resumes_from_its_log_and_logs_each_decision_once(server, tmp_
     (out / "decisions.jsonl").write_text("\n".join(log[:half]) + "\n" + log[half][:40])
     resumed, log_resumed, asked_resumed = run()
     assert resumed == first and log_resumed == log and asked_resumed == len(log) - half
+
+
+def test_huge_replies_are_cut_before_they_reach_the_log(server, tmp_path):
+    """A server that answers 1 MB of text: each attempt is logged, cut to what max_tokens allows."""
+    from agents.llm.decision_log import DecisionLog
+    from agents.llm.openai_backend import OpenAIBackend
+    from agents.policies import MAX_CHARS_PER_TOKEN, LLMPolicy, decide
+    from agents.pricing import PricingSituation
+    from markets.bertrand import LogitBertrand
+
+    server.mode = "megabyte"
+    with DecisionLog(tmp_path / "decisions.jsonl") as log:
+        policy = LLMPolicy(OpenAIBackend(server.url, retries=0), None, max_tokens=16, log=log)
+        free = [(policy, PricingSituation(LogitBertrand(), i % 2, 2.5, [], (1.6, 1.6))) for i in range(12)]
+        decisions = decide(free)
+    assert not any(d.valid for d in decisions) and all(d.attempts == 3 for d in decisions)
+    assert (tmp_path / "decisions.jsonl").stat().st_size < 12 * 3 * 3 * MAX_CHARS_PER_TOKEN * 16
