@@ -84,3 +84,15 @@ def test_serve_cli_refuses_in_one_line(good, model_folder, tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "modules_to_save" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_the_in_process_backend_refuses_an_adapter_of_another_base_model(good, model_folder, tmp_path):
+    """The in-process backend checks an adapter as the server does: a manifest naming another
+    base model's hash is refused in one line before anything loads."""
+    from agents.llm.backend import BackendError
+    from agents.llm.transformers_backend import TransformersBackend
+
+    foreign = _variant(good, tmp_path, "foreign")
+    (foreign / "manifest.json").write_text(json.dumps({"base_model_sha256": "0" * 64}))
+    with pytest.raises(BackendError, match="trained on base model 000000000000"):
+        TransformersBackend(model_folder, adapters={"foreign": foreign})

@@ -43,6 +43,7 @@ class TransformersBackend:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32).eval()
         self.adapters: dict[str, Path] = {}
+        self._base_sha256: str | None = None
         self.max_batch = max_batch
         self.counter = CallCounter()
         pad = self.tokenizer.pad_token_id
@@ -63,13 +64,21 @@ class TransformersBackend:
 
     # ------------------------------------------------------------------ adapters
     def load_adapter(self, name: str, path: str | Path) -> None:
-        """Attach a PEFT LoRA adapter under `name` (safetensors weights only)."""
+        """Attach a PEFT LoRA adapter under `name` (safetensors weights only), checked first as
+        the vLLM server checks it: one that another base model trained (its manifest's base
+        model hash, its shapes) is refused in one line (agents.llm.server.inspect_adapter)."""
         from peft import PeftModel
 
+        from agents.llm.models import model_hash
+        from agents.llm.server import AdapterError, inspect_adapter
+
         path = Path(path)
-        if not (path / "adapter_config.json").exists() or not (path / "adapter_model.safetensors").exists():
-            raise BackendError(f"adapter {name!r}: {path} has no adapter_config.json and "
-                               "adapter_model.safetensors")
+        if self._base_sha256 is None:
+            self._base_sha256 = model_hash(self.model_path)
+        try:
+            inspect_adapter(path, self.model_path, name=name, base_sha256=self._base_sha256)
+        except AdapterError as err:      # the backend's own error, as for any adapter it cannot load
+            raise BackendError(str(err)) from None
         internal = _peft_name(name)
         try:
             if isinstance(self.model, PeftModel):
