@@ -92,3 +92,51 @@ def test_stopped_server_gives_clear_error_after_retries_no_hang(server, client):
     with pytest.raises(BackendError, match=r"did not answer .* after 3 attempts"):
         probe.generate([Request.chat([{"role": "user", "content": "hello"}])])
     assert time.time() - start < 30
+
+
+def test_serve_requires_its_key_and_stops_vllm_on_sigterm(model_folder, tmp_path):
+    """`econalign serve --api-key`: clients without the key are refused (401), with it served; a
+    SIGTERM to `econalign serve` stops the vLLM server it started (the port closes)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve = subprocess.Popen([str(Path(sys.executable).parent / "econalign"), "serve", "--model", str(model_folder),
+                              "--port", str(port), "--api-key", "k3y", "--log", str(tmp_path / "vllm.log")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, "ECONALIGN_API_KEY": ""})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 900
+        while True:
+            assert serve.poll() is None and time.time() < deadline, serve.stdout.read()
+            try:
+                if httpx.get(url + "/v1/models", headers={"Authorization": "Bearer k3y"}, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        assert httpx.get(url + "/v1/models", timeout=5).status_code == 401
+        keyed = OpenAIBackend(url, api_key="k3y", retries=0)
+        assert keyed.choose([CHOICES[2]])[0].sum() == pytest.approx(1.0)
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=60) != 0
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                break                                       # nothing listens on the port any more
+            assert time.time() < deadline, "vLLM still serving after econalign serve was stopped"
+            time.sleep(0.5)
+    finally:
+        if serve.poll() is None:
+            serve.kill()

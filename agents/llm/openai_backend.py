@@ -16,6 +16,7 @@ is enabled; vLLM's guided choice forces a valid option but gives no probabilitie
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Sequence
 
@@ -36,7 +37,7 @@ class OpenAIBackend:
         if self.base_url.endswith("/v1"):
             self.base_url = self.base_url[:-3]
         self.model = model
-        self.api_key = api_key
+        self.api_key = api_key or os.environ.get("ECONALIGN_API_KEY")     # the key `econalign serve` requires
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff

@@ -29,6 +29,9 @@ WEIGHT_MODIFYING_INITS = {"pissa", "olora", "corda", "loftq", "eva"}
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 class AdapterError(InputError):
     """An adapter vLLM (or the in-process backend) would refuse; the message is one line."""
 
@@ -207,8 +210,10 @@ class VLLMServer:
     def __init__(self, model: Path, adapter_folder: Path | None = None, host: str = "127.0.0.1",
                  port: int | None = None, python: str | None = None, log: Path | None = None,
                  max_lora_rank: int | None = None, served_name: str = "base",
-                 kv_cache_gib: int = 2, startup_timeout: float = 900.0, extra: list[str] | None = None):
+                 kv_cache_gib: int = 2, startup_timeout: float = 900.0, extra: list[str] | None = None,
+                 api_key: str | None = None):
         self.model = Path(model)
+        self.api_key = api_key
         if max_lora_rank is not None and max_lora_rank not in VLLM_RANKS:
             raise AdapterError(f"max-lora-rank must be one of {VLLM_RANKS}, got {max_lora_rank}")
         self.adapters = discover_adapters(adapter_folder, self.model, max_lora_rank)
@@ -223,7 +228,8 @@ class VLLMServer:
             served = [AdapterInfo(served_name, identity_adapter(self.model), 8)] + served
             model_name = f"{served_name}-raw"
         self.command = server_command(self.python, self.model, served, self.host, self.port,
-                                      model_name, max_lora_rank=max_lora_rank, extra=extra)
+                                      model_name, max_lora_rank=max_lora_rank,
+                                      extra=[*(extra or []), *(["--api-key", api_key] if api_key else [])])
         self.log = Path(log) if log else None
         self.kv_cache_gib = kv_cache_gib
         self.startup_timeout = startup_timeout
@@ -256,7 +262,8 @@ class VLLMServer:
                 raise ServerError(f"vLLM exited with code {self.process.returncode} before it was "
                                   f"ready: {last[0][:300]}")
             try:
-                if httpx.get(self.url + "/v1/models", timeout=2.0).status_code == 200:
+                headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+                if httpx.get(self.url + "/v1/models", timeout=2.0, headers=headers).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -296,8 +303,12 @@ def run_serve(args) -> int:
     """`econalign serve`: a vLLM server for a base model and its adapters until Ctrl-C."""
     from agents.llm.models import resolve
 
+    if args.host not in LOOPBACK and not args.api_key:
+        print(f"econalign: warning: serving on {args.host} without --api-key: anyone who can reach this "
+              "machine can use the model (set --api-key or ECONALIGN_API_KEY)", file=sys.stderr)
     server = VLLMServer(resolve(args.model), args.adapters, host=args.host, port=args.port,
-                        python=args.vllm_python, log=args.log, max_lora_rank=args.max_lora_rank)
+                        python=args.vllm_python, log=args.log, max_lora_rank=args.max_lora_rank,
+                        api_key=args.api_key)
     names = ", ".join(a.name for a in server.adapters) or "none"
     print(f"starting vLLM for {server.model.name} (adapters: {names}) at {server.url} ...", flush=True)
     # SIGTERM would end this process at once and leave vLLM (in its own session) serving: unwind
@@ -324,3 +335,6 @@ def add_commands(commands) -> None:
     serve.add_argument("--max-lora-rank", type=int, help="vLLM's limit (default: the adapters' rank)")
     serve.add_argument("--vllm-python", help="the Python that has vLLM (default: .venv-vllm)")
     serve.add_argument("--log", help="write the server's output to this file")
+    serve.add_argument("--api-key", default=os.environ.get("ECONALIGN_API_KEY"),
+                       help="require this key from clients (default: $ECONALIGN_API_KEY; clients send "
+                            "$ECONALIGN_API_KEY)")
