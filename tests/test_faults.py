@@ -403,3 +403,32 @@ def test_huge_replies_are_cut_before_they_reach_the_log(server, tmp_path):
         decisions = decide(free)
     assert not any(d.valid for d in decisions) and all(d.attempts == 3 for d in decisions)
     assert (tmp_path / "decisions.jsonl").stat().st_size < 12 * 3 * 3 * MAX_CHARS_PER_TOKEN * 16
+
+
+@pytest.mark.slow
+def test_an_av_run_killed_midway_resumes_to_the_uninterrupted_result(server, tmp_path):
+    """SIGKILL an LLM AV run once it has logged some decisions; the rerun gives the uninterrupted
+    run's summary and decision log, each decision logged once."""
+    import os
+    import signal
+
+    scenario = tmp_path / "a.toml"
+    scenario.write_text(f'name = "llm-avs"\nseed = 5\n[llm]\nbackend = "openai"\nurl = "{server.url}"\n'
+                        '[traffic]\nbrake_failure = 0.9\npedestrian_rate = 0.9\n'
+                        '[run]\nsteps = 300\nprobe = false\n[[av]]\ntype = "llm"\npreference = "base"\ncount = 12\n')
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    subprocess.run([ECONALIGN, "av", "run", str(scenario), "--out", str(whole)], check=True, capture_output=True,
+                   timeout=600)
+    run = subprocess.Popen([ECONALIGN, "av", "run", str(scenario), "--out", str(cut)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (cut / "decisions.jsonl").exists() or (cut / "decisions.jsonl").read_text().count("\n") < 10:
+        assert run.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    assert not (cut / "summary.json").exists()
+    subprocess.run([ECONALIGN, "av", "run", str(scenario), "--out", str(cut)], check=True, capture_output=True,
+                   timeout=600)
+    assert json.loads((cut / "summary.json").read_text()) == json.loads((whole / "summary.json").read_text())
+    assert (cut / "decisions.jsonl").read_text() == (whole / "decisions.jsonl").read_text()
