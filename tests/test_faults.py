@@ -432,3 +432,19 @@ def test_an_av_run_killed_midway_resumes_to_the_uninterrupted_result(server, tmp
                    timeout=600)
     assert json.loads((cut / "summary.json").read_text()) == json.loads((whole / "summary.json").read_text())
     assert (cut / "decisions.jsonl").read_text() == (whole / "decisions.jsonl").read_text()
+
+
+def test_a_failed_run_does_not_block_its_corrected_rerun(tmp_path, capsys):
+    """A run refused before it decided anything (an adapter that is not there) leaves nothing that
+    refuses the corrected run into the same folder."""
+    (tmp_path / "adapters").mkdir()
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text(f'name = "m"\n[llm]\nadapters = "{tmp_path / "adapters"}"\n[run]\nsteps = 5\n'
+                     '[[firm]]\ntype = "llm"\npreference = "economicus"\n' + THEORY_FIRM)
+    assert "no adapter 'economicus'" in one_line_exit_2(capsys, ["market", "run", str(wrong), "--out",
+                                                                 str(tmp_path / "o")])
+    right = tmp_path / "right.toml"
+    right.write_text(MARKET)
+    assert main(["market", "run", str(right), "--out", str(tmp_path / "o")]) == 0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["scenario"] == "m" and summary["engine"] == "mesa" and len(summary["sessions"]) == 1
