@@ -448,3 +448,55 @@ def test_a_failed_run_does_not_block_its_corrected_rerun(tmp_path, capsys):
     assert main(["market", "run", str(right), "--out", str(tmp_path / "o")]) == 0
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["scenario"] == "m" and summary["engine"] == "mesa" and len(summary["sessions"]) == 1
+
+
+def _kill_when(command: list[str], ready, timeout: float = 300) -> None:
+    """Start `command`, SIGKILL it as soon as ready() holds (it must not have finished by then)."""
+    import os
+    import signal
+
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not ready():
+        assert run.poll() is None and time.time() < deadline, f"{command} ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+
+
+def _without_times(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in ("seconds", "session_periods_per_second")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["mesa-llm", "vectorised", "study"])
+def test_runs_killed_midway_resume_to_the_uninterrupted_result(kind, server, tmp_path):
+    """SIGKILL a Mesa market of LLM firms (against the fake server) after its first session, the
+    vectorised Q-learning engine after its first checkpoint, a study after its first cell; the
+    rerun gives the uninterrupted run's results, and every LLM decision is logged once."""
+    if kind == "mesa-llm":
+        target = tmp_path / "m.toml"
+        target.write_text(f'name = "llm"\n[llm]\nbackend = "openai"\nurl = "{server.url}"\n'
+                          '[run]\nsteps = 40\nsessions = 4\n[[firm]]\ntype = "llm"\n[[firm]]\ntype = "llm"\n')
+        command, result = ["market", "run", str(target)], "summary.json"
+        ready = lambda out: any((out / "sessions").glob("*/record.json"))  # noqa: E731
+    elif kind == "vectorised":
+        command, result = ["market", "run", "calvano"], "summary.json"
+        ready = lambda out: (out / "checkpoint.npz").exists()  # noqa: E731
+    else:
+        command, result = ["study", "run", "kappa"], "study.csv"
+        ready = lambda out: any((out / "cells").glob("*/summary.json"))  # noqa: E731
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    subprocess.run([ECONALIGN, *command, "--out", str(whole)], check=True, capture_output=True, timeout=900)
+    _kill_when([ECONALIGN, *command, "--out", str(cut)], lambda: ready(cut))
+    assert not (cut / result).exists()
+    subprocess.run([ECONALIGN, *command, "--out", str(cut)], check=True, capture_output=True, timeout=900)
+    if result == "study.csv":
+        assert (cut / result).read_text() == (whole / result).read_text()
+    else:
+        assert _without_times(json.loads((cut / result).read_text())) == \
+            _without_times(json.loads((whole / result).read_text()))
+    if kind == "mesa-llm":
+        logged = sorted((cut / "decisions.jsonl").read_text().splitlines())
+        assert logged == sorted((whole / "decisions.jsonl").read_text().splitlines())
+        assert len(logged) == 4 * 40 * 2
