@@ -228,7 +228,7 @@ def demo_sections(folder: Path) -> list[Section]:
                 "each pair of adapters (grid prices, greedy decoding).",
                 [Figure("markets/theory_moralis/prices.png", "theory homo moralis 0.5 duopoly"),
                  *[Figure(f"markets/{name}/prices.png", name.replace("_", " ")) for name in llm_pairs]],
-                [Table("markets.csv", "every market of the main job")]),
+                [Table("markets/markets.csv", "every market of the main job")]),
         Section("Autonomous vehicles",
                 "Brake-failure dilemmas in traffic: deaths by AV type, and P(swerve) when one passenger "
                 "dies to save N pedestrians for the theory types and the LLM AVs with each adapter. Homo "
@@ -237,7 +237,7 @@ def demo_sections(folder: Path) -> list[Section]:
                 [Figure("avs/theory/casualties.png", "deaths by AV type"),
                  Figure("avs/theory/choice_curve.png", "theory choice curves"),
                  *[Figure(f"avs/{name}/choice_curve.png", name.replace("_", " ")) for name in llm_avs]],
-                [Table("avs.csv", f"every AV type; humans ({BONNEFON}) swerve for 1 vs 10 at 76%, 1 vs 1 at 23%")]),
+                [Table("avs/avs.csv", f"every AV type; humans ({BONNEFON}) swerve for 1 vs 10 at 76%, 1 vs 1 at 23%")]),
         Section("Timings and the manifest",
                 "How long the job took and what it ran on; each run's own manifest.json (in its folder) "
                 "holds its scenario, seeds, model and adapter hashes.",
