@@ -41,12 +41,14 @@ def simulate(s: AVScenario, out: Path, policies: dict, progress: bool = True) ->
     from scenarios.av_plots import plot_casualties, plot_effects
     from simulation.av_metrics import casualties, preference_effects, utilitarian_share
     from simulation.av_traffic import AVTraffic
+    from simulation.lockstep import step_together
 
     avs = deciders(s, policies)
-    model = AVTraffic(avs, s.traffic_settings(), seed=s.seed)
+    seeds = s.run.seeds or [s.seed]
+    models = [AVTraffic(avs, s.traffic_settings(), seed=seed) for seed in seeds]
     for _ in tqdm(range(s.run.steps), desc=f"{s.name}", unit="step", disable=not progress):
-        model.step()
-    steps, dilemmas, people = model.step_data(), model.dilemma_data(), model.people_data()
+        step_together(models)         # the cities of every seed: one backend call per step for all
+    steps, dilemmas, people = pooled(models)
     if not people.empty:
         people = people.merge(dilemmas[["dilemma", "decider"]], on="dilemma")
     steps.to_parquet(out / "steps.parquet", index=False)
@@ -62,10 +64,11 @@ def simulate(s: AVScenario, out: Path, policies: dict, progress: bool = True) ->
         plot_casualties(dead, out / "casualties.png", s.name)
     if not effects.empty:
         plot_effects(effects, out / "effects.png", s.name)
-    summary = {"steps": s.run.steps, "avs": len(avs), "dilemmas": len(dilemmas),
-               "backend_calls_per_step": max(model.backend_calls or [0]),
+    summary = {"steps": s.run.steps, **({"seeds": seeds} if len(seeds) > 1 else {}), "avs": len(avs),
+               "dilemmas": len(dilemmas),
+               "backend_calls_per_step": max(c for m in models for c in m.backend_calls or [0]),
                "invalid_decisions": int((~dilemmas.valid).sum()) if len(dilemmas) else 0,
-               **{k: int(v) for k, v in model.counts.items()}, "by_type": {}}
+               **{k: int(sum(m.counts[k] for m in models)) for k in models[0].counts}, "by_type": {}}
     for label, d in (dilemmas.groupby("decider") if len(dilemmas) else []):
         known = d.dropna(subset=["is_utilitarian"])
         killed = dead[(dead.decider == label)].set_index("group").killed
@@ -83,6 +86,24 @@ def simulate(s: AVScenario, out: Path, policies: dict, progress: bool = True) ->
         summary["choice_curve"] = {c: [round(float(v), 4) for v in curve[c]] for c in curve.columns
                                    if not c.startswith("human")}
     return summary
+
+
+def pooled(models) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The models' step, dilemma and people data as one: with several seeds each row names its
+    seed, and dilemma numbers run on across the models (unique in the pooled tables)."""
+    if len(models) == 1:
+        m = models[0]
+        return m.step_data(), m.dilemma_data(), m.people_data()
+    tables, offset = ([], [], []), 0
+    for m in models:
+        steps, dilemmas, people = m.step_data(), m.dilemma_data(), m.people_data()
+        for frame in (dilemmas, people):
+            if not frame.empty:
+                frame["dilemma"] += offset
+        for table, frame in zip(tables, (steps, dilemmas, people)):
+            table.append(frame.assign(seed=m.seed_value))
+        offset += len(dilemmas)
+    return tuple(pd.concat(t, ignore_index=True) for t in tables)
 
 
 def run_av_scenario(path: str | Path, out: str | Path, progress: bool = True, backend=None,

@@ -236,6 +236,8 @@ TrafficSection = domain_section(TrafficSettings, skip=("avs",))
 
 class AVRun(Section):
     steps: int = Field(100, ge=1, le=1_000_000)
+    # several cities stepped in lock-step (one backend call per step for all); None: the scenario's seed
+    seeds: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] | None = Field(None, min_length=1, max_length=1000)
     probe: bool = True
 
 

@@ -256,7 +256,7 @@ class AVTraffic(mesa.Model):
         return Asks([(av.policy, DilemmaSituation(d)) for av, _, d in pending],
                     [self.seed_value * 1_000_003 + self.step_count * 10_007 + av.unique_id
                      for av, _, _ in pending],
-                    [{"step": self.step_count, "av": av.unique_id} for av, _, _ in pending])
+                    [{"step": self.step_count, "av": av.unique_id, "seed": self.seed_value} for av, _, _ in pending])
 
     def apply_decisions(self, decisions, calls: int) -> None:
         """The dilemmas resolved by the decisions, the AVs moved, dead passengers' AVs replaced,

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_server import fake_server  # noqa: F401  (a misbehaving OpenAI-compatible server, tests/fake_server.py)
 
 from agents.llm.backend import BackendError, CallCounter
 from browser import browser  # noqa: F401  (the fixture of the browser tests, tests/browser.py)

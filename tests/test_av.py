@@ -219,3 +219,26 @@ def test_mesa_batch_run_sweeps_traffic_by_keyword():
         AVTraffic(speed=3)
     with pytest.raises(ValueError, match="not both"):
         AVTraffic(settings=TrafficSettings(), avs=3)
+
+
+def test_several_seeds_step_in_lock_step_and_pool_as_separate_runs(tmp_path):
+    """`[run] seeds`: the cities of every seed step together; the pooled summary is the separate
+    runs' (counts added, dilemmas numbered on), and each run alone is the single-seed run."""
+    from scenarios.av import run_av_scenario
+
+    def run(name, **run_settings):
+        return run_av_scenario("theory", tmp_path / name, progress=False,
+                               overrides={"run": {"steps": 60, "probe": False, **run_settings}})
+
+    one, two = run("one", seeds=[4]), run("two", seeds=[9])
+    both = run("both", seeds=[4, 9])
+    assert run("plain") == run("plain0", seeds=[0])            # no seeds: the scenario's own seed (0)
+    assert both["seeds"] == [4, 9] and both["dilemmas"] == one["dilemmas"] + two["dilemmas"]
+    for key in ("arrived", "crossed", "stops", "replaced", "ran_light", "averted"):
+        assert both[key] == one[key] + two[key], key
+    for label, t in both["by_type"].items():
+        parts = [r["by_type"][label] for r in (one, two) if label in r["by_type"]]
+        assert t["dilemmas"] == sum(p["dilemmas"] for p in parts)
+        assert t["killed"] == sum(p["killed"] for p in parts)
+    dilemmas = pd.read_parquet(tmp_path / "both" / "dilemmas.parquet")
+    assert dilemmas.dilemma.is_unique and set(dilemmas.seed) == {4, 9}

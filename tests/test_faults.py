@@ -2,12 +2,9 @@
 OpenAI-compatible server's replies are asked again, then counted invalid (never valid) and the
 error names the server; two runs into one folder are refused; nothing is written outside --out."""
 import json
-import math
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -213,76 +210,6 @@ def test_a_second_run_into_a_busy_folder_is_refused(tmp_path):
 
 
 # ------------------------------------------------------------------ a misbehaving server
-class FakeServer(ThreadingHTTPServer):
-    """An OpenAI-compatible server on 127.0.0.1 (vLLM's /tokenize, /v1/completions with
-    `logprob_token_ids`, /v1/chat/completions) whose replies break as `mode` says."""
-
-    request_queue_size = 256          # the client opens up to 64 connections at once
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.mode = "good"
-        self.hits: dict[str, int] = {}
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-def tokens(messages: list[dict], generation: bool, open_turn: bool) -> list[int]:
-    """A toy chat template: 1 role 2 content 0 per turn (0 ends a turn), characters as token ids."""
-    out = []
-    for i, m in enumerate(messages):
-        out += [1, *map(ord, m["role"]), 2, *map(ord, m["content"])]
-        if not (open_turn and i == len(messages) - 1):
-            out.append(0)
-    return out + ([1, *map(ord, "assistant"), 2] if generation else [])
-
-
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        server: FakeServer = self.server
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        server.hits[self.path] = server.hits.get(self.path, 0) + 1
-        mode = server.mode
-        if self.path == "/tokenize":
-            reply = {"tokens": tokens(body["messages"], body["add_generation_prompt"], body["continue_final_message"])}
-        elif self.path == "/v1/completions":
-            wanted = body["logprob_token_ids"]
-            value = {"nan": math.nan, "huge": 1e308, "positive": 0.5}.get(mode, -0.7)
-            choices = []
-            for i, _ in enumerate(body["prompt"]):
-                scores = {f"token_id:{t}": (value if mode != "good" else -0.1 * (1 + t % 7)) for t in wanted}
-                if mode == "missing":
-                    scores.pop(f"token_id:{wanted[0]}")
-                choices.append({"index": i, "logprobs": {"top_logprobs": [scores]}})
-            reply = {"choices": choices}
-        else:
-            content = {"good": "ANSWER: 1.8", "megabyte": "x" * 1_000_000}.get(mode)
-            reply = {"choices": [{"message": {"content": content}}]} if content else {"choices": []}
-        text = "{not json" if mode == "badjson" else json.dumps(reply)
-        data = text.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-@pytest.fixture
-def server():
-    fake = FakeServer()
-    thread = threading.Thread(target=fake.serve_forever, daemon=True)
-    thread.start()
-    yield fake
-    fake.shutdown()
-    fake.server_close()
-
-
 def pricing_pairs(backend, n=3, max_retries=2):
     """n LLM firms' grid-price decisions on Calvano's market (choose: one scored option each)."""
     from agents.policies import LLMPolicy
@@ -296,40 +223,40 @@ def pricing_pairs(backend, n=3, max_retries=2):
 
 
 @pytest.mark.parametrize("mode", ["nan", "huge", "positive", "missing"])
-def test_broken_log_probabilities_are_asked_again_then_invalid(server, mode):
+def test_broken_log_probabilities_are_asked_again_then_invalid(fake_server, mode):
     """Non-finite, positive or missing log-probabilities: every decision is asked again (max_retries
     times), then invalid with the server named; none is counted valid."""
     from agents.llm.openai_backend import OpenAIBackend
     from agents.policies import decide
 
-    server.mode = mode
-    backend = OpenAIBackend(server.url, retries=0, backoff=0.0)
+    fake_server.mode = mode
+    backend = OpenAIBackend(fake_server.url, retries=0, backoff=0.0)
     decisions = decide(pricing_pairs(backend))
     assert [d.valid for d in decisions] == [False] * 3 and all(d.action is None for d in decisions)
-    assert all(d.attempts == 3 and server.url in d.raw for d in decisions)
-    assert server.hits["/v1/completions"] == 3 * 3          # 3 decisions x (1 + 2 retries)
-    server.mode = "good"
+    assert all(d.attempts == 3 and fake_server.url in d.raw for d in decisions)
+    assert fake_server.hits["/v1/completions"] == 3 * 3          # 3 decisions x (1 + 2 retries)
+    fake_server.mode = "good"
     assert all(d.valid for d in decide(pricing_pairs(backend)))
 
 
-def test_a_reply_that_is_not_json_is_retried_then_names_the_server(server):
+def test_a_reply_that_is_not_json_is_retried_then_names_the_server(fake_server):
     from agents.llm.backend import BackendError
     from agents.llm.openai_backend import OpenAIBackend
     from agents.policies import decide
 
-    server.mode = "badjson"
-    backend = OpenAIBackend(server.url, retries=2, backoff=0.0)
-    with pytest.raises(BackendError, match=f"{server.url}.*not JSON"):
+    fake_server.mode = "badjson"
+    backend = OpenAIBackend(fake_server.url, retries=2, backoff=0.0)
+    with pytest.raises(BackendError, match=f"{fake_server.url}.*not JSON"):
         decide(pricing_pairs(backend, 1))
-    assert server.hits["/tokenize"] == 3                    # asked once and again twice
+    assert fake_server.hits["/tokenize"] == 3                    # asked once and again twice
 
 
-def test_a_market_against_a_broken_server_counts_every_decision_invalid(server, tmp_path):
+def test_a_market_against_a_broken_server_counts_every_decision_invalid(fake_server, tmp_path):
     """A Mesa market run whose server answers NaN log-probabilities: exit 0, every LLM decision
     counted invalid (the prices stay where they started), the summary is strict JSON."""
-    server.mode = "nan"
+    fake_server.mode = "nan"
     scenario = tmp_path / "m.toml"
-    scenario.write_text(f'name = "nan"\n[llm]\nbackend = "openai"\nurl = "{server.url}"\nretries = 0\n'
+    scenario.write_text(f'name = "nan"\n[llm]\nbackend = "openai"\nurl = "{fake_server.url}"\nretries = 0\n'
                         '[run]\nsteps = 3\ninitial_prices = [1.6, 1.7]\n'
                         '[[firm]]\ntype = "llm"\n[[firm]]\ntype = "llm"\n')
     proc = subprocess.run([ECONALIGN, "market", "run", str(scenario), "--out", str(tmp_path / "o")],
@@ -346,23 +273,23 @@ def test_a_market_against_a_broken_server_counts_every_decision_invalid(server, 
 
 
 # ------------------------------------------------------------------ AV runs resume
-def test_an_av_run_resumes_from_its_log_and_logs_each_decision_once(server, tmp_path, capsys):
+def test_an_av_run_resumes_from_its_log_and_logs_each_decision_once(fake_server, tmp_path, capsys):
     """An LLM AV run rerun into its folder answers the logged decisions from the log: a complete
     log asks the server nothing again; a log cut short by a kill (half the records, the last line
     torn) asks only for the rest; the results are the same and each decision is logged once."""
     scenario = tmp_path / "a.toml"
-    scenario.write_text(f'name = "llm-avs"\nseed = 3\n[llm]\nbackend = "openai"\nurl = "{server.url}"\n'
+    scenario.write_text(f'name = "llm-avs"\nseed = 3\n[llm]\nbackend = "openai"\nurl = "{fake_server.url}"\n'
                         '[traffic]\nbrake_failure = 0.9\npedestrian_rate = 0.9\n'
                         '[run]\nsteps = 40\nprobe = false\n[[av]]\ntype = "llm"\npreference = "base"\ncount = 12\n')
     out = tmp_path / "o"
 
     def run() -> tuple[dict, list, int]:
-        before = server.hits.get("/v1/completions", 0)
+        before = fake_server.hits.get("/v1/completions", 0)
         assert main(["av", "run", str(scenario), "--out", str(out)]) == 0
         capsys.readouterr()
         summary = json.loads((out / "summary.json").read_text())
         log = (out / "decisions.jsonl").read_text().splitlines()
-        return summary, log, server.hits.get("/v1/completions", 0) - before
+        return summary, log, fake_server.hits.get("/v1/completions", 0) - before
 
     first, log, asked = run()
     assert first["dilemmas"] >= 4 and len(log) == first["dilemmas"] and asked == first["dilemmas"]
@@ -374,7 +301,7 @@ def test_an_av_run_resumes_from_its_log_and_logs_each_decision_once(server, tmp_
     assert resumed == first and log_resumed == log and asked_resumed == len(log) - half
 
 
-def test_huge_replies_are_cut_before_they_reach_the_log(server, tmp_path):
+def test_huge_replies_are_cut_before_they_reach_the_log(fake_server, tmp_path):
     """A server that answers 1 MB of text: each attempt is logged, cut to what max_tokens allows."""
     from agents.llm.decision_log import DecisionLog
     from agents.llm.openai_backend import OpenAIBackend
@@ -382,9 +309,9 @@ def test_huge_replies_are_cut_before_they_reach_the_log(server, tmp_path):
     from agents.pricing import PricingSituation
     from markets.bertrand import LogitBertrand
 
-    server.mode = "megabyte"
+    fake_server.mode = "megabyte"
     with DecisionLog(tmp_path / "decisions.jsonl") as log:
-        policy = LLMPolicy(OpenAIBackend(server.url, retries=0), None, max_tokens=16, log=log)
+        policy = LLMPolicy(OpenAIBackend(fake_server.url, retries=0), None, max_tokens=16, log=log)
         free = [(policy, PricingSituation(LogitBertrand(), i % 2, 2.5, [], (1.6, 1.6))) for i in range(12)]
         decisions = decide(free)
     assert not any(d.valid for d in decisions) and all(d.attempts == 3 for d in decisions)
@@ -392,14 +319,14 @@ def test_huge_replies_are_cut_before_they_reach_the_log(server, tmp_path):
 
 
 @pytest.mark.slow
-def test_an_av_run_killed_midway_resumes_to_the_uninterrupted_result(server, tmp_path):
+def test_an_av_run_killed_midway_resumes_to_the_uninterrupted_result(fake_server, tmp_path):
     """SIGKILL an LLM AV run once it has logged some decisions; the rerun gives the uninterrupted
     run's summary and decision log, each decision logged once."""
     import os
     import signal
 
     scenario = tmp_path / "a.toml"
-    scenario.write_text(f'name = "llm-avs"\nseed = 5\n[llm]\nbackend = "openai"\nurl = "{server.url}"\n'
+    scenario.write_text(f'name = "llm-avs"\nseed = 5\n[llm]\nbackend = "openai"\nurl = "{fake_server.url}"\n'
                         '[traffic]\nbrake_failure = 0.9\npedestrian_rate = 0.9\n'
                         '[run]\nsteps = 300\nprobe = false\n[[av]]\ntype = "llm"\npreference = "base"\ncount = 12\n')
     whole, cut = tmp_path / "whole", tmp_path / "cut"
@@ -456,13 +383,13 @@ def _without_times(record: dict) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mesa-llm", "vectorised", "study"])
-def test_runs_killed_midway_resume_to_the_uninterrupted_result(kind, server, tmp_path):
+def test_runs_killed_midway_resume_to_the_uninterrupted_result(kind, fake_server, tmp_path):
     """SIGKILL a Mesa market of LLM firms (against the fake server) after its first session, the
     vectorised Q-learning engine after its first checkpoint, a study after its first cell; the
     rerun gives the uninterrupted run's results, and every LLM decision is logged once."""
     if kind == "mesa-llm":
         target = tmp_path / "m.toml"
-        target.write_text(f'name = "llm"\n[llm]\nbackend = "openai"\nurl = "{server.url}"\n'
+        target.write_text(f'name = "llm"\n[llm]\nbackend = "openai"\nurl = "{fake_server.url}"\n'
                           '[run]\nsteps = 40\nsessions = 4\n[[firm]]\ntype = "llm"\n[[firm]]\ntype = "llm"\n')
         command, result = ["market", "run", str(target)], "summary.json"
         ready = lambda out: any((out / "sessions").glob("*/record.json"))  # noqa: E731

@@ -117,3 +117,31 @@ def test_sessions_draw_independently(tmp_path):
     assert len({tuple(row) for row in first.to_numpy()}) > 1
     seeds = [json.loads(line)["seed"] for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]
     assert len(set(seeds)) == len(seeds) == 12
+
+
+def test_llm_avs_of_several_seeds_share_one_backend_call_per_step(fake_server, tmp_path, capsys):
+    """An LLM AV run over three seeds (against the fake server): one backend call per step for
+    all three cities, and each city decides as its single-seed run does."""
+    from pathlib import Path
+
+    from scenarios.cli import main
+
+    def scenario(name: str, seeds: list[int]) -> Path:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(f'name = "{name}"\n[llm]\nbackend = "openai"\nurl = "{fake_server.url}"\n'
+                        '[traffic]\nbrake_failure = 0.9\npedestrian_rate = 0.9\n'
+                        f'[run]\nsteps = 30\nprobe = false\nseeds = {seeds}\n'
+                        '[[av]]\ntype = "llm"\npreference = "base"\ncount = 12\n')
+        return path
+
+    assert main(["av", "run", str(scenario("all", [1, 2, 3])), "--out", str(tmp_path / "all")]) == 0
+    summary = json.loads((tmp_path / "all" / "summary.json").read_text())
+    assert summary["seeds"] == [1, 2, 3] and summary["backend_calls_per_step"] == 1
+    pooled = pd.read_parquet(tmp_path / "all" / "dilemmas.parquet")
+    columns = ["step", "av", "action"]
+    for seed in (1, 2, 3):
+        assert main(["av", "run", str(scenario(f"s{seed}", [seed])), "--out", str(tmp_path / f"s{seed}")]) == 0
+        alone = pd.read_parquet(tmp_path / f"s{seed}" / "dilemmas.parquet")
+        mine = pooled[pooled.seed == seed].reset_index(drop=True)
+        assert len(alone) > 0 and mine[columns].equals(alone[columns])
+    capsys.readouterr()

@@ -1,0 +1,79 @@
+"""A fake OpenAI-compatible server for fault tests: vLLM's /tokenize, /v1/completions with
+`logprob_token_ids` and /v1/chat/completions on 127.0.0.1, whose replies break as `mode` says
+(good, nan, huge, positive, missing, badjson, megabyte). The `fake_server` fixture runs one."""
+import json
+import math
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+
+class FakeServer(ThreadingHTTPServer):
+    """An OpenAI-compatible server on 127.0.0.1 (vLLM's /tokenize, /v1/completions with
+    `logprob_token_ids`, /v1/chat/completions) whose replies break as `mode` says."""
+
+    request_queue_size = 256          # the client opens up to 64 connections at once
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.mode = "good"
+        self.hits: dict[str, int] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def tokens(messages: list[dict], generation: bool, open_turn: bool) -> list[int]:
+    """A toy chat template: 1 role 2 content 0 per turn (0 ends a turn), characters as token ids."""
+    out = []
+    for i, m in enumerate(messages):
+        out += [1, *map(ord, m["role"]), 2, *map(ord, m["content"])]
+        if not (open_turn and i == len(messages) - 1):
+            out.append(0)
+    return out + ([1, *map(ord, "assistant"), 2] if generation else [])
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        server: FakeServer = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        server.hits[self.path] = server.hits.get(self.path, 0) + 1
+        mode = server.mode
+        if self.path == "/tokenize":
+            reply = {"tokens": tokens(body["messages"], body["add_generation_prompt"], body["continue_final_message"])}
+        elif self.path == "/v1/completions":
+            wanted = body["logprob_token_ids"]
+            value = {"nan": math.nan, "huge": 1e308, "positive": 0.5}.get(mode, -0.7)
+            choices = []
+            for i, _ in enumerate(body["prompt"]):
+                scores = {f"token_id:{t}": (value if mode != "good" else -0.1 * (1 + t % 7)) for t in wanted}
+                if mode == "missing":
+                    scores.pop(f"token_id:{wanted[0]}")
+                choices.append({"index": i, "logprobs": {"top_logprobs": [scores]}})
+            reply = {"choices": choices}
+        else:
+            content = {"good": "ANSWER: 1.8", "megabyte": "x" * 1_000_000}.get(mode)
+            reply = {"choices": [{"message": {"content": content}}]} if content else {"choices": []}
+        text = "{not json" if mode == "badjson" else json.dumps(reply)
+        data = text.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def fake_server():
+    fake = FakeServer()
+    thread = threading.Thread(target=fake.serve_forever, daemon=True)
+    thread.start()
+    yield fake
+    fake.shutdown()
+    fake.server_close()
