@@ -1,6 +1,6 @@
 """A fake OpenAI-compatible server for fault tests: vLLM's /tokenize, /v1/completions with
 `logprob_token_ids` and /v1/chat/completions on 127.0.0.1, whose replies break as `mode` says
-(good, nan, huge, positive, missing, badjson, megabyte). The `fake_server` fixture runs one."""
+(good, nan, huge, positive, missing, badjson, megabyte, unknown_model). The `fake_server` fixture runs one."""
 import json
 import math
 import threading
@@ -40,11 +40,24 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def do_GET(self):
+        self._reply(200, json.dumps({"data": [{"id": "base"}, {"id": "economicus"}]}))
+
+    def _reply(self, status: int, text: str) -> None:
+        data = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def do_POST(self):
         server: FakeServer = self.server
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         server.hits[self.path] = server.hits.get(self.path, 0) + 1
         mode = server.mode
+        if mode == "unknown_model" and body.get("model") not in ("base", "economicus"):
+            return self._reply(404, json.dumps({"message": f"The model `{body.get('model')}` does not exist."}))
         if self.path == "/tokenize":
             reply = {"tokens": tokens(body["messages"], body["add_generation_prompt"], body["continue_final_message"])}
         elif self.path == "/v1/completions":
@@ -60,13 +73,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             content = {"good": "ANSWER: 1.8", "megabyte": "x" * 1_000_000}.get(mode)
             reply = {"choices": [{"message": {"content": content}}]} if content else {"choices": []}
-        text = "{not json" if mode == "badjson" else json.dumps(reply)
-        data = text.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self._reply(200, "{not json" if mode == "badjson" else json.dumps(reply))
 
 
 @pytest.fixture

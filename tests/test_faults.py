@@ -413,3 +413,19 @@ def test_runs_killed_midway_resume_to_the_uninterrupted_result(kind, fake_server
         logged = sorted((cut / "decisions.jsonl").read_text().splitlines())
         assert logged == sorted((whole / "decisions.jsonl").read_text().splitlines())
         assert len(logged) == 4 * 40 * 2
+
+
+def test_an_unknown_adapter_names_what_the_server_serves(fake_server):
+    """A 404 for a model or adapter the server does not serve: one error naming the server and
+    what it serves (vLLM's own message names only the base model)."""
+    from agents.llm.backend import BackendError
+    from agents.llm.openai_backend import OpenAIBackend
+    from agents.policies import LLMPolicy, decide
+    from agents.pricing import PricingSituation
+    from markets.bertrand import LogitBertrand
+
+    fake_server.mode = "unknown_model"
+    policy = LLMPolicy(OpenAIBackend(fake_server.url, retries=0), "moralis-0.5")
+    with pytest.raises(BackendError, match=r"HTTP 404.*moralis-0.5.*the server serves: base, economicus"):
+        decide([(policy, PricingSituation(LogitBertrand(), 0, 2.5, [], (1.6, 1.6)))])
+

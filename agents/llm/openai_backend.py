@@ -85,14 +85,24 @@ class OpenAIBackend:
                 last = f"HTTP {response.status_code}: {response.text[:200]}"
                 continue
             if response.status_code >= 400:
+                served = await self._served_models(client) if response.status_code == 404 else ""
                 raise BackendError(f"{self.base_url}{path} refused the request (HTTP "
-                                   f"{response.status_code}): {_detail(response)}")
+                                   f"{response.status_code}): {_detail(response)}{served}")
             try:
                 return response.json()
             except ValueError:
                 last = f"a reply that is not JSON: {response.text[:80]!r}"
         raise BackendError(f"LLM server at {self.base_url} did not answer {path} after "
                            f"{self.retries + 1} attempts ({last})")
+
+    async def _served_models(self, client) -> str:
+        """What the server serves (its /v1/models), to say beside a 404 for an unknown model or
+        adapter (vLLM's own message names only the base model)."""
+        try:
+            names = [m["id"] for m in (await client.get(self.base_url + "/v1/models")).json()["data"]]
+        except Exception:                  # the listing is a courtesy: never hide the 404 itself
+            return ""
+        return f" (the server serves: {', '.join(names)})"
 
     def _client(self):
         import httpx
