@@ -298,13 +298,14 @@ def registered_adapters(folder: str | Path, names: list[str], base: str | None =
     if not names:
         raise InputError(f"no adapters in {folder}")
     base_folder = resolve(base)
+    base_sha256 = model_hash(base_folder)           # read once, not once per adapter
     adapters = {}
     for name in names:
         path = adapter_path(name, folder)
         manifest = read_manifest(path)
         if "preference" not in manifest:
             raise InputError(f"adapter {name} has no manifest.json naming its preference")
-        inspect_adapter(path, base_folder, name=name, base_sha256=model_hash(base_folder))
+        inspect_adapter(path, base_folder, name=name, base_sha256=base_sha256)
         try:
             adapters[name] = from_name(manifest["preference"])
         except InputError as err:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from agents.errors import InputError
+from agents.llm.server import sigterm_unwinds
 
 APPS = Path(__file__).parent
 
@@ -33,15 +33,13 @@ def run_viz(args) -> int:
           flush=True)
     server = subprocess.Popen([solara, "run", str(APPS / f"{args.model}_app.py"), "--host", args.host,
                                "--port", str(args.port), "--production", "--no-open", "--no-check-version"], env=env)
-    # SIGTERM would end this process at once and leave the server running: unwind instead
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    try:
-        return server.wait()
-    finally:
-        if server.poll() is None:
-            server.terminate()
-            server.wait(timeout=10)
-        signal.signal(signal.SIGTERM, previous)
+    with sigterm_unwinds():         # else SIGTERM ends this process and leaves the server running
+        try:
+            return server.wait()
+        finally:
+            if server.poll() is None:
+                server.terminate()
+                server.wait(timeout=10)
 
 
 def add_commands(commands) -> None:

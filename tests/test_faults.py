@@ -89,22 +89,14 @@ STUDY_FILES = [
 ]
 
 
-@pytest.mark.parametrize("text,needle", MARKET_FILES)
-def test_bad_market_files(text, needle, tmp_path, capsys):
-    (tmp_path / "m.toml").write_text(text)
-    assert needle in one_line_exit_2(capsys, ["market", "run", str(tmp_path / "m.toml"), "--out", str(tmp_path / "o")])
+FILES = ([("market", *case) for case in MARKET_FILES] + [("av", *case) for case in AV_FILES]
+         + [("study", *case) for case in STUDY_FILES])
 
 
-@pytest.mark.parametrize("text,needle", AV_FILES)
-def test_bad_av_files(text, needle, tmp_path, capsys):
-    (tmp_path / "a.toml").write_text(text)
-    assert needle in one_line_exit_2(capsys, ["av", "run", str(tmp_path / "a.toml"), "--out", str(tmp_path / "o")])
-
-
-@pytest.mark.parametrize("text,needle", STUDY_FILES)
-def test_bad_study_files(text, needle, tmp_path, capsys):
-    (tmp_path / "s.toml").write_text(text)
-    assert needle in one_line_exit_2(capsys, ["study", "run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "o")])
+@pytest.mark.parametrize("command,text,needle", FILES)
+def test_bad_scenario_and_study_files(command, text, needle, tmp_path, capsys):
+    (tmp_path / "f.toml").write_text(text)
+    assert needle in one_line_exit_2(capsys, [command, "run", str(tmp_path / "f.toml"), "--out", str(tmp_path / "o")])
 
 
 def bad_paths(tmp_path: Path) -> dict:
@@ -173,7 +165,7 @@ def test_bad_commands(args, needle, tmp_path, capsys):
 
 
 def test_at_least_sixty_bad_inputs():
-    assert len(MARKET_FILES) + len(AV_FILES) + len(STUDY_FILES) + len(COMMANDS) >= 60
+    assert len(FILES) + len(COMMANDS) >= 60
 
 
 # ------------------------------------------------------------------ nothing outside --out

@@ -8,6 +8,7 @@ API; it needs float32 and a bounded KV cache.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -311,18 +312,27 @@ def run_serve(args) -> int:
                         api_key=args.api_key)
     names = ", ".join(a.name for a in server.adapters) or "none"
     print(f"starting vLLM for {server.model.name} (adapters: {names}) at {server.url} ...", flush=True)
-    # SIGTERM would end this process at once and leave vLLM (in its own session) serving: unwind
+    with sigterm_unwinds():         # else SIGTERM ends this process and leaves vLLM (its own session) serving
+        try:
+            server.start()
+            server.wait_ready()
+            print(f"ready: {server.url}/v1  model 'base', adapters: {names}  (Ctrl-C stops it)", flush=True)
+            while server.process.poll() is None:
+                time.sleep(1.0)
+            print(f"econalign: error: vLLM exited with code {server.process.returncode}", file=sys.stderr)
+            return 1
+        finally:
+            server.stop()
+
+
+@contextlib.contextmanager
+def sigterm_unwinds():
+    """SIGTERM raises SystemExit(128 + 15) inside the block, so its `finally` clauses run (a
+    child server is stopped) as they do for Ctrl-C; the previous handler is restored after."""
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        server.start()
-        server.wait_ready()
-        print(f"ready: {server.url}/v1  model 'base', adapters: {names}  (Ctrl-C stops it)", flush=True)
-        while server.process.poll() is None:
-            time.sleep(1.0)
-        print(f"econalign: error: vLLM exited with code {server.process.returncode}", file=sys.stderr)
-        return 1
+        yield
     finally:
-        server.stop()
         signal.signal(signal.SIGTERM, previous)
 
 
