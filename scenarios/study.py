@@ -160,14 +160,25 @@ def train_named_adapters(s: Study, cells: list[dict], out: Path, log=print) -> N
 
 
 def _run_on_ray(jobs: list, workers: int, bar) -> list[int]:
-    """The cells on `workers` Ray actors (a local cluster, or the one RAY_ADDRESS names), each
-    with its share of the cells and its own backend (CellWorker: the model, or a client of the
-    vLLM server the cells name, set up once per worker); one numba thread each so that workers
-    do not oversubscribe the cores. Returns the backends each worker loaded."""
+    """The cells on `workers` Ray actors: on a local Ray session kept on the loopback
+    (scenarios.ray_local), or on the cluster RAY_ADDRESS names (or one already joined).
+    Returns the backends each worker loaded."""
     try:
         import ray
     except ImportError:
         raise ConfigError("executor = \"ray\" needs Ray: pip install -e '.[batch]'") from None
+    if os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+        return _ray_session(jobs, workers, bar.update)
+    from scenarios.ray_local import run_confined
+    return run_confined(_ray_session, (jobs, workers), bar.update)
+
+
+def _ray_session(jobs: list, workers: int, done) -> list[int]:
+    """The cells shared among `workers` Ray actors, each with its own backend (CellWorker: the
+    model, or a client of the vLLM server the cells name, set up once per worker); one numba
+    thread each so that workers do not oversubscribe the cores. done(n) reports finished cells."""
+    import ray
+
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(num_cpus=None if os.environ.get("RAY_ADDRESS") else workers, include_dashboard=False,
@@ -179,9 +190,9 @@ def _run_on_ray(jobs: list, workers: int, bar) -> list[int]:
         waiting = {a.run.remote(share): len(share) for a, share in zip(actors, shares)}
         loads = []
         while waiting:
-            done, _ = ray.wait(list(waiting), num_returns=1)
-            loads.append(ray.get(done[0]))  # a failed cell raises here, after the finished ones are saved
-            bar.update(waiting.pop(done[0]))
+            finished, _ = ray.wait(list(waiting), num_returns=1)
+            loads.append(ray.get(finished[0]))  # a failed cell raises here, after the finished ones are saved
+            done(waiting.pop(finished[0]))
         return loads
     finally:
         if started_here:

@@ -111,10 +111,11 @@ def test_the_wheel_ships_every_bundled_scenario_study_and_data_file(tmp_path):
     shipped = set(zipfile.ZipFile(wheel).namelist())
     bundled = [p.relative_to(root).as_posix() for pattern in ("scenarios/markets/*.toml", "scenarios/avs/*.toml",
                                                               "scenarios/studies/*.toml", "finetune/data/*.json",
-                                                              "finetune/data/*.md", "scenarios/templates/*.j2")
+                                                              "finetune/data/*.md", "scenarios/templates/*.j2",
+                                                              "scenarios/native/*.c")
                for p in root.glob(pattern)]
     assert any(p.startswith("scenarios/studies/") for p in bundled)
-    assert "scenarios/templates/report.html.j2" in bundled
+    assert {"scenarios/templates/report.html.j2", "scenarios/native/loopback_bind.c"} <= set(bundled)
     assert sorted(set(bundled) - shipped) == []
 
 

@@ -3,6 +3,7 @@ equilibrium Delta of homo moralis firms for each kappa and n, Ray cells equal lo
 study files fail in one line."""
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,54 @@ def test_ray_cells_equal_local_cells(tmp_path):
         tables[executor] = run_study(path, tmp_path / executor, progress=False, log=lambda _: None)
     assert tables["ray"].mean_delta.tolist() == tables["local"].mean_delta.tolist()
     assert tables["ray"].mean_delta.tolist() == pytest.approx([_delta(k, 2) for k in (0.0, 0.5, 1.0)], abs=1e-4)
+
+
+def _listening() -> set[str]:
+    """Every address:port listening on this machine (TCP, IPv4 and IPv6)."""
+    import psutil
+    return {f"{c.laddr.ip} {c.laddr.port}" for c in psutil.net_connections(kind="tcp") if c.status == "LISTEN"}
+
+
+def test_a_local_ray_study_listens_on_the_loopback_only(tmp_path):
+    """Ray's servers bind 0.0.0.0 / :: by themselves; scenarios.ray_local keeps them on 127.0.0.1
+    (issue 19). Every socket opened while the study runs is watched."""
+    pytest.importorskip("ray", reason="the batch extra is installed by `make test`")
+    import threading
+
+    from scenarios.ray_local import loopback_library
+    if loopback_library() is None:
+        pytest.skip("no C compiler to build the loopback library (`make test` installs gcc as root)")
+    before, seen, running = _listening(), set(), True
+
+    def watch():
+        while running:
+            seen.update(_listening() - before)
+            time.sleep(0.1)
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        path = tmp_path / "ray.toml"
+        path.write_text(STUDY.format(executor="ray"))
+        table = run_study(path, tmp_path / "ray", progress=False, log=lambda _: None)
+    finally:
+        running = False
+        watcher.join()
+    assert table.mean_delta.tolist() == pytest.approx([_delta(k, 2) for k in (0.0, 0.5, 1.0)], abs=1e-4)
+    assert len(seen) >= 4                                          # GCS, raylet, driver, workers
+    assert {s.split()[0] for s in seen} <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, seen
+
+
+def test_without_a_compiler_a_local_ray_session_warns_and_still_runs(monkeypatch):
+    from scenarios.ray_local import loopback_library, run_confined
+    monkeypatch.setenv("CC", "no-such-compiler")
+    assert loopback_library() is None
+    warnings, progress = [], []
+
+    def session(n, report):
+        report(n)
+        return n * 2
+    assert run_confined(session, (3,), progress.append, warn=warnings.append) == 6
+    assert progress == [3] and "listens on every interface" in warnings[0]
 
 
 LLM_STUDY = """
