@@ -60,7 +60,7 @@ def run_confined(session, args: tuple, progress, warn=_warn):
         return session(*args, progress)
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
-    child = context.Process(target=_child, args=(session, args, messages), daemon=True)
+    child = context.Process(target=_child, args=(session, args, messages, os.getpid()), daemon=True)
     saved = {k: os.environ.get(k) for k in ("LD_PRELOAD", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     os.environ.update(LD_PRELOAD=" ".join(filter(None, [str(library), saved["LD_PRELOAD"]])),
                       RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
@@ -68,7 +68,10 @@ def run_confined(session, args: tuple, progress, warn=_warn):
         child.start()                     # the child and every Ray process under it inherit these
     finally:
         for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     try:
         while True:
             try:
@@ -89,8 +92,16 @@ def run_confined(session, args: tuple, progress, warn=_warn):
             child.terminate()
 
 
-def _child(session, args: tuple, messages) -> None:
-    """The child's side: run the session, send progress, then its result or its error."""
+def _child(session, args: tuple, messages, parent: int) -> None:
+    """The child's side: run the session, send progress, then its result or its error. If the
+    parent dies (even killed), the child gets SIGTERM (Linux's parent-death signal), on which
+    ray.init's handler exits and shuts the local Ray cluster down: no cell runs on unseen."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)     # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:                                      # the parent died before that
+        return
     try:
         messages.put(("result", session(*args, lambda n: messages.put(("done", n)))))
     except BaseException as error:  # noqa: BLE001 - every error goes back to the parent

@@ -407,6 +407,51 @@ def test_runs_killed_midway_resume_to_the_uninterrupted_result(kind, fake_server
         assert len(logged) == 4 * 40 * 2
 
 
+def _ray_servers() -> set[int]:
+    import psutil
+    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in ("gcs_server", "raylet")}
+
+
+SLOW_RAY_STUDY = """
+name = "slow"
+scenario = "theory_moralis"
+[set]
+"run.deviation" = false
+"run.steps" = 3000
+[grid]
+"firm.kappa" = [0.0, 0.25, 0.5, 0.75]
+[study]
+executor = "ray"
+workers = 2
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_ray_study_stops_its_ray_session_and_resumes(tmp_path):
+    """SIGKILL a local Ray study when its first cell is done (each of its two workers has one
+    more to run): the Ray session it started (in its child, scenarios.ray_local) stops with it
+    instead of running the rest unseen, and the rerun gives the uninterrupted study's table."""
+    pytest.importorskip("ray", reason="the batch extra is installed by `make test`")
+    study = tmp_path / "slow.toml"
+    study.write_text(SLOW_RAY_STUDY)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    subprocess.run([ECONALIGN, "study", "run", str(study), "--out", str(whole)], check=True, capture_output=True,
+                   timeout=600)
+    before = _ray_servers()
+    _kill_when([ECONALIGN, "study", "run", str(study), "--out", str(cut)],
+               lambda: any((cut / "cells").glob("*/summary.json")))
+    deadline = time.time() + 20
+    while _ray_servers() - before:
+        assert time.time() < deadline, f"Ray processes left running: {_ray_servers() - before}"
+        time.sleep(0.2)
+    time.sleep(20)                      # a cell takes about 10 s: an orphaned session would finish them
+    assert len(list((cut / "cells").glob("*/summary.json"))) < 4
+    assert not (cut / "study.csv").exists()
+    subprocess.run([ECONALIGN, "study", "run", str(study), "--out", str(cut)], check=True, capture_output=True,
+                   timeout=600)
+    assert (cut / "study.csv").read_text() == (whole / "study.csv").read_text()
+
+
 def test_an_unknown_adapter_names_what_the_server_serves(fake_server):
     """A 404 for a model or adapter the server does not serve: one error naming the server and
     what it serves (vLLM's own message names only the base model)."""
