@@ -230,7 +230,7 @@ def plot_study(table: pd.DataFrame, keys: list[str], path: Path, title: str, the
 
     fig, ax = figure(figsize=(6, 4))
     x, lines = keys[0], keys[1:2]
-    categories = None
+    categories, xlabel = None, keys[0]
     if table[x].map(lambda v: isinstance(v, str)).any():
         kappas = table[x].map(_as_kappa)
         if kappas.isna().any():          # labels such as adapter pairs: one position each
@@ -238,6 +238,7 @@ def plot_study(table: pd.DataFrame, keys: list[str], path: Path, title: str, the
             table = table.assign(**{x: table[x].map(categories.index)})
         else:
             table = table.assign(**{x: kappas})
+            xlabel = f"kappa ({x} = moralis-kappa)"
     if theory:
         import numpy as np
 
@@ -249,19 +250,18 @@ def plot_study(table: pd.DataFrame, keys: list[str], path: Path, title: str, the
         stats = rows.groupby(x)["mean_delta"].agg(["mean", "std", "size"]).reset_index()
         if "sd_delta" in rows and (stats["size"] == 1).all():      # one seed: the sessions' spread
             stats["std"] = rows.groupby(x)["sd_delta"].first().to_numpy()
-        label = None if not lines else f"{lines[0]} = {value[0]:g}" if isinstance(value[0], float) \
-            else f"{lines[0]} = {value[0]}"
+        label = "mean Delta (bars: sd)" if not lines else f"{lines[0]} = {value[0]:g}" \
+            if isinstance(value[0], float) else f"{lines[0]} = {value[0]}"
         ax.errorbar(stats[x], stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=label,
                     ls="none" if categories is not None else "-")
     ax.axhline(0, color="grey", ls="--", lw=1)
     ax.axhline(1, color="black", ls=":", lw=1)
     if categories is not None:
         ax.set_xticks(range(len(categories)), categories, rotation=15, fontsize=8)
-    ax.set_xlabel(x)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("Delta (0 Nash, 1 monopoly)")
     ax.set_title(title + (f" (other keys: {', '.join(keys[2:])} pooled)" if len(keys) > 2 else ""))
-    if lines or theory:
-        ax.legend(fontsize=8)
+    ax.legend(fontsize=8)
     save_figure(fig, path)
 
 
