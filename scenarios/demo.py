@@ -143,16 +143,33 @@ def av_runs(out: Path, adapters: str | Path = "adapters", steps: int = 100) -> p
     return table
 
 
+class Stopwatch:
+    """Wall seconds of a job's stages, in order: lap(name) ends the stage begun at the last lap."""
+
+    def __init__(self):
+        self.started = self.last = time.time()
+        self.stages: dict[str, dict] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.time()
+        self.stages[name] = {"seconds": round(now - self.last, 1)}
+        self.last = now
+
+    def total(self) -> float:
+        return round(time.time() - self.started, 1)
+
+
 def run_demo(out: str | Path, finetune: bool = True, adapters: str | Path = "adapters") -> Path:
     from tqdm import tqdm
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+    clock = Stopwatch()
     steps = 2 * len(GAME_NAMES) * (1 + len(TABLE_KAPPAS)) + len(PLOT_KAPPAS) * len(PLOT_FIRMS)
     with tqdm(total=steps, desc="theory", unit="solve", leave=False) as progress:
         tables = {utility: theory_table(utility, progress=progress) for utility in ("linear", "log")}
         curve = bertrand_by_kappa(PLOT_KAPPAS, PLOT_FIRMS, progress=progress)
+    clock.lap("theory")
     for utility, table in tables.items():
         table.to_csv(out / f"theory_table_{utility}.csv")
         named = table.rename_axis(["game", "role"]).reset_index()
@@ -162,6 +179,7 @@ def run_demo(out: str | Path, finetune: bool = True, adapters: str | Path = "ada
         print(table.to_string())
     print("\nGames evaluation of the embedded base model (small battery):", flush=True)
     summary, totals = evaluate_base_model(out / "games")
+    clock.lap("base model games")
     print(totals.to_string(index=False))
     columns = ["policy", "game", "role", "valid_rate", "mean_fraction", "share_economicus",
                "best_kappa", "human_w1"]
@@ -183,18 +201,23 @@ def run_demo(out: str | Path, finetune: bool = True, adapters: str | Path = "ada
                   f"(base {d['games']['base_share_equal']:.0%}), pricing within a grid step "
                   f"{d['pricing']['share_within_step']:.0%} (base {d['pricing']['base_share_within_step']:.0%}), "
                   f"AV {d['av']['share_equal']:.0%} (base {d['av']['base_share_equal']:.0%})")
+        clock.lap("fine-tuning: training and held-out evaluation")
     print("\nRepeated Bertrand markets (Delta over the final window; p_N 1.4729, p_M 1.9250):", flush=True)
     markets = market_runs(out / "markets", adapters)
+    clock.lap("markets")
     print(markets.to_string(index=False, float_format="%.3f"))
     print("\nAV brake-failure dilemmas (humans swerve for 1 vs 10 pedestrians: 76%, 1 vs 1: 23%):", flush=True)
     avs = av_runs(out / "avs", adapters)
+    clock.lap("AVs")
     print(avs.to_string(index=False, float_format="%.3f"))
     curve.to_csv(out / "bertrand_kappa.csv", index=False)
     plot_bertrand(curve, out / "bertrand_kappa.png")
     duopoly = curve[curve.firms == 2].set_index("kappa")
     print("\nBertrand duopoly, homo moralis symmetric equilibrium:")
     print(duopoly.loc[[0.0, 0.25, 0.5, 0.75, 1.0], ["price", "profit", "delta"]].to_string())
-    manifest = {"job": "demo", "seconds": round(time.time() - started, 1),
+    clock.lap("figures")
+    print("\nSeconds per stage: " + ", ".join(f"{name} {t['seconds']}" for name, t in clock.stages.items()))
+    manifest = {"job": "demo", "seconds": clock.total(), "stages": clock.stages,
                 "python": platform.python_version(),
                 "files": visible_files(out, recursive=True)}
     write_json(out / "manifest.json", manifest)

@@ -241,7 +241,8 @@ def demo_sections(folder: Path) -> list[Section]:
         Section("Timings and the manifest",
                 "How long the job took and what it ran on; each run's own manifest.json (in its folder) "
                 "holds its scenario, seeds, model and adapter hashes.",
-                tables=[Table("manifest.json", "the job", json_fields("job", "seconds", "python"))],
+                tables=[Table("manifest.json", "the job", json_fields("job", "seconds", "python")),
+                        Table("manifest.json", "seconds per stage", json_rows("stages", "stage"))],
                 details=manifest_text(folder))]
     return sections
 

@@ -20,6 +20,11 @@ def test_demo_report_files_and_numbers(report):
     for name in ("theory_table_linear.csv", "theory_table_log.md", "bertrand_kappa.png",
                  "bertrand_kappa.csv"):
         assert name in manifest["files"] and (report / name).stat().st_size > 0
+    # where the job's time goes, stage by stage (no fine-tuning stage when it is skipped)
+    stages = manifest["stages"]
+    assert list(stages) == ["theory", "base model games", "markets", "AVs", "figures"]
+    assert all(t["seconds"] >= 0 for t in stages.values()) and stages["markets"]["seconds"] > 0
+    assert sum(t["seconds"] for t in stages.values()) == pytest.approx(manifest["seconds"], abs=0.5)
     table = pd.read_csv(report / "theory_table_linear.csv", index_col=[0, 1])
     assert list(table.columns) == ["economicus", "moralis-0.25", "moralis-0.5", "moralis-0.75", "moralis-1"]
     # public goods n=4, mpcr=0.5: contribute all iff kappa > 1/3; PD(5,3,1,0): cooperate iff kappa > 1/2
@@ -86,3 +91,4 @@ def test_demo_html_report_has_every_section_and_opens_in_a_browser(report, brows
     assert seen["errors"] == [] and seen["requests"] == []
     html = (report / "report.html").read_text()
     assert "LLM base vs base" in html and "Q-learning vs Q-learning (Calvano, 100 sessions)" in html
+    assert "seconds per stage" in html and "base model games" in html
