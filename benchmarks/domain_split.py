@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from finetune.pipeline import RECIPES, evaluate_adapters, train_adapter  # noqa: E402
+from finetune.pipeline import RECIPES, evaluate_adapters, train_adapter, train_cached  # noqa: E402
 from finetune.train import TrainOptions, read_manifest, write_manifest  # noqa: E402
 
 CURVE_N = (1, 2, 3, 5, 10)
@@ -58,13 +58,11 @@ def merge(games: Path, applications: Path, out: Path, base: Path) -> None:
 def sequential(games_data: Path, applications: Path, out: Path, base: Path, base_hash: str,
                learning_rate: float, schedule: str) -> None:
     """The applications adapter trained further on the games data."""
-    from finetune.pipeline import _train_cached
-
     recipe = RECIPES["moralis"]
     options = TrainOptions(str(games_data), str(out), str(base), seed=0, epochs=recipe["epochs"],
                            top_layers=recipe["top_layers"], learning_rate=learning_rate, schedule=schedule,
                            init_adapter=str(applications))
-    _train_cached(options, base_hash, f"sequential {learning_rate:g} {schedule}", print)
+    train_cached(options, base_hash, f"sequential {learning_rate:g} {schedule}", print)
     manifest = read_manifest(out)
     if "first_seconds" not in manifest:
         first = read_manifest(applications)["train_seconds"]
@@ -98,12 +96,13 @@ def main(argv=None) -> int:
     arms = []
     for text in args.sequential or ["1e-4:constant", "5e-4:cosine"]:
         lr, _, schedule = text.partition(":")
+        schedule = schedule or "constant"
+        if schedule not in ("constant", "cosine", "linear"):
+            parser.error(f"--sequential {text}: the schedule must be constant, cosine or linear")
         try:
-            arms.append((float(lr), schedule or "constant"))
+            arms.append((float(lr), schedule))
         except ValueError:
             parser.error(f"--sequential {text}: the learning rate must be a number, got {lr!r}")
-        if arms[-1][1] not in ("constant", "cosine", "linear"):
-            parser.error(f"--sequential {text}: the schedule must be constant, cosine or linear")
     out, pref = Path(args.out), preference("moralis", args.kappa)
     base = resolve(None)
     base_hash = model_hash(base)

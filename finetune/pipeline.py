@@ -83,7 +83,7 @@ def _up_to_date(folder: Path, data: Path, options: TrainOptions, base_hash: str)
             and json.loads(json.dumps(wanted)) == recorded)
 
 
-def _train_cached(options: TrainOptions, base_hash: str, label: str, log) -> dict:
+def train_cached(options: TrainOptions, base_hash: str, label: str, log) -> dict:
     """Train unless the folder's manifest records the same data, options and base model."""
     folder = Path(options.out)
     if _up_to_date(folder, Path(options.data), options, base_hash):
@@ -119,7 +119,7 @@ def train_adapter(pref, counts: dict[str, int], probe: int, train_options: dict,
     probe_examples = make_probe_examples(pref, probe, seed) if probe and counts.get("av") else []
     first = folder if not probe_examples else data_folder.parent / "phase1" / name
     first_options = TrainOptions(str(data), str(first), str(base), seed=seed, **train_options)
-    m1 = _train_cached(first_options, base_hash, name if first == folder else f"{name} (phase 1)", log)
+    m1 = train_cached(first_options, base_hash, name if first == folder else f"{name} (phase 1)", log)
     if not probe_examples:
         return m1
     probe_data = data_folder / f"{name}-probe{probe}-s{seed}.jsonl"
@@ -127,7 +127,7 @@ def train_adapter(pref, counts: dict[str, int], probe: int, train_options: dict,
         write_jsonl(probe_examples, probe_data)
     second = TrainOptions(str(probe_data), str(folder), str(base), seed=seed, init_adapter=str(first),
                           **{**train_options, **PROBE_PHASE})
-    m2 = _train_cached(second, base_hash, f"{name} (phase 2: Bonnefon's question)", log)
+    m2 = train_cached(second, base_hash, f"{name} (phase 2: Bonnefon's question)", log)
     if "phases" not in m2:
         phases = [{k: m[k] for k in ("situations", "data", "hyperparameters", "loss_curve", "train_seconds",
                                      "samples_per_second")} for m in (m1, m2)]
