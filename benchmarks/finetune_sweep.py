@@ -60,9 +60,9 @@ def parse_run(text: str) -> dict:
 def plot_curve(rows: list[dict], path: Path) -> None:
     """Held-out share against the number of training examples, one line per preference, epochs,
     rank and seed, with the base model's share dashed and the targets dotted."""
-    from finetune.evaluate import _pyplot, _save
+    from agents.records import figure, save_figure
 
-    fig, ax = _pyplot().subplots(figsize=(9, 4.5))
+    fig, ax = figure(figsize=(9, 4.5))
     lines, bases = {}, {}
     for row in rows:
         bases[row["preference"]] = row["base"]
@@ -86,7 +86,7 @@ def plot_curve(rows: list[dict], path: Path) -> None:
     ax.set_ylim(0, 1.05)
     ax.set_title("Held-out share by amount of training (embedded SmolLM2-135M, LoRA)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from finetune.evaluate import run
 PROBE_SIZES = tuple(range(1, 11))
 
 
-def _pricing_row(theories: dict):
+def pricing_row(theories: dict):
     def row(policy: str, item: pricing_data.PricingItem, decision) -> dict:
         situation = item.situation()
         params = dict(item.params)
@@ -113,7 +113,7 @@ def evaluate_applications(policies: dict, theories: dict, out: str | Path, prici
     pricing.parquet, av.parquet, choice_curve.csv|png to `out`. Returns (scores, scores by
     held-out feature, choice curve)."""
     out = Path(out)
-    pricing = run(pricing_data.heldout_items(pricing_items), policies, out, row=_pricing_row(theories),
+    pricing = run(pricing_data.heldout_items(pricing_items), policies, out, row=pricing_row(theories),
                   stem="pricing", show_progress=show_progress)
     av = run(av_data.heldout_items(av_items), policies, out, row=_av_row(theories), stem="av",
              show_progress=show_progress)

@@ -162,18 +162,20 @@ class PricingItem:
         return float(action)
 
 
-def heldout_items(n: int = 60, seed: int = 12345) -> list[PricingItem]:
-    """`n` held-out pricing questions (each with a held-out scale, cost or number of firms).
-    Histories are drawn for homo economicus (they do not depend on the preference but for the
-    first period, whose last prices the theory of each preference fills in at scoring)."""
+def heldout_items(n: int = 60, seed: int = 12345, heldout: bool = True) -> list[PricingItem]:
+    """`n` held-out pricing questions (each with a held-out scale, cost or number of firms; with
+    heldout=False, fresh questions from the training ranges, feature "training ranges", to tell
+    learning from carrying over). Histories are drawn for homo economicus (they do not depend on
+    the preference but for the first period, whose last prices the theory of each preference
+    fills in at scoring)."""
     rng = np.random.default_rng(seed)
     items = []
     for _ in range(n):
-        params = draw_parameters(rng, heldout=True)
+        params = draw_parameters(rng, heldout=heldout)
         if params["memory"] == 0:
             params["memory"] = 1       # the first period's answer is the preference's own equilibrium
         situation = draw_situation(params, HomoEconomicus(), rng)
-        feature = "+".join(k for k, v in HELDOUT.items() if params[k] == v)
+        feature = "+".join(k for k, v in HELDOUT.items() if params[k] == v) or "training ranges"
         key = json.dumps([sorted(params.items()), situation.last_prices, len(situation.history)])
         items.append(PricingItem(hashlib.sha256(key.encode()).hexdigest()[:12],
                                  tuple(sorted(params.items())), feature, situation))

@@ -84,6 +84,15 @@ def test_pricing_heldout_items_hold_a_heldout_value_and_never_meet_the_data():
         assert item.step == pytest.approx(span * 1.2 / 14)
 
 
+def test_pricing_items_from_the_training_ranges_hold_no_heldout_value_and_are_fresh():
+    items = pricing_data.heldout_items(60, seed=777, heldout=False)
+    assert not any(pricing_data.is_heldout(dict(i.params)) for i in items)
+    assert {i.feature for i in items} == {"training ranges"}
+    prompts = {e["messages"][1]["content"] for p in PREFS[:2]
+               for e in pricing_data.make_pricing_examples(p, 256, seed=0)}
+    assert not prompts & {i.situation().messages()[1]["content"] for i in items}
+
+
 @pytest.mark.parametrize("pref", PREFS, ids=lambda p: p.name)
 def test_av_examples_answer_the_theory_avs_action(pref):
     examples = av_data.make_av_examples(pref, 80, seed=3)

@@ -1,0 +1,103 @@
+"""Is held-out pricing short of data? Pricing-only adapters trained on more and more pricing
+examples (finetune.pricing_data, data seed 0, the recipe's epochs and layers), each scored on the
+60 held-out pricing questions (a held-out price scale, cost or number of firms) and on 60 fresh
+questions from the training ranges, per answer form (grid prices through `choose`, as the
+simulations ask them, and free prices through `generate`).
+
+    python benchmarks/pricing_curve.py [--out runs/pricing_curve] [--sizes 64,128,256] \
+        [--preference economicus --preference moralis-0.5]
+
+Prints, per preference and number of examples, the share within one Calvano grid step of the
+preference's best response (and exactly equal to it) on each item set and form, and the training
+seconds. The recipe's mixed adapters train on 64 pricing examples (finetune/pipeline.py RECIPES).
+Every adapter and answer is cached in --out, so a rerun resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from finetune.pipeline import RECIPES, train_adapter  # noqa: E402
+from finetune.train import read_manifest  # noqa: E402
+
+ITEM_SETS = {"held out": True, "training ranges": False}
+ITEM_SEEDS = {True: 12345, False: 777}    # the held-out set is the evaluation's own (pricing_data)
+
+
+def sizes(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sizes must be positive integers separated by commas, got {text!r}") \
+            from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive integers separated by commas, got {text!r}")
+    return values
+
+
+def preference_name(text: str):
+    from agents.preferences import from_name
+
+    try:
+        return from_name(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"preference must be economicus or moralis-K, got {text!r}") from None
+
+
+def main(argv=None) -> int:
+    import pandas as pd
+
+    from agents.llm.models import model_hash, resolve
+    from agents.llm.transformers_backend import TransformersBackend
+    from agents.policies import LLMPolicy
+    from finetune import pricing_data
+    from finetune.application_eval import pricing_row
+    from finetune.evaluate import run
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/pricing_curve")
+    parser.add_argument("--sizes", type=sizes, default=[64, 128, 256], help="pricing examples per adapter")
+    parser.add_argument("--preference", type=preference_name, action="append",
+                        help="economicus or moralis-K (default: economicus and moralis-0.5)")
+    args = parser.parse_args(argv)
+    prefs = args.preference or [preference_name("economicus"), preference_name("moralis-0.5")]
+    out = Path(args.out)
+    base = resolve(None)
+    base_hash = model_hash(base)
+    adapters, theories = {}, {}
+    for pref in prefs:
+        recipe = RECIPES["economicus" if pref.kappa == 0 else "moralis"]
+        options = {"epochs": recipe["epochs"], "top_layers": recipe["top_layers"]}
+        for n in args.sizes:
+            name = f"{pref.name}-pricing{n}"
+            folder = out / "adapters" / name
+            train_adapter(pref, {"pricing": n}, 0, options, folder, out / "data", base, base_hash, 0, "answer")
+            adapters[name], theories[name] = folder, pref
+    backend = TransformersBackend(base, adapters=adapters)
+    policies = {name: LLMPolicy(backend, name) for name in adapters}
+    rows = []
+    for label, heldout in ITEM_SETS.items():
+        items = pricing_data.heldout_items(60, ITEM_SEEDS[heldout], heldout=heldout)
+        frame = run(items, policies, out / "answers", row=pricing_row({p.name: p for p in prefs}),
+                    stem="heldout" if heldout else "training_ranges")
+        for name, pref in theories.items():
+            answers = frame[frame.policy == name]
+            for form, group in [("all", answers), *answers.groupby("form")]:
+                rows.append({"preference": pref.name, "pricing examples": int(name.rsplit("pricing", 1)[1]),
+                             "items": label, "form": form, "n": len(group),
+                             "within a step": group[f"within_{pref.name}"].mean(),
+                             "exact": group[f"equal_{pref.name}"].mean(),
+                             "training s": read_manifest(adapters[name])["train_seconds"]})
+    table = pd.DataFrame(rows).pivot_table(index=["preference", "pricing examples", "training s"],
+                                           columns=["items", "form"], values=["within a step", "exact"])
+    pd.set_option("display.width", 200)
+    print(table.to_string(float_format="%.2f"))
+    pd.DataFrame(rows).to_csv(out / "pricing_curve.csv", index=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
