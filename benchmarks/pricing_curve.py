@@ -5,9 +5,9 @@ questions from the training ranges, per answer form (grid prices through `choose
 simulations ask them, and free prices through `generate`).
 
     python benchmarks/pricing_curve.py [--out runs/pricing_curve] [--sizes 64,128,256] \
-        [--preference economicus --preference moralis-0.5]
+        [--preference economicus --preference moralis-0.5] [--seeds 0,1,2]
 
-Prints, per preference and number of examples, the share within one Calvano grid step of the
+Prints, per preference, number of examples and data seed, the share within one Calvano grid step of the
 preference's best response (and exactly equal to it) on each item set and form, and the training
 seconds. The recipe's mixed adapters train on 64 pricing examples (finetune/pipeline.py RECIPES).
 Every adapter and answer is cached in --out, so a rerun resumes.
@@ -27,15 +27,17 @@ ITEM_SETS = {"held out": True, "training ranges": False}
 ITEM_SEEDS = {True: 12345, False: 777}    # the held-out set is the evaluation's own (pricing_data)
 
 
-def sizes(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"sizes must be positive integers separated by commas, got {text!r}") \
-            from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive integers separated by commas, got {text!r}")
-    return values
+def integers(least: int):
+    """An argparse type: integers >= `least` separated by commas."""
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            values = []
+        if not values or min(values) < least:
+            raise argparse.ArgumentTypeError(f"must be integers >= {least} separated by commas, got {text!r}")
+        return values
+    return parse
 
 
 def preference_name(text: str):
@@ -59,7 +61,8 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/pricing_curve")
-    parser.add_argument("--sizes", type=sizes, default=[64, 128, 256], help="pricing examples per adapter")
+    parser.add_argument("--sizes", type=integers(1), default=[64, 128, 256], help="pricing examples per adapter")
+    parser.add_argument("--seeds", type=integers(0), default=[0], help="data seeds (the draw and the training seed)")
     parser.add_argument("--preference", type=preference_name, action="append",
                         help="economicus or moralis-K (default: economicus and moralis-0.5)")
     args = parser.parse_args(argv)
@@ -67,15 +70,17 @@ def main(argv=None) -> int:
     out = Path(args.out)
     base = resolve(None)
     base_hash = model_hash(base)
-    adapters, theories = {}, {}
+    adapters, settings = {}, {}
     for pref in prefs:
         recipe = RECIPES["economicus" if pref.kappa == 0 else "moralis"]
         options = {"epochs": recipe["epochs"], "top_layers": recipe["top_layers"]}
-        for n in args.sizes:
-            name = f"{pref.name}-pricing{n}"
-            folder = out / "adapters" / name
-            train_adapter(pref, {"pricing": n}, 0, options, folder, out / "data", base, base_hash, 0, "answer")
-            adapters[name], theories[name] = folder, pref
+        for seed in args.seeds:
+            for n in args.sizes:
+                name = f"{pref.name}-pricing{n}" + (f"-seed{seed}" if seed else "")
+                folder = out / "adapters" / name
+                train_adapter(pref, {"pricing": n}, 0, options, folder, out / "data", base, base_hash, seed,
+                              "answer")
+                adapters[name], settings[name] = folder, (pref, n, seed)
     backend = TransformersBackend(base, adapters=adapters)
     policies = {name: LLMPolicy(backend, name) for name in adapters}
     rows = []
@@ -83,15 +88,15 @@ def main(argv=None) -> int:
         items = pricing_data.heldout_items(60, ITEM_SEEDS[heldout], heldout=heldout)
         frame = run(items, policies, out / "answers", row=pricing_row({p.name: p for p in prefs}),
                     stem="heldout" if heldout else "training_ranges")
-        for name, pref in theories.items():
+        for name, (pref, n, seed) in settings.items():
             answers = frame[frame.policy == name]
             for form, group in [("all", answers), *answers.groupby("form")]:
-                rows.append({"preference": pref.name, "pricing examples": int(name.rsplit("pricing", 1)[1]),
+                rows.append({"preference": pref.name, "pricing examples": n, "seed": seed,
                              "items": label, "form": form, "n": len(group),
                              "within a step": group[f"within_{pref.name}"].mean(),
                              "exact": group[f"equal_{pref.name}"].mean(),
                              "training s": read_manifest(adapters[name])["train_seconds"]})
-    table = pd.DataFrame(rows).pivot_table(index=["preference", "pricing examples", "training s"],
+    table = pd.DataFrame(rows).pivot_table(index=["preference", "pricing examples", "seed", "training s"],
                                            columns=["items", "form"], values=["within a step", "exact"])
     pd.set_option("display.width", 200)
     print(table.to_string(float_format="%.2f"))
