@@ -44,16 +44,16 @@ def parse_run(text: str) -> dict:
         if key in ("style", "preference"):
             allowed = STYLES if key == "style" else PREFERENCES
             if value not in allowed:
-                raise SystemExit(f"--run {text}: {key} must be one of {', '.join(allowed)}, got {value!r}")
+                raise ValueError(f"--run {text}: {key} must be one of {', '.join(allowed)}, got {value!r}")
             setting[key] = value
             continue
         if key not in INTEGER_KEYS and key not in NUMERIC:
             known = ", ".join([*INTEGER_KEYS, "preference", "style", *sorted(NUMERIC)])
-            raise SystemExit(f"--run {text}: unknown key {key!r} ({known})")
+            raise ValueError(f"--run {text}: unknown key {key!r} ({known})")
         try:
             setting[key] = int(value) if key in INTEGER_KEYS else NUMERIC[key](value)
         except ValueError:
-            raise SystemExit(f"--run {text}: {key} must be a number, got {value!r}") from None
+            raise ValueError(f"--run {text}: {key} must be a number, got {value!r}") from None
     return setting
 
 
@@ -96,9 +96,12 @@ def main() -> None:
     parser.add_argument("--kappa", type=float, default=0.5)
     parser.add_argument("--plot", help="write the held-out share against the training examples to this PNG")
     args = parser.parse_args()
+    try:
+        settings = [parse_run(text) for text in args.run]
+    except ValueError as err:
+        parser.error(str(err))
     rows, by_role = [], {}
-    for text in args.run:
-        setting = parse_run(text)
+    for setting in settings:
         preference = setting.pop("preference", "moralis")
         examples, seed = setting.pop("examples", 160), setting.pop("seed", 0)
         style = setting.pop("style", "answer")

@@ -1,0 +1,57 @@
+"""The benchmark scripts start (their imports and arguments hold) and refuse bad arguments in
+one line with exit code 2 before any work; the sweep's curve is drawn."""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = sorted(BENCHMARKS.glob("*.py"))
+
+
+def script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300,
+                          cwd=BENCHMARKS.parent)
+
+
+def test_every_benchmark_is_found():
+    assert {p.stem for p in SCRIPTS} >= {"llm_throughput", "qlearning", "market_step", "llm_study", "train_speed",
+                                        "finetune_sweep", "domain_split", "pricing_curve"}
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.stem)
+def test_benchmark_help_runs(path):
+    done = script(str(path), "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage:")
+
+
+@pytest.mark.parametrize("args, wanted", [
+    (("pricing_curve.py", "--sizes", "0,64"), "--sizes: must be integers >= 1"),
+    (("pricing_curve.py", "--seeds", "a"), "--seeds: must be integers >= 0"),
+    (("pricing_curve.py", "--preference", "moralis-2"), "preference must be economicus or moralis-K"),
+    (("domain_split.py", "--sequential", "1e-4:step"), "the schedule must be constant, cosine or linear"),
+    (("domain_split.py", "--sequential", "fast:constant"), "the learning rate must be a number"),
+    (("finetune_sweep.py", "--run", "examples=160", "--run", "colour=red"), "unknown key 'colour'"),
+    (("finetune_sweep.py", "--run", "examples=many"), "examples must be a number"),
+], ids=lambda v: " ".join(v) if isinstance(v, tuple) else None)
+def test_bad_benchmark_arguments_are_one_line_errors(args, wanted, tmp_path):
+    done = script(str(BENCHMARKS / args[0]), *args[1:], "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert wanted in lines[-1] and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()        # refused before any work
+
+
+def test_sweep_curve_is_drawn(tmp_path):
+    spec = importlib.util.spec_from_file_location("finetune_sweep", BENCHMARKS / "finetune_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    rows = [{"preference": "moralis", "base": 0.35, "style": "answer", "top_layers": 0, "epochs": 2.0, "rank": 8,
+             "seed": 0, "examples": n, "share": share} for n, share in ((40, 0.30), (80, 0.55), (160, 0.80))]
+    sweep.plot_curve(rows, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
