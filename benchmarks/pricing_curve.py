@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from finetune.pipeline import RECIPES, train_adapter  # noqa: E402
 from finetune.train import read_manifest  # noqa: E402
 
-ITEM_SETS = {"held out": True, "training ranges": False}
-ITEM_SEEDS = {True: 12345, False: 777}    # the held-out set is the evaluation's own (pricing_data)
+# label: (answers file stem, pricing_data.heldout_items arguments); the held-out set is the evaluation's own
+ITEM_SETS = {"held out": ("heldout", {}), "training ranges": ("training_ranges", {"seed": 777, "heldout": False})}
 
 
 def integers(least: int):
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     base_hash = model_hash(base)
     adapters, settings = {}, {}
     for pref in prefs:
-        recipe = RECIPES["economicus" if pref.kappa == 0 else "moralis"]
+        recipe = RECIPES[pref.name.partition("-")[0]]      # economicus or moralis
         options = {"epochs": recipe["epochs"], "top_layers": recipe["top_layers"]}
         for seed in args.seeds:
             for n in args.sizes:
@@ -84,10 +84,9 @@ def main(argv=None) -> int:
     backend = TransformersBackend(base, adapters=adapters)
     policies = {name: LLMPolicy(backend, name) for name in adapters}
     rows = []
-    for label, heldout in ITEM_SETS.items():
-        items = pricing_data.heldout_items(60, ITEM_SEEDS[heldout], heldout=heldout)
-        frame = run(items, policies, out / "answers", row=pricing_row({p.name: p for p in prefs}),
-                    stem="heldout" if heldout else "training_ranges")
+    for label, (stem, draw) in ITEM_SETS.items():
+        frame = run(pricing_data.heldout_items(60, **draw), policies, out / "answers",
+                    row=pricing_row({p.name: p for p in prefs}), stem=stem)
         for name, (pref, n, seed) in settings.items():
             answers = frame[frame.policy == name]
             for form, group in [("all", answers), *answers.groupby("form")]:
