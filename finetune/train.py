@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +47,8 @@ class TrainOptions:
                                       # same everywhere)
     attention: str = "eager"          # eager attention trains faster than sdpa on CPUs (benchmarks/train_speed.py)
     answer_only_head: bool = True     # False: TRL's own tiled LM head (slower on CPUs, same loss)
+    frozen_cache: bool = True         # answer-only head with top_layers: the frozen layers' output
+                                      # computed once per example, not in every epoch
     save_steps: int = 10
     logging_steps: int = 2
     init_adapter: str | None = None   # continue training this adapter (its rank, layers and modules)
@@ -99,6 +102,8 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
     from finetune.dataset import read_jsonl
 
     options.check()
+    # PEFT 0.21 and TRL 1.16 read transformers 5's deprecated name on every model they wrap; not ours to fix
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     out = Path(options.out)
     examples = read_jsonl(options.data)
     if not examples:
@@ -145,6 +150,8 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
     trainer_class = _answer_only_trainer(SFTTrainer) if options.answer_only_head else SFTTrainer
     trainer = trainer_class(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                             optimizers=(optimizer, None))
+    if options.answer_only_head and options.frozen_cache:
+        trainer.frozen_layers = first_trained_layer(model)
     resume = checkpoints.exists() and any(checkpoints.glob("checkpoint-*"))
     started = time.time()
     result = trainer.train(resume_from_checkpoint=True if resume else None)
@@ -170,18 +177,75 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
     return out
 
 
+def first_trained_layer(model) -> int:
+    """Index of the lowest decoder layer holding a trainable parameter: the layers below it are
+    frozen (0 when every layer, or anything outside the layers, trains)."""
+    import re
+
+    lowest = None
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            found = re.search(r"\.layers\.(\d+)\.", name)
+            if not found:
+                return 0
+            lowest = int(found.group(1)) if lowest is None else min(lowest, int(found.group(1)))
+    return lowest or 0
+
+
+def run_layers(decoder, hidden, attention_mask, layers):
+    """Decoder `layers` of a transformers decoder model (Llama-style: rotary positions from 0,
+    causal mask with padding) applied to `hidden` [batch, tokens, width], as its forward does."""
+    import torch
+    from transformers.masking_utils import create_causal_mask
+
+    positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+    mask = create_causal_mask(config=decoder.config, inputs_embeds=hidden, attention_mask=attention_mask,
+                              cache=None, position_ids=positions)
+    rotary = decoder.rotary_emb(hidden, position_ids=positions)
+    for layer in layers:
+        hidden = layer(hidden, attention_mask=mask, position_embeddings=rotary, position_ids=positions)
+    return hidden
+
+
 def _answer_only_trainer(base):
     """SFTTrainer whose loss projects only the answer tokens through the LM head: the mean
     cross-entropy of the completion tokens, -sum log p(y_t | y_<t) / T, as SFTTrainer's
     completion-only loss. TRL's tiled fused LM head took about half of every step on 2 CPU cores
-    (benchmarks/train_speed.py); the answers are a handful of tokens, so their logits are cheap."""
+    (benchmarks/train_speed.py); the answers are a handful of tokens, so their logits are cheap.
+
+    With `frozen_layers` = k > 0 (the adapter trains the top layers only), each example's output
+    of the frozen layers 0..k-1 is computed once, alone and unpadded (so it does not depend on
+    the batch it comes in), and kept: later epochs run the top layers only. The frozen layers'
+    forward was about a quarter of a step (top 15 of 30 layers; benchmarks/train_speed.py)."""
     import torch
 
     class AnswerOnlyTrainer(base):
+        frozen_layers = 0
+
+        def hidden_states(self, decoder, input_ids, attention_mask):
+            """The decoder's last hidden states, the frozen layers' part from the per-example cache."""
+            k = self.frozen_layers
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            lengths = attention_mask.sum(1).tolist()
+            right_padded = all(bool(attention_mask[r, :n].all()) for r, n in enumerate(lengths))
+            if not k or not right_padded:
+                return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            cache = self.__dict__.setdefault("_frozen_outputs", {})
+            start = torch.zeros(*input_ids.shape, decoder.config.hidden_size)
+            for r, n in enumerate(lengths):
+                key = input_ids[r, :n].numpy().tobytes()
+                if key not in cache:
+                    with torch.no_grad():
+                        cache[key] = run_layers(decoder, decoder.embed_tokens(input_ids[r:r + 1, :n]), None,
+                                                decoder.layers[:k])[0]
+                start[r, :n] = cache[key]
+            return decoder.norm(run_layers(decoder, start, attention_mask, decoder.layers[k:]))
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-            hidden = causal_lm.base_model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                                          use_cache=False).last_hidden_state[:, :-1]
+            hidden = self.hidden_states(causal_lm.base_model, inputs["input_ids"],
+                                        inputs.get("attention_mask"))[:, :-1]
             labels = inputs["labels"][:, 1:]
             mask = labels != -100
             logits = causal_lm.get_output_embeddings()(hidden[mask]).float()
