@@ -279,7 +279,8 @@ TRAIN_FLAGS = {"base": "base model (default: the embedded model)", "rank": "LoRA
                "epochs": "epochs", "batch_size": "batch size", "learning_rate": "peak learning rate",
                "max_steps": "stop after this many steps (-1: the epochs decide)", "seed": "seed",
                "top_layers": "adapt only the top N layers (0: all)",
-               "bf16": "bf16 autocast (default float32, the same on every CPU)"}
+               "bf16": "bf16 autocast (default float32, the same on every CPU)",
+               "frozen_cache": "compute the frozen layers' output once per example (with --top-layers)"}
 
 
 def run_train(args) -> int:

@@ -50,14 +50,15 @@ class Commands:
     @staticmethod
     def flags(parser, cls, helps: dict, names: dict | None = None) -> None:
         """One --flag per field of the dataclass `cls` named in `helps`, with the field's default
-        and type (a bool default: a switch); `names` renames flags (learning_rate -> lr)."""
+        and type (a bool: --flag / --no-flag, default the field's); `names` renames flags (learning_rate -> lr)."""
         for f in fields(cls):
             if f.name not in helps:
                 continue
             default = None if f.default is MISSING else f.default
             flag = "--" + (names or {}).get(f.name, f.name).replace("_", "-")
             if isinstance(default, bool):
-                parser.add_argument(flag, dest=f.name, action="store_true", help=helps[f.name])
+                parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                                    help=helps[f.name])
             else:
                 parser.add_argument(flag, dest=f.name, type=str if default is None else type(default),
                                     default=default, help=helps[f.name] + (f" (default {default})"
