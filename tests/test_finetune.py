@@ -301,7 +301,7 @@ def test_heldout_games_carry_the_theory_of_any_kappa():
 
 
 @pytest.mark.slow
-def test_frozen_layer_cache_matches_the_full_forward_and_does_not_depend_on_the_batch(model_folder):
+def test_frozen_layer_cache_matches_the_full_forward_and_does_not_depend_on_the_batch(model_folder, monkeypatch):
     """With the top k layers adapted, the trainer keeps each example's output of the frozen layers
     (computed alone, unpadded): the last hidden states equal the decoder's own forward on every
     real token (to float rounding), and an example gets the same bits in any batch."""
@@ -343,6 +343,13 @@ def test_frozen_layer_cache_matches_the_full_forward_and_does_not_depend_on_the_
     other_full, _, _, other_frozen = states([texts[0], *texts[4:]])   # the first example in another batch
     (shared,) = set(frozen) & set(other_frozen)
     assert other_full.shape[1] != full.shape[1] and torch.equal(frozen[shared], other_frozen[shared])
+    monkeypatch.setattr("finetune.train.FROZEN_CACHE_BYTES", 0)     # over its memory: computed, not kept
+    trainer = trainer_class.__new__(trainer_class)
+    trainer.frozen_layers = layers - 2
+    batch = tokenizer(texts[:4], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert torch.equal(trainer.hidden_states(decoder, batch.input_ids, batch.attention_mask), cached)
+    assert trainer._frozen_outputs == {}
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_folder),
                                 LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
     assert first_trained_layer(peft_model) == 0    # every layer adapted: nothing to cache
