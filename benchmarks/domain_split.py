@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from finetune.pipeline import RECIPES, evaluate_adapters, train_adapter, train_cached  # noqa: E402
+from finetune.pipeline import evaluate_adapters, recipe, train_adapter, train_cached  # noqa: E402
 from finetune.train import TrainOptions, read_manifest, write_manifest  # noqa: E402
 
 CURVE_N = (1, 2, 3, 5, 10)
@@ -58,10 +58,8 @@ def merge(games: Path, applications: Path, out: Path, base: Path) -> None:
 def sequential(games_data: Path, applications: Path, out: Path, base: Path, base_hash: str,
                learning_rate: float, schedule: str) -> None:
     """The applications adapter trained further on the games data."""
-    recipe = RECIPES["moralis"]
-    options = TrainOptions(str(games_data), str(out), str(base), seed=0, epochs=recipe["epochs"],
-                           top_layers=recipe["top_layers"], learning_rate=learning_rate, schedule=schedule,
-                           init_adapter=str(applications))
+    options = TrainOptions(str(games_data), str(out), str(base), seed=0, **recipe("moralis").options,
+                           learning_rate=learning_rate, schedule=schedule, init_adapter=str(applications))
     train_cached(options, base_hash, f"sequential {learning_rate:g} {schedule}", print)
     manifest = read_manifest(out)
     if "first_seconds" not in manifest:
@@ -106,17 +104,17 @@ def main(argv=None) -> int:
     out, pref = Path(args.out), preference("moralis", args.kappa)
     base = resolve(None)
     base_hash = model_hash(base)
-    recipe = RECIPES["moralis"]
-    options = {"epochs": recipe["epochs"], "top_layers": recipe["top_layers"]}
+    parts = recipe("moralis")
+    counts, options = parts.counts, parts.options
     games = out / "games-only" / pref.name
     applications = out / "applications" / pref.name
-    train_adapter(pref, {"games": recipe["games"]}, 0, options, games, out / "data", base, base_hash, 0, "answer")
-    train_adapter(pref, {"pricing": recipe["pricing"], "av": recipe["av"]}, recipe["probe"], options,
+    train_adapter(pref, {"games": counts["games"]}, 0, options, games, out / "data", base, base_hash, 0, "answer")
+    train_adapter(pref, {"pricing": counts["pricing"], "av": counts["av"]}, parts.probe, options,
                   applications, out / "data", base, base_hash, 0, "answer")
     registries = {"games only": games.parent, "applications only": applications.parent}
     merge(games, applications, out / "merged" / pref.name, base)
     registries["merged (cat)"] = out / "merged"
-    games_data = out / "data" / f"{pref.name}-answer-games{recipe['games']}-s0.jsonl"
+    games_data = out / "data" / f"{pref.name}-answer-games{counts['games']}-s0.jsonl"
     for lr, schedule in arms:
         registry = out / f"sequential-{lr:g}-{schedule}"
         sequential(games_data, applications, registry / pref.name, base, base_hash, lr, schedule)

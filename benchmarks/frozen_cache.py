@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pricing_curve import preference_name  # noqa: E402  (benchmarks/ is the script's folder)
 
-from finetune.pipeline import RECIPES, train_adapter  # noqa: E402
+from finetune.pipeline import recipe, train_adapter  # noqa: E402
 from finetune.train import read_manifest  # noqa: E402
 
 
@@ -51,14 +51,12 @@ def main(argv=None) -> int:
     base_hash = model_hash(base)
     rows = []
     for pref in prefs:
-        recipe = RECIPES[pref.name.partition("-")[0]]      # economicus or moralis
-        counts = {k: recipe[k] for k in ("games", "pricing", "av")}
-        options = {k: v for k, v in recipe.items() if k not in (*counts, "probe")}
+        parts = recipe(pref.name)
         folders = {}
         for cache in (False, True):
             folder = out / ("cached" if cache else "uncached")
             shutil.rmtree(folder, ignore_errors=True)
-            train_adapter(pref, counts, recipe["probe"], {**options, "frozen_cache": cache}, folder / pref.name,
+            train_adapter(pref, parts.counts, parts.probe, {**parts.options, "frozen_cache": cache}, folder / pref.name,
                           folder / "data", base, base_hash, 0, "answer", log=lambda text: print(text, flush=True))
             folders[cache] = folder / pref.name
         plain, cached = (read_manifest(folders[c]) for c in (False, True))

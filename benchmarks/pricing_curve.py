@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from finetune.pipeline import RECIPES, train_adapter  # noqa: E402
+from finetune.pipeline import recipe, train_adapter  # noqa: E402
 from finetune.train import read_manifest  # noqa: E402
 
 # label: (answers file stem, pricing_data.heldout_items arguments); the held-out set is the evaluation's own
@@ -72,8 +72,7 @@ def main(argv=None) -> int:
     base_hash = model_hash(base)
     adapters, settings = {}, {}
     for pref in prefs:
-        recipe = RECIPES[pref.name.partition("-")[0]]      # economicus or moralis
-        options = {"epochs": recipe["epochs"], "top_layers": recipe["top_layers"]}
+        options = recipe(pref.name).options
         for seed in args.seeds:
             for n in args.sizes:
                 name = f"{pref.name}-pricing{n}" + (f"-seed{seed}" if seed else "")

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.preferences import HomoMoralis  # noqa: E402
 from finetune.dataset import make_mixed_examples, write_jsonl  # noqa: E402
-from finetune.pipeline import RECIPES  # noqa: E402
+from finetune.pipeline import recipe  # noqa: E402
 from finetune.train import TrainOptions, read_manifest, train  # noqa: E402
 
 SETTINGS = (   # (label, TrainOptions overrides)
@@ -40,8 +40,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/train_speed")
     args = parser.parse_args()
     out = Path(args.out)
-    recipe = RECIPES["moralis"]
-    counts = {k: recipe[k] for k in ("games", "pricing", "av")}
+    counts = recipe("moralis").counts
     data = out / "data.jsonl"
     write_jsonl(make_mixed_examples(HomoMoralis(kappa=0.5), counts, seed=0), data)
     rows = []

@@ -46,11 +46,27 @@ class PipelineOptions:
     style: str = "answer"                       # finetune.dataset styles (README: measured best)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A preference's recipe (RECIPES): examples per situation, second-phase examples (`probe`)
+    and the training options of both phases."""
+    counts: dict
+    probe: int
+    options: dict
+
+
+def recipe(name: str) -> Recipe:
+    """The recipe of preference `name` (economicus, moralis or moralis-K: kappa shares moralis's)."""
+    parts = RECIPES[name.partition("-")[0]]
+    return Recipe(counts={k: parts[k] for k in SITUATIONS}, probe=parts["probe"],
+                  options={k: v for k, v in parts.items() if k not in (*SITUATIONS, "probe")})
+
+
 def situation_counts(name: str, situations: dict, games: int | None = None) -> dict[str, int]:
     """Examples per situation for preference `name`: the given counts, else the recipe's
     (`games` overrides the games count)."""
-    recipe = RECIPES[name]
-    counts = {k: (n if n is not None else recipe[k]) for k, n in situations.items() if k in SITUATIONS}
+    default = recipe(name).counts
+    counts = {k: (n if n is not None else default[k]) for k, n in situations.items() if k in SITUATIONS}
     if games is not None and "games" in counts:
         counts["games"] = games
     return counts
@@ -153,9 +169,8 @@ def run_pipeline(options: PipelineOptions, log=print) -> dict:
     for name, kappa in options.preferences:
         pref = preference(name, kappa)
         adapter = pref.name
-        recipe = {k: v for k, v in RECIPES[name].items() if k not in (*SITUATIONS, "probe")}
         counts = situation_counts(name, options.situations, options.examples)
-        train_adapter(pref, counts, RECIPES[name]["probe"], {**recipe, **options.train}, registry / adapter,
+        train_adapter(pref, counts, recipe(name).probe, {**recipe(name).options, **options.train}, registry / adapter,
                       out / "data", base, base_hash, options.seed, options.style, log)
         trained[adapter] = pref
     evaluate_adapters(registry, trained, out / "eval", base=options.base, small=options.small, log=log)

@@ -152,7 +152,7 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
     trainer = trainer_class(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                             optimizers=(optimizer, None))
     if options.answer_only_head and options.frozen_cache:
-        trainer.frozen_layers = first_trained_layer(model)
+        trainer.frozen = FrozenLayerCache(first_trained_layer(model))
     resume = checkpoints.exists() and any(checkpoints.glob("checkpoint-*"))
     started = time.time()
     result = trainer.train(resume_from_checkpoint=True if resume else None)
@@ -208,54 +208,65 @@ def run_layers(decoder, hidden, attention_mask, layers):
     return hidden
 
 
+class FrozenLayerCache:
+    """The output of a decoder's frozen layers 0..layers-1 per example, for an adapter that trains
+    the layers above only: computed once, alone and unpadded (so it does not depend on the batch
+    the example comes in), and kept up to `limit` bytes (beyond, computed alone every time); later
+    epochs run the top layers only. The frozen layers' forward was about a quarter of a step (top
+    15 of 30 layers, batch 8 of 362 tokens: 1.9 of 7.2 s; benchmarks/frozen_cache.py)."""
+
+    def __init__(self, layers: int, limit: int | None = None):
+        self.layers, self.limit = layers, FROZEN_CACHE_BYTES if limit is None else limit
+        self.outputs: dict[bytes, object] = {}
+        self.bytes = 0
+
+    def hidden_states(self, decoder, input_ids, attention_mask):
+        """The decoder's last hidden states (as its forward gives them), the frozen layers' part
+        from the cache; the full forward where the batch is not right-padded."""
+        import torch
+
+        k = self.layers
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        lengths = attention_mask.sum(1).tolist()
+        right_padded = all(bool(attention_mask[r, :n].all()) for r, n in enumerate(lengths))
+        if not k or not right_padded:
+            return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        rows = []
+        for r, n in enumerate(lengths):
+            key = input_ids[r, :n].cpu().numpy().tobytes()
+            row = self.outputs.get(key)
+            if row is None:
+                with torch.no_grad():
+                    row = run_layers(decoder, decoder.embed_tokens(input_ids[r:r + 1, :n]), None,
+                                     decoder.layers[:k])[0]
+                if self.bytes + row.nbytes <= self.limit:
+                    self.outputs[key] = row
+                    self.bytes += row.nbytes
+            rows.append(row)
+        start = rows[0].new_zeros(*input_ids.shape, rows[0].shape[-1])
+        for r, row in enumerate(rows):
+            start[r, :len(row)] = row
+        return decoder.norm(run_layers(decoder, start, attention_mask, decoder.layers[k:]))
+
+
 def _answer_only_trainer(base):
     """SFTTrainer whose loss projects only the answer tokens through the LM head: the mean
     cross-entropy of the completion tokens, -sum log p(y_t | y_<t) / T, as SFTTrainer's
     completion-only loss. TRL's tiled fused LM head took about half of every step on 2 CPU cores
     (benchmarks/train_speed.py); the answers are a handful of tokens, so their logits are cheap.
-
-    With `frozen_layers` = k > 0 (the adapter trains the top layers only), each example's output
-    of the frozen layers 0..k-1 is computed once, alone and unpadded (so it does not depend on
-    the batch it comes in), and kept (up to FROZEN_CACHE_BYTES; beyond, computed alone every
-    time): later epochs run the top layers only. The frozen layers' forward was about a quarter
-    of a step (top 15 of 30 layers, batch 8 of 362 tokens: 1.9 of 7.2 s; benchmarks/frozen_cache.py)."""
+    With `frozen` (a FrozenLayerCache), the frozen layers' output comes from the cache."""
     import torch
 
     class AnswerOnlyTrainer(base):
-        frozen_layers = 0
-        _frozen_bytes = 0
-
-        def hidden_states(self, decoder, input_ids, attention_mask):
-            """The decoder's last hidden states, the frozen layers' part from the per-example cache."""
-            k = self.frozen_layers
-            if attention_mask is None:
-                attention_mask = torch.ones_like(input_ids)
-            lengths = attention_mask.sum(1).tolist()
-            right_padded = all(bool(attention_mask[r, :n].all()) for r, n in enumerate(lengths))
-            if not k or not right_padded:
-                return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-            cache = self.__dict__.setdefault("_frozen_outputs", {})
-            rows = []
-            for r, n in enumerate(lengths):
-                key = input_ids[r, :n].cpu().numpy().tobytes()
-                row = cache.get(key)
-                if row is None:
-                    with torch.no_grad():
-                        row = run_layers(decoder, decoder.embed_tokens(input_ids[r:r + 1, :n]), None,
-                                         decoder.layers[:k])[0]
-                    if self._frozen_bytes + row.nbytes <= FROZEN_CACHE_BYTES:
-                        cache[key] = row
-                        self._frozen_bytes += row.nbytes
-                rows.append(row)
-            start = rows[0].new_zeros(*input_ids.shape, rows[0].shape[-1])
-            for r, row in enumerate(rows):
-                start[r, :len(row)] = row
-            return decoder.norm(run_layers(decoder, start, attention_mask, decoder.layers[k:]))
+        frozen: FrozenLayerCache | None = None
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-            hidden = self.hidden_states(causal_lm.base_model, inputs["input_ids"],
-                                        inputs.get("attention_mask"))[:, :-1]
+            decoder, input_ids, attention_mask = causal_lm.base_model, inputs["input_ids"], inputs.get("attention_mask")
+            hidden = (self.frozen.hidden_states(decoder, input_ids, attention_mask) if self.frozen else
+                      decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state)
+            hidden = hidden[:, :-1]
             labels = inputs["labels"][:, 1:]
             mask = labels != -100
             logits = causal_lm.get_output_embeddings()(hidden[mask]).float()

@@ -301,16 +301,16 @@ def test_heldout_games_carry_the_theory_of_any_kappa():
 
 
 @pytest.mark.slow
-def test_frozen_layer_cache_matches_the_full_forward_and_does_not_depend_on_the_batch(model_folder, monkeypatch):
+def test_frozen_layer_cache_matches_the_full_forward_and_does_not_depend_on_the_batch(model_folder):
     """With the top k layers adapted, the trainer keeps each example's output of the frozen layers
-    (computed alone, unpadded): the last hidden states equal the decoder's own forward on every
-    real token (to float rounding), and an example gets the same bits in any batch."""
+    (computed alone, unpadded; finetune.train.FrozenLayerCache): the last hidden states equal the
+    decoder's own forward on every real token (to float rounding), an example gets the same bits
+    in any batch, and over the cache's memory limit nothing is kept."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTTrainer
 
-    from finetune.train import _answer_only_trainer, first_trained_layer
+    from finetune.train import FrozenLayerCache, first_trained_layer
 
     tokenizer = AutoTokenizer.from_pretrained(model_folder)
     model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.float32, attn_implementation="eager")
@@ -321,35 +321,27 @@ def test_frozen_layer_cache_matches_the_full_forward_and_does_not_depend_on_the_
     assert first_trained_layer(peft_model) == layers - 2
     examples = make_mixed_examples(HomoMoralis(kappa=0.5), {"games": 4, "pricing": 2, "av": 2}, seed=1)
     texts = [tokenizer.apply_chat_template(e["messages"], tokenize=False) for e in examples]
-    trainer_class = _answer_only_trainer(SFTTrainer)
     decoder = peft_model.get_base_model().model
 
-    def states(batch_texts):
-        """Last hidden states of a batch: the decoder's forward, and a new trainer's with its cache."""
-        trainer = trainer_class.__new__(trainer_class)     # only its hidden_states and cache are used
-        trainer.frozen_layers = layers - 2
+    def states(batch_texts, limit=None):
+        """Last hidden states of a batch: the decoder's forward, and a new cache's."""
+        cache = FrozenLayerCache(layers - 2, limit)
         batch = tokenizer(batch_texts, return_tensors="pt", padding=True)
         with torch.no_grad():
             full = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                            use_cache=False).last_hidden_state
-            cached = trainer.hidden_states(decoder, batch.input_ids, batch.attention_mask)
-        assert len(trainer._frozen_outputs) == len(set(batch_texts))
-        return full, cached, batch.attention_mask.bool(), trainer._frozen_outputs
+            cached = cache.hidden_states(decoder, batch.input_ids, batch.attention_mask)
+        return full, cached, batch.attention_mask.bool(), cache.outputs
 
     full, cached, real, frozen = states(texts[:4])
-    assert cached.shape == full.shape
+    assert cached.shape == full.shape and len(frozen) == len(set(texts[:4]))
     assert torch.allclose(cached[real], full[real], rtol=0, atol=1e-5 * float(full[real].abs().max()))
     assert not torch.equal(cached[real], torch.zeros_like(cached[real]))
     other_full, _, _, other_frozen = states([texts[0], *texts[4:]])   # the first example in another batch
     (shared,) = set(frozen) & set(other_frozen)
     assert other_full.shape[1] != full.shape[1] and torch.equal(frozen[shared], other_frozen[shared])
-    monkeypatch.setattr("finetune.train.FROZEN_CACHE_BYTES", 0)     # over its memory: computed, not kept
-    trainer = trainer_class.__new__(trainer_class)
-    trainer.frozen_layers = layers - 2
-    batch = tokenizer(texts[:4], return_tensors="pt", padding=True)
-    with torch.no_grad():
-        assert torch.equal(trainer.hidden_states(decoder, batch.input_ids, batch.attention_mask), cached)
-    assert trainer._frozen_outputs == {}
+    _, over_limit, _, kept = states(texts[:4], limit=0)              # over its memory: computed, not kept
+    assert torch.equal(over_limit, cached) and kept == {}
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_folder),
                                 LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
     assert first_trained_layer(peft_model) == 0    # every layer adapted: nothing to cache
