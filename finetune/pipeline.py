@@ -90,8 +90,9 @@ def _up_to_date(folder: Path, data: Path, options: TrainOptions, base_hash: str)
     manifest = read_manifest(folder)
     if not manifest or not (folder / "adapter_model.safetensors").exists():
         return False
-    wanted = {k: v for k, v in asdict(options).items() if k not in ("data", "out", "base")}
-    recorded = manifest.get("hyperparameters", {})
+    # the starting adapter is compared by its weights' hash, not by the folder it lies in
+    wanted = {k: v for k, v in asdict(options).items() if k not in ("data", "out", "base", "init_adapter")}
+    recorded = {k: v for k, v in manifest.get("hyperparameters", {}).items() if k != "init_adapter"}
     start = options.init_adapter and adapter_sha256(options.init_adapter)
     return (manifest.get("data", {}).get("sha256") == file_sha256(data)
             and manifest.get("base_model_sha256") == base_hash

@@ -24,8 +24,8 @@ ARMS = {"games only (transfer)": ("games",), "games + applications (in-domain)":
 CURVE_POINTS = (1, 2, 5, 10)
 
 
-def adapter_rows(arm: str, manifests: dict) -> list[dict]:
-    """Held-out shares per domain and P(swerve) at CURVE_POINTS of each adapter's evaluation."""
+def adapter_rows(arm, manifests: dict, points=CURVE_POINTS) -> list[dict]:
+    """Held-out shares per domain and P(swerve) at `points` of each adapter's evaluation."""
     rows = []
     for name, m in manifests.items():
         e = m["evaluation"]
@@ -34,9 +34,17 @@ def adapter_rows(arm: str, manifests: dict) -> list[dict]:
                      "pricing_exact": d["pricing"]["share_equal"],
                      "pricing_within_step": d["pricing"]["share_within_step"],
                      "av": d["av"]["share_equal"], "train_seconds": m["train_seconds"],
-                     **{f"p_swerve_n{n}": e["choice_curve"]["adapter"][n - 1] for n in CURVE_POINTS},
+                     **{f"p_swerve_n{n}": e["choice_curve"]["adapter"][n - 1] for n in points},
                      "situations": ",".join(m.get("situations", {"games": 0}))})
     return rows
+
+
+def market_rows(arm, markets: pd.DataFrame) -> list[dict]:
+    """The LLM duopolies of a scenarios.demo.market_runs table: Delta's mean, sd and range over
+    the sessions, and the mean price, per pair."""
+    return [{"arm": arm, "pair": row["pair"], "sessions": row["sessions"], "price": row["price"],
+             "delta": row["delta"], "sd_delta": row["sd_delta"], "min_delta": row["min_delta"],
+             "max_delta": row["max_delta"]} for row in markets[markets.market.str.startswith("LLM")].to_dict("records")]
 
 
 def run_transfer(out: str | Path, adapters: str | Path = "adapters", log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -55,11 +63,7 @@ def run_transfer(out: str | Path, adapters: str | Path = "adapters", log=print) 
                                                  situations={s: None for s in situations}), log=log)
         adapter_table += adapter_rows(arm, manifests)
         pairs = tuple(p for p in DUOPOLIES if "base" not in p[:2])
-        markets = market_runs(folder / "markets", registry, pairs=pairs)
-        for row in markets[markets.market.str.startswith("LLM")].to_dict("records"):
-            market_table.append({"arm": arm, "pair": row["pair"], "sessions": row["sessions"],
-                                 "price": row["price"], "delta": row["delta"], "sd_delta": row["sd_delta"],
-                                 "min_delta": row["min_delta"], "max_delta": row["max_delta"]})
+        market_table += market_rows(arm, market_runs(folder / "markets", registry, pairs=pairs))
     adapters_frame, markets_frame = pd.DataFrame(adapter_table), pd.DataFrame(market_table)
     out.mkdir(parents=True, exist_ok=True)
     adapters_frame.to_csv(out / "transfer_adapters.csv", index=False)

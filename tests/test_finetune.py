@@ -1,6 +1,7 @@
 """Fine-tuning: theory-derived data, a tiny LoRA training run, adapters both backends load."""
 import json
 import re
+import shutil
 import string
 import subprocess
 import sys
@@ -249,7 +250,8 @@ def test_evaluation_reports_every_domain(tiny_adapter, tmp_path, browser):
 def test_probe_phase_continues_the_first_phase_and_is_cached(tmp_path, model_folder):
     """Homo moralis trains in two phases: the mixed data, then Bonnefon et al.'s question from
     the first phase's adapter (finetune.pipeline.PROBE_PHASE); the manifest records both phases
-    and their summed time, and a rerun trains neither again."""
+    and their summed time, and a rerun trains neither again (nor with the first phase moved to
+    another folder: it is known by its weights)."""
     from agents.llm.models import model_hash
     from agents.records import file_sha256
     from finetune.pipeline import PROBE_PHASE, train_adapter
@@ -271,6 +273,10 @@ def test_probe_phase_continues_the_first_phase_and_is_cached(tmp_path, model_fol
     assert read_manifest(tmp_path / "adapters" / "moralis-0.5") == manifest
     messages.clear()
     train_adapter(*args)
+    assert len(messages) == 2 and all("up to date" in m for m in messages)
+    shutil.copytree(tmp_path / "out", tmp_path / "moved")      # the first phase in another folder, same weights
+    messages.clear()
+    train_adapter(*args[:5], tmp_path / "moved" / "data", *args[6:])
     assert len(messages) == 2 and all("up to date" in m for m in messages)
     economicus = train_adapter(HomoEconomicus(), *args[1:4], tmp_path / "adapters" / "economicus", *args[5:])
     assert "phases" not in economicus and economicus["init_adapter_sha256"] is None
