@@ -92,3 +92,31 @@ def test_demo_html_report_has_every_section_and_opens_in_a_browser(report, brows
     html = (report / "report.html").read_text()
     assert "LLM base vs base" in html and "Q-learning vs Q-learning (Calvano, 100 sessions)" in html
     assert "seconds per stage" in html and "base model games" in html
+
+
+def test_transfer_rows_read_every_domain_the_choice_curve_at_n_and_the_llm_pairs_only():
+    """scenarios.transfer's rows (also benchmarks/data_seeds.py's): an adapter's held-out shares
+    per domain and P(swerve) at the asked N (the curve's entry N - 1); the LLM pairs of a
+    market_runs table, not its Q-learning and theory rows."""
+    from scenarios.transfer import adapter_rows, market_rows
+
+    curve = [0.001, 0.03, 0.95, 0.96, 0.99, 0.99, 0.99, 0.99, 0.99, 0.993]
+    manifest = {"evaluation": {"domains": {"games": {"share_equal": 0.704},
+                                           "pricing": {"share_equal": 0.183, "share_within_step": 0.367},
+                                           "av": {"share_equal": 0.593}},
+                               "choice_curve": {"adapter": curve}},
+                "train_seconds": 325.0, "situations": {"games": 160, "pricing": 64, "av": 96, "probe": 192}}
+    (row,) = adapter_rows(2, {"moralis-0.5": manifest}, points=(1, 3, 10))
+    assert row == {"arm": 2, "adapter": "moralis-0.5", "games": 0.704, "pricing_exact": 0.183,
+                   "pricing_within_step": 0.367, "av": 0.593, "train_seconds": 325.0,
+                   "p_swerve_n1": 0.001, "p_swerve_n3": 0.95, "p_swerve_n10": 0.993,
+                   "situations": "games,pricing,av,probe"}
+    table = pd.DataFrame([
+        {"market": "Q-learning vs Q-learning (Calvano, 100 sessions)", "sessions": 100, "price": 1.79, "delta": 0.85,
+         "sd_delta": 0.11},
+        {"market": "theory moralis-0.5 duopoly", "sessions": 1, "price": 1.71, "delta": 0.734, "sd_delta": 0.0},
+        {"market": "LLM economicus vs moralis-0.5", "pair": "economicus/moralis-0.5", "sessions": 3, "price": 1.585,
+         "delta": 0.299, "sd_delta": 0.038, "min_delta": 0.263, "max_delta": 0.339}])
+    assert market_rows("in-domain", table) == [
+        {"arm": "in-domain", "pair": "economicus/moralis-0.5", "sessions": 3, "price": 1.585, "delta": 0.299,
+         "sd_delta": 0.038, "min_delta": 0.263, "max_delta": 0.339}]
