@@ -170,8 +170,8 @@ def run_pipeline(options: PipelineOptions, log=print) -> dict:
     for name, kappa in options.preferences:
         pref = preference(name, kappa)
         adapter = pref.name
-        counts = situation_counts(name, options.situations, options.examples)
-        train_adapter(pref, counts, recipe(name).probe, {**recipe(name).options, **options.train}, registry / adapter,
+        counts, parts = situation_counts(name, options.situations, options.examples), recipe(name)
+        train_adapter(pref, counts, parts.probe, {**parts.options, **options.train}, registry / adapter,
                       out / "data", base, base_hash, options.seed, options.style, log)
         trained[adapter] = pref
     evaluate_adapters(registry, trained, out / "eval", base=options.base, small=options.small, log=log)

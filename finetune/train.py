@@ -263,10 +263,9 @@ def _answer_only_trainer(base):
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-            decoder, input_ids, attention_mask = causal_lm.base_model, inputs["input_ids"], inputs.get("attention_mask")
-            hidden = (self.frozen.hidden_states(decoder, input_ids, attention_mask) if self.frozen else
-                      decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state)
-            hidden = hidden[:, :-1]
+            cache = self.frozen or FrozenLayerCache(0)       # no frozen layers: the decoder's own forward
+            hidden = cache.hidden_states(causal_lm.base_model, inputs["input_ids"],
+                                         inputs.get("attention_mask"))[:, :-1]
             labels = inputs["labels"][:, 1:]
             mask = labels != -100
             logits = causal_lm.get_output_embeddings()(hidden[mask]).float()
