@@ -25,8 +25,11 @@ EVAL_TOKENS = 128   # room for the worked reasoning before ANSWER:
 # `probe`: examples of Bonnefon et al.'s question in a second phase (PROBE_PHASE) that starts
 # from the first phase's adapter; only where AV situations are trained and the preference's
 # answer depends on the number of pedestrians (finetune.av_data.make_probe_examples).
+# Homo moralis at LoRA rank 16 (alpha 32): over three data seeds its pricing and duopoly come
+# closer to the theory than at rank 8, at the same training time (benchmarks/adapter_rank.py).
 RECIPES = {"economicus": {"games": 128, "pricing": 64, "av": 32, "probe": 0, "epochs": 2.0, "top_layers": 15},
-           "moralis": {"games": 160, "pricing": 64, "av": 96, "probe": 192, "epochs": 2.0, "top_layers": 15}}
+           "moralis": {"games": 160, "pricing": 64, "av": 96, "probe": 192, "epochs": 2.0, "top_layers": 15,
+                       "rank": 16, "alpha": 32}}
 # The second phase: a low constant learning rate. At 5e-4 the first phase's adapter oscillated and
 # the count was not learnt; at 1e-4 for 2 epochs it was (README).
 PROBE_PHASE = {"learning_rate": 1e-4, "schedule": "constant", "epochs": 2.0}

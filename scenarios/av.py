@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from agents.records import write_json
-from scenarios.runs import build_backend, loaded_adapters, make_policies, write_manifest
+from agents.records import write_json, write_text
+from scenarios.runs import build_backend, loaded_adapters, make_policies, run_stamp, write_manifest
 from scenarios.settings import AVScenario, load_av_scenario
 
 
@@ -112,7 +112,7 @@ def run_av_scenario(path: str | Path, out: str | Path, progress: bool = True, ba
     `backend`: an already loaded backend holding the adapters the AVs name. A rerun into the
     same folder (after a kill, say) answers the decisions its log already holds from the log
     (agents.llm.replay; the simulation is deterministic for a seed), so each decision is asked
-    and logged once."""
+    and logged once; not when the scenario or an adapter's weights changed (run.json)."""
     from agents.llm.decision_log import DecisionLog
     from agents.llm.replay import ReplayBackend
     from agents.records import read_json_lines
@@ -122,8 +122,11 @@ def run_av_scenario(path: str | Path, out: str | Path, progress: bool = True, ba
     out.mkdir(parents=True, exist_ok=True)
     started, adapters, policies = time.time(), {}, {}
     preferences = [a.preference for a in s.avs if a.type == "llm"]
-    log_path = out / "decisions.jsonl"
-    recorded = read_json_lines(log_path, "a decision log", cut_short_ok=True) if log_path.exists() else []
+    log_path, stamp = out / "decisions.jsonl", out / "run.json"
+    config = run_stamp(s.raw, s.llm.adapters, preferences)
+    same = stamp.exists() and stamp.read_text() == config     # the log's answers are still this run's
+    recorded = read_json_lines(log_path, "a decision log", cut_short_ok=True) if same and log_path.exists() else []
+    write_text(stamp, config)
     if s.uses_llm and backend is None:
         backend, _, adapters = build_backend(s.llm, preferences, s.seed, None)
     log_path.unlink(missing_ok=True)            # written again, each decision once

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from agents.records import file_sha256, write_json, write_text
-from scenarios.runs import build_backend, loaded_adapters, make_policies, write_manifest
+from agents.records import write_json, write_text
+from scenarios.runs import build_backend, loaded_adapters, make_policies, run_stamp, write_manifest
 from scenarios.settings import ConfigError, MarketScenario, load_scenario
 
 
@@ -90,10 +90,7 @@ def resume_sessions(s: MarketScenario, out: Path, restart_if_changed: bool = Fal
     the rerun answers them again from the record (agents.llm.replay) and logs each decision once."""
     sessions = out / "sessions"
     stamp = sessions / "scenario.json"
-    files = {name: Path(s.llm.adapters) / name / "adapter_model.safetensors"
-             for name in sorted(set(llm_preferences(s)) - {"base"})}
-    weights = {name: file_sha256(path) for name, path in files.items() if path.exists()}
-    config = json.dumps({"scenario": s.raw, "adapters": weights}, sort_keys=True, default=str)
+    config = run_stamp(s.raw, s.llm.adapters, llm_preferences(s))
     log = out / "decisions.jsonl"
     if stamp.exists() and stamp.read_text() != config:
         # a run that failed before deciding anything (a missing adapter, say) left nothing to keep

@@ -2,6 +2,7 @@
 policy per preference type, and the manifest (scenario, seed, model, adapter hashes, versions)."""
 from __future__ import annotations
 
+import json
 import platform
 import time
 from pathlib import Path
@@ -31,6 +32,14 @@ def build_backend(llm: LLMSection, preferences, seed: int, log):
     except (BackendError, OSError) as err:        # a backend that cannot start on the settings given
         raise ConfigError(str(err)) from None
     return backend, make_policies(llm, preferences, seed, backend, log), paths
+
+
+def run_stamp(raw: dict, adapters: str | Path, preferences) -> str:
+    """What a run's recorded answers rest on: the scenario's tables and the SHA-256 of every
+    adapter its LLM agents name (a retrained adapter gives other answers under the same name)."""
+    files = {name: Path(adapters) / name / "adapter_model.safetensors" for name in sorted(set(preferences) - {"base"})}
+    weights = {name: file_sha256(path) for name, path in files.items() if path.exists()}
+    return json.dumps({"scenario": raw, "adapters": weights}, sort_keys=True, default=str)
 
 
 def make_policies(llm: LLMSection, preferences, seed: int, backend, log) -> dict:

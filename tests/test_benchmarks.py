@@ -21,7 +21,7 @@ def script(*args: str) -> subprocess.CompletedProcess:
 def test_every_benchmark_is_found():
     assert {p.stem for p in SCRIPTS} >= {"llm_throughput", "qlearning", "market_step", "llm_study", "train_speed",
                                         "finetune_sweep", "domain_split", "pricing_curve", "frozen_cache",
-                                        "data_seeds"}
+                                        "data_seeds", "adapter_rank"}
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.stem)
@@ -37,6 +37,8 @@ def test_benchmark_help_runs(path):
     (("pricing_curve.py", "--preference", "moralis-2"), "preference must be economicus or moralis-K"),
     (("frozen_cache.py", "--preference", "altruist"), "preference must be economicus or moralis-K"),
     (("data_seeds.py", "--seeds", "0,-1"), "--seeds: must be integers >= 0"),
+    (("adapter_rank.py", "--ranks", "0,8"), "--ranks: must be integers >= 1"),
+    (("adapter_rank.py", "--ranks", "8,32"), "--ranks: at most 16"),
     (("domain_split.py", "--sequential", "1e-4:step"), "the schedule must be constant, cosine or linear"),
     (("domain_split.py", "--sequential", "fast:constant"), "the learning rate must be a number"),
     (("finetune_sweep.py", "--run", "examples=160", "--run", "colour=red"), "unknown key 'colour'"),

@@ -293,6 +293,34 @@ def test_an_av_run_resumes_from_its_log_and_logs_each_decision_once(fake_server,
     assert resumed == first and log_resumed == log and asked_resumed == len(log) - half
 
 
+def test_an_av_run_asks_again_when_its_adapter_was_retrained(fake_server, tmp_path, capsys):
+    """The log's answers are replayed only for the same adapter weights: a rerun after the
+    adapter was retrained under the same name asks the server for every decision (the main job
+    once showed a retrained adapter's AVs with the old adapter's answers)."""
+    adapter = tmp_path / "adapters" / "economicus"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"first training")
+    scenario = tmp_path / "a.toml"
+    scenario.write_text(f'name = "llm-avs"\nseed = 3\n[llm]\nbackend = "openai"\nurl = "{fake_server.url}"\n'
+                        f'adapters = "{tmp_path / "adapters"}"\n'
+                        '[traffic]\nbrake_failure = 0.9\npedestrian_rate = 0.9\n'
+                        '[run]\nsteps = 20\nprobe = false\n[[av]]\ntype = "llm"\npreference = "economicus"\ncount = 12\n')
+
+    def asked() -> tuple[int, int]:
+        before = fake_server.hits.get("/v1/completions", 0)
+        assert main(["av", "run", str(scenario), "--out", str(tmp_path / "o")]) == 0
+        capsys.readouterr()
+        dilemmas = json.loads((tmp_path / "o" / "summary.json").read_text())["dilemmas"]
+        return fake_server.hits.get("/v1/completions", 0) - before, dilemmas
+
+    first, dilemmas = asked()
+    assert dilemmas >= 2 and first == dilemmas
+    assert asked() == (0, dilemmas)                                   # same weights: all from the log
+    (adapter / "adapter_model.safetensors").write_bytes(b"second training")
+    assert asked() == (dilemmas, dilemmas)                            # retrained: every decision asked
+
+
 def test_huge_replies_are_cut_before_they_reach_the_log(fake_server, tmp_path):
     """A server that answers 1 MB of text: each attempt is logged, cut to what max_tokens allows."""
     from agents.llm.decision_log import DecisionLog
