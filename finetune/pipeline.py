@@ -65,6 +65,20 @@ def recipe(name: str) -> Recipe:
                   options={k: v for k, v in parts.items() if k not in (*SITUATIONS, "probe")})
 
 
+def follows_recipe(folder: Path, name: str) -> bool:
+    """Whether the adapter in `folder` was trained by this pipeline with preference `name`'s recipe
+    as RECIPES gives it now (its examples per situation and training options); an adapter without
+    the pipeline's manifest is someone's own and counts as following it."""
+    manifest = read_manifest(folder)
+    if "hyperparameters" not in manifest:
+        return True
+    parts = recipe(name)
+    wanted = {**parts.counts, **({"probe": parts.probe} if parts.probe else {})}
+    options = {k: v for k, v in parts.options.items() if k not in PROBE_PHASE}
+    return (manifest.get("situations") == wanted
+            and all(manifest["hyperparameters"].get(k) == v for k, v in options.items()))
+
+
 def situation_counts(name: str, situations: dict, games: int | None = None) -> dict[str, int]:
     """Examples per situation for preference `name`: the given counts, else the recipe's
     (`games` overrides the games count)."""

@@ -141,8 +141,8 @@ def run_study(path: str | Path, out: str | Path, progress: bool = True, log=prin
 
 def train_named_adapters(s: Study, cells: list[dict], out: Path, log=print) -> None:
     """Fine-tune (finetune pipeline, cached in the scenario's adapter folder) every adapter an
-    LLM firm of the cells names that the folder does not hold yet."""
-    from finetune.pipeline import PipelineOptions, run_pipeline
+    LLM firm of the cells names that the folder does not hold yet, or holds from an older recipe."""
+    from finetune.pipeline import PipelineOptions, follows_recipe, run_pipeline
     from finetune.registry import adapter_name, list_adapters, parse_adapter_name
 
     wanted: dict[str, tuple] = {}
@@ -152,7 +152,9 @@ def train_named_adapters(s: Study, cells: list[dict], out: Path, log=print) -> N
             if firm.type == "llm" and firm.preference != "base":
                 wanted.setdefault(scenario.llm.adapters, set()).add(parse_adapter_name(firm.preference))
     for folder, preferences in wanted.items():
-        missing = sorted(p for p in preferences if adapter_name(*p) not in list_adapters(folder))
+        found = list_adapters(folder)
+        missing = sorted(p for p in preferences if adapter_name(*p) not in found
+                         or not follows_recipe(found[adapter_name(*p)], adapter_name(*p)))
         if missing:
             log(f"{s.name}: training {len(missing)} adapter(s) into {folder}")
             run_pipeline(PipelineOptions(adapters=str(folder), out=str(out / "finetune"),

@@ -305,7 +305,8 @@ def test_an_av_run_asks_again_when_its_adapter_was_retrained(fake_server, tmp_pa
     scenario.write_text(f'name = "llm-avs"\nseed = 3\n[llm]\nbackend = "openai"\nurl = "{fake_server.url}"\n'
                         f'adapters = "{tmp_path / "adapters"}"\n'
                         '[traffic]\nbrake_failure = 0.9\npedestrian_rate = 0.9\n'
-                        '[run]\nsteps = 20\nprobe = false\n[[av]]\ntype = "llm"\npreference = "economicus"\ncount = 12\n')
+                        '[run]\nsteps = 20\nprobe = false\n'
+                        '[[av]]\ntype = "llm"\npreference = "economicus"\ncount = 12\n')
 
     def asked() -> tuple[int, int]:
         before = fake_server.hits.get("/v1/completions", 0)

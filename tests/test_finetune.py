@@ -282,6 +282,26 @@ def test_probe_phase_continues_the_first_phase_and_is_cached(tmp_path, model_fol
     assert "phases" not in economicus and economicus["init_adapter_sha256"] is None
 
 
+def test_an_adapter_of_an_older_recipe_is_told_apart_and_a_foreign_one_is_kept(tmp_path):
+    """follows_recipe, which a study's train_adapters uses: an adapter the pipeline trained with
+    another recipe is retrained (the llm_kappa study once kept rank-8 kappa adapters beside the
+    rank-16 main-job one); one without the pipeline's manifest (someone's own) is left alone."""
+    from finetune.pipeline import PROBE_PHASE, follows_recipe, recipe
+    from finetune.train import write_manifest
+
+    parts = recipe("moralis-0.25")
+    current = {"situations": {**parts.counts, "probe": parts.probe},
+               "hyperparameters": {**parts.options, **PROBE_PHASE}}
+    write_manifest(tmp_path, current)
+    assert parts.options["rank"] == 16 and follows_recipe(tmp_path, "moralis-0.25")
+    write_manifest(tmp_path, {**current, "hyperparameters": {**current["hyperparameters"], "rank": 8}})
+    assert not follows_recipe(tmp_path, "moralis-0.25")
+    write_manifest(tmp_path, {**current, "situations": {"games": 160}})
+    assert not follows_recipe(tmp_path, "moralis-0.25")
+    (tmp_path / "manifest.json").unlink()
+    assert follows_recipe(tmp_path, "moralis-0.25")
+
+
 def test_heldout_games_carry_the_theory_of_any_kappa():
     """Regression: the battery's kappa grid is 0, 0.1, ..., 1, and adapters of kappa 0.25 or 0.75
     (the llm_kappa study) once failed their evaluation. Each held-out item carries their theory
