@@ -19,7 +19,8 @@ A study file (TOML):
 
 Keys are "section.key" ([market], [grid], [qlearning], [run], [llm]), "firm.key" (every [[firm]]),
 or "market.firms" (the [[firm]] tables repeated to that many firms). A cell whose summary.json
-exists is not run again, so an interrupted study resumes (an interrupted LLM cell at its last
+exists is not run again (unless an adapter its LLM firms name has other weights since), so an
+interrupted study resumes (an interrupted LLM cell at its last
 logged period); a worker runs its Mesa cells in lock-step on one backend (`run_cells`); `study.csv`, `study.md` and
 `study.png` in the output folder hold one row per cell.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -53,6 +55,18 @@ def cell_folder(out: Path, index: int, cell: dict) -> Path:
                     for k, v in cell.items())
     slug = re.sub(r"[^A-Za-z0-9.+=_-]", "-", slug).replace("..", "-")[:100]
     return out / "cells" / f"{index:04d}_{slug}"
+
+
+def ran_with_current_adapters(s: Study, folder: Path, cell: dict) -> bool:
+    """Whether a finished cell's LLM firms ran with the adapter weights now in their folder (its
+    sessions' stamp, scenarios.runs.run_stamp); cells without LLM firms always have."""
+    from scenarios.market import llm_preferences
+    from scenarios.runs import run_stamp
+
+    scenario = load_scenario(s.scenario_path, cell_overrides({**s.fixed, **cell}))
+    stamp = folder / "sessions" / "scenario.json"
+    return (not scenario.uses_llm or not stamp.exists()
+            or stamp.read_text() == run_stamp(scenario.raw, scenario.llm.adapters, llm_preferences(scenario)))
 
 
 def cell_job(s: Study, folder: Path, cell: dict) -> tuple[str, str, dict]:
@@ -116,10 +130,16 @@ def run_study(path: str | Path, out: str | Path, progress: bool = True, log=prin
     out.mkdir(parents=True, exist_ok=True)
     cells = s.cells()
     folders = [cell_folder(out, i, c) for i, c in enumerate(cells)]
+    if s.study.train_adapters:
+        train_named_adapters(s, cells, out, log)
     pending = [i for i, f in enumerate(folders) if not (f / "summary.json").exists()]
+    for i in sorted(set(range(len(cells))) - set(pending)):
+        if not ran_with_current_adapters(s, folders[i], cells[i]):
+            log(f"{s.name}: {folders[i].name} ran with other adapter weights; running it again")
+            shutil.rmtree(folders[i])
+            pending.append(i)
+    pending.sort()
     log(f"{s.name}: {len(cells)} cells, {len(cells) - len(pending)} done, executor {s.study.executor}")
-    if s.study.train_adapters and pending:
-        train_named_adapters(s, [cells[i] for i in pending], out, log)
     started = time.time()
     with tqdm(total=len(cells), initial=len(cells) - len(pending), desc=f"{s.name}: cells",
               unit="cell", disable=not progress) as bar:

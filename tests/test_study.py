@@ -183,6 +183,36 @@ def test_adapter_pairs_study_gives_each_firm_its_preference(tmp_path):
     assert (tmp_path / "study.png").stat().st_size > 0
 
 
+def test_a_finished_llm_cell_runs_again_when_its_adapter_was_retrained(tmp_path, fake_server):
+    """A rerun of a study keeps its finished cells, unless an adapter their LLM firms name was
+    retrained since (other weights under the same name): those cells run again."""
+    adapter = tmp_path / "adapters" / "economicus"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"first training")
+    path = tmp_path / "llm.toml"
+    path.write_text(LLM_STUDY.format(executor="local").replace("[grid]", f"""
+"llm.backend" = "openai"
+"llm.url" = "{fake_server.url}"
+"llm.adapters" = "{tmp_path / 'adapters'}"
+"firm.preference" = "economicus"
+[grid]"""))
+
+    def run() -> tuple[list[str], int]:
+        before, messages = fake_server.hits.get("/v1/completions", 0), []
+        run_study(path, tmp_path / "out", progress=False, log=messages.append)
+        return messages, fake_server.hits.get("/v1/completions", 0) - before
+
+    messages, first = run()
+    assert "0 done" in messages[-1] and first > 0
+    messages, asked = run()
+    assert "3 done" in messages[-1] and asked == 0
+    (adapter / "adapter_model.safetensors").write_bytes(b"second training")
+    messages, asked = run()
+    assert sum("other adapter weights" in m for m in messages) == 3 and "0 done" in messages[-1]
+    assert asked == first
+
+
 def test_a_per_firm_value_needs_one_value_per_firm():
     from scenarios.settings import ConfigError, load_scenario
 
