@@ -1,16 +1,17 @@
 """Is the homo moralis adapter short of capacity when it learns the games and the applications
 together? The main job's moralis-0.5 adapter (finetune/pipeline.py RECIPES, both phases, each
 data seed's draw) trained at several LoRA ranks, alpha = 2 x rank (LoRA's scale alpha / r fixed
-at 2), evaluated as the main job does (`finetune pipeline`) and put into the main job's moralis
+at 2), evaluated as the main job does (`finetune pipeline`), put into the main job's moralis
 self-play duopoly (scenarios.demo.market_runs: 3 sessions of 30 periods from different initial
-prices, each with its own random draws).
+prices, each with its own random draws) and into its moralis AV city (12 AVs, 100 steps).
 
     python benchmarks/adapter_rank.py [--out runs/adapter_rank] [--ranks 4,8,16] [--seeds 0,1,2]
 
 Prints one row per rank and data seed (the draw of the training data and the training seed):
 the held-out share equal to the theory on the games, pricing within one grid step and exact, AV
 dilemmas; P(swerve) for one passenger against N = 1, 2, 3, 5, 10 pedestrians; training seconds;
-the duopoly's mean Delta over the sessions, its sd and range; then the mean, min and max across
+the duopoly's mean Delta over the sessions, its sd and range; the city's dilemmas and the share
+the AVs swerved in (theory moralis 0.5: 79%); then the mean, min and max across
 the seeds per rank. Rank 16 with data seed 0 is the main job's adapter (the recipe's rank;
 training is deterministic). Every adapter, evaluation and market session is cached in --out, so
 a rerun resumes. Run it alone: the seconds are figures.
@@ -40,9 +41,11 @@ def main(argv=None) -> int:
         parser.error(f"--ranks: at most {MAX_RANK} (vLLM's default limit), got {max(args.ranks)}")
     import pandas as pd
 
+    from agents.llm.transformers_backend import TransformersBackend
     from agents.records import markdown_table
     from finetune.pipeline import PipelineOptions, run_pipeline
-    from scenarios.demo import DUOPOLIES, market_runs
+    from scenarios.av import run_av_scenario
+    from scenarios.demo import AV_RUNS, DUOPOLIES, market_runs
     from scenarios.transfer import adapter_rows, market_rows
 
     out = Path(args.out)
@@ -58,7 +61,13 @@ def main(argv=None) -> int:
                                      log=lambda text: print(text, flush=True))
             [adapter] = adapter_rows(rank, manifests, CURVE_POINTS)
             [market] = market_rows(rank, market_runs(folder / "markets", folder / "adapters", pairs=pairs))
-            rows.append({"seed": seed, **adapter, **{k: v for k, v in market.items() if k not in ("arm", "pair")}})
+            backend = TransformersBackend(adapters={"moralis-0.5": str(folder / "adapters" / "moralis-0.5")})
+            city = run_av_scenario(dict(AV_RUNS)["moralis-0.5"], folder / "avs" / "llm_moralis", progress=False,
+                                   backend=backend,
+                                   overrides={"run": {"steps": 100}, "llm": {"adapters": str(folder / "adapters")}})
+            avs = city["by_type"]["llm:moralis-0.5"]
+            rows.append({"seed": seed, **adapter, **{k: v for k, v in market.items() if k not in ("arm", "pair")},
+                         "city_dilemmas": avs["dilemmas"], "city_swerve": avs["swerve_share"]})
     table = pd.DataFrame(rows).rename(columns={"arm": "rank"}).drop(columns=["situations", "adapter", "sessions"])
     table.to_csv(out / "adapter_rank.csv", index=False)
     (out / "adapter_rank.md").write_text(markdown_table(table))
