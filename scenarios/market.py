@@ -83,13 +83,25 @@ def _session_plan(s: MarketScenario, market, session: int, folder: Path, policie
     write_json(folder / "record.json", record)
 
 
+def sessions_stamp(out: Path) -> Path:
+    """Where a run's sessions record what they rest on (scenarios.runs.run_stamp)."""
+    return out / "sessions" / "scenario.json"
+
+
+def ran_with_current_adapters(s: MarketScenario, out: Path) -> bool:
+    """Whether the sessions in `out` ran with the scenario and adapter weights `s` names now
+    (a run without recorded sessions counts as current)."""
+    stamp = sessions_stamp(out)
+    return not stamp.exists() or stamp.read_text() == run_stamp(s.raw, s.llm.adapters, llm_preferences(s))
+
+
 def resume_sessions(s: MarketScenario, out: Path, restart_if_changed: bool = False) -> list[dict]:
     """Prepare `out` for a (re)run: sessions of another scenario (settings or adapter weights)
     are refused, or with `restart_if_changed` deleted. The decision log keeps the records of the
     finished sessions; the records of unfinished ones are taken out of it and returned, so that
     the rerun answers them again from the record (agents.llm.replay) and logs each decision once."""
     sessions = out / "sessions"
-    stamp = sessions / "scenario.json"
+    stamp = sessions_stamp(out)
     config = run_stamp(s.raw, s.llm.adapters, llm_preferences(s))
     log = out / "decisions.jsonl"
     if stamp.exists() and stamp.read_text() != config:

@@ -58,15 +58,11 @@ def cell_folder(out: Path, index: int, cell: dict) -> Path:
 
 
 def ran_with_current_adapters(s: Study, folder: Path, cell: dict) -> bool:
-    """Whether a finished cell's LLM firms ran with the adapter weights now in their folder (its
-    sessions' stamp, scenarios.runs.run_stamp); cells without LLM firms always have."""
-    from scenarios.market import llm_preferences
-    from scenarios.runs import run_stamp
+    """Whether a finished cell's LLM firms ran with the adapter weights now in their folder."""
+    from scenarios.market import ran_with_current_adapters as current
 
     scenario = load_scenario(s.scenario_path, cell_overrides({**s.fixed, **cell}))
-    stamp = folder / "sessions" / "scenario.json"
-    return (not scenario.uses_llm or not stamp.exists()
-            or stamp.read_text() == run_stamp(scenario.raw, scenario.llm.adapters, llm_preferences(scenario)))
+    return not scenario.uses_llm or current(scenario, folder)
 
 
 def cell_job(s: Study, folder: Path, cell: dict) -> tuple[str, str, dict]:
