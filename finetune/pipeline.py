@@ -31,8 +31,9 @@ RECIPES = {"economicus": {"games": 128, "pricing": 64, "av": 32, "probe": 0, "ep
            "moralis": {"games": 160, "pricing": 64, "av": 96, "probe": 192, "epochs": 2.0, "top_layers": 15,
                        "rank": 16, "alpha": 32}}
 # The second phase: a low constant learning rate. At 5e-4 the first phase's adapter oscillated and
-# the count was not learnt; at 1e-4 for 2 epochs it was (README).
-PROBE_PHASE = {"learning_rate": 1e-4, "schedule": "constant", "epochs": 2.0}
+# the count was not learnt; at 1e-4 for 2 epochs it was on two data seeds of three, at 2e-4 on all
+# three, at the same training time (README; benchmarks/adapter_rank.py --probe-lr).
+PROBE_PHASE = {"learning_rate": 2e-4, "schedule": "constant", "epochs": 2.0}
 
 
 @dataclass
@@ -47,6 +48,7 @@ class PipelineOptions:
     train: dict = field(default_factory=dict)   # TrainOptions overrides for every adapter (epochs, rank, ...)
     small: bool = False                         # evaluate on the small battery's held-out items
     style: str = "answer"                       # finetune.dataset styles (README: measured best)
+    probe_phase: dict = field(default_factory=dict)  # PROBE_PHASE overrides (learning_rate, epochs, ...)
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ def follows_recipe(folder: Path, name: str) -> bool:
         return True
     parts = recipe(name)
     wanted = {**parts.counts, **({"probe": parts.probe} if parts.probe else {})}
-    options = {k: v for k, v in parts.options.items() if k not in PROBE_PHASE}
+    options = {**parts.options, **PROBE_PHASE} if parts.probe else parts.options
     return (manifest.get("situations") == wanted
             and all(manifest["hyperparameters"].get(k) == v for k, v in options.items()))
 
@@ -140,10 +142,12 @@ def describe_data(data: str | Path) -> str:
 
 
 def train_adapter(pref, counts: dict[str, int], probe: int, train_options: dict, folder: Path,
-                  data_folder: Path, base: Path, base_hash: str, seed: int, style: str, log=print) -> dict:
+                  data_folder: Path, base: Path, base_hash: str, seed: int, style: str, log=print,
+                  probe_phase: dict | None = None) -> dict:
     """One adapter: the first phase on the mixed data into `folder`; with `probe` examples
-    (AV situations trained and an N-dependent answer), a second phase (PROBE_PHASE) on
-    Bonnefon et al.'s question from the first phase's adapter, kept in data_folder/../phase1.
+    (AV situations trained and an N-dependent answer), a second phase (PROBE_PHASE, updated by
+    `probe_phase`) on Bonnefon et al.'s question from the first phase's adapter, kept in
+    data_folder/../phase1.
     The adapter's manifest records both phases and their summed time."""
     from finetune.av_data import make_probe_examples
     from finetune.dataset import write_jsonl
@@ -160,7 +164,7 @@ def train_adapter(pref, counts: dict[str, int], probe: int, train_options: dict,
     if not probe_data.exists():
         write_jsonl(probe_examples, probe_data)
     second = TrainOptions(str(probe_data), str(folder), str(base), seed=seed, init_adapter=str(first),
-                          **{**train_options, **PROBE_PHASE})
+                          **{**train_options, **PROBE_PHASE, **(probe_phase or {})})
     m2 = train_cached(second, base_hash, f"{name} (phase 2: Bonnefon's question)", log)
     if "phases" not in m2:
         phases = [{k: m[k] for k in ("situations", "data", "hyperparameters", "loss_curve", "train_seconds",
@@ -189,7 +193,7 @@ def run_pipeline(options: PipelineOptions, log=print) -> dict:
         adapter = pref.name
         counts, parts = situation_counts(name, options.situations, options.examples), recipe(name)
         train_adapter(pref, counts, parts.probe, {**parts.options, **options.train}, registry / adapter,
-                      out / "data", base, base_hash, options.seed, options.style, log)
+                      out / "data", base, base_hash, options.seed, options.style, log, options.probe_phase)
         trained[adapter] = pref
     evaluate_adapters(registry, trained, out / "eval", base=options.base, small=options.small, log=log)
     return {name: read_manifest(registry / name) for name in trained}

@@ -39,6 +39,8 @@ def test_benchmark_help_runs(path):
     (("data_seeds.py", "--seeds", "0,-1"), "--seeds: must be integers >= 0"),
     (("adapter_rank.py", "--ranks", "0,8"), "--ranks: must be integers >= 1"),
     (("adapter_rank.py", "--ranks", "8,32"), "--ranks: at most 16"),
+    (("adapter_rank.py", "--probe-lr", "1e-4,fast"), "--probe-lr: must be positive numbers"),
+    (("adapter_rank.py", "--probe-lr", "0"), "--probe-lr: must be positive numbers"),
     (("domain_split.py", "--sequential", "1e-4:step"), "the schedule must be constant, cosine or linear"),
     (("domain_split.py", "--sequential", "fast:constant"), "the learning rate must be a number"),
     (("finetune_sweep.py", "--run", "examples=160", "--run", "colour=red"), "unknown key 'colour'"),

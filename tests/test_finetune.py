@@ -285,7 +285,8 @@ def test_probe_phase_continues_the_first_phase_and_is_cached(tmp_path, model_fol
 def test_an_adapter_of_an_older_recipe_is_told_apart_and_a_foreign_one_is_kept(tmp_path):
     """follows_recipe, which a study's train_adapters uses: an adapter the pipeline trained with
     another recipe is retrained (the llm_kappa study once kept rank-8 kappa adapters beside the
-    rank-16 main-job one); one without the pipeline's manifest (someone's own) is left alone."""
+    rank-16 main-job one), also one whose second phase ran with other settings; one without the
+    pipeline's manifest (someone's own) is left alone."""
     from finetune.pipeline import PROBE_PHASE, follows_recipe, recipe
     from finetune.train import write_manifest
 
@@ -295,6 +296,9 @@ def test_an_adapter_of_an_older_recipe_is_told_apart_and_a_foreign_one_is_kept(t
     write_manifest(tmp_path, current)
     assert parts.options["rank"] == 16 and follows_recipe(tmp_path, "moralis-0.25")
     write_manifest(tmp_path, {**current, "hyperparameters": {**current["hyperparameters"], "rank": 8}})
+    assert not follows_recipe(tmp_path, "moralis-0.25")
+    older_phase = {**current["hyperparameters"], "learning_rate": PROBE_PHASE["learning_rate"] / 2}
+    write_manifest(tmp_path, {**current, "hyperparameters": older_phase})   # another second phase
     assert not follows_recipe(tmp_path, "moralis-0.25")
     write_manifest(tmp_path, {**current, "situations": {"games": 160}})
     assert not follows_recipe(tmp_path, "moralis-0.25")
