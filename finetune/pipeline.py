@@ -74,11 +74,23 @@ def follows_recipe(folder: Path, name: str) -> bool:
     manifest = read_manifest(folder)
     if "hyperparameters" not in manifest:
         return True
+    from agents.preferences import from_name
+
     parts = recipe(name)
-    wanted = {**parts.counts, **({"probe": parts.probe} if parts.probe else {})}
-    options = {**parts.options, **PROBE_PHASE} if parts.probe else parts.options
+    two_phases = has_second_phase(from_name(name), parts.counts, parts.probe)
+    wanted = {**parts.counts, **({"probe": parts.probe} if two_phases else {})}
+    options = {**parts.options, **PROBE_PHASE} if two_phases else parts.options
     return (manifest.get("situations") == wanted
             and all(manifest["hyperparameters"].get(k) == v for k, v in options.items()))
+
+
+def has_second_phase(pref, counts: dict[str, int], probe: int) -> bool:
+    """Whether `pref`'s adapter gets the second phase: `probe` examples asked for, AV situations
+    trained, and an answer to Bonnefon et al.'s question that depends on N (not for homo
+    economicus, nor homo moralis with kappa <= 0.1, which never swerves for N <= 10)."""
+    from finetune.av_data import make_probe_examples
+
+    return bool(probe and counts.get("av") and make_probe_examples(pref, 2))
 
 
 def situation_counts(name: str, situations: dict, games: int | None = None) -> dict[str, int]:
@@ -154,7 +166,7 @@ def train_adapter(pref, counts: dict[str, int], probe: int, train_options: dict,
 
     name = folder.name
     data = make_data(pref, counts, seed, data_folder, style)
-    probe_examples = make_probe_examples(pref, probe, seed) if probe and counts.get("av") else []
+    probe_examples = make_probe_examples(pref, probe, seed) if has_second_phase(pref, counts, probe) else []
     first = folder if not probe_examples else data_folder.parent / "phase1" / name
     first_options = TrainOptions(str(data), str(first), str(base), seed=seed, **train_options)
     m1 = train_cached(first_options, base_hash, name if first == folder else f"{name} (phase 1)", log)

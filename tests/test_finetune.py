@@ -306,6 +306,23 @@ def test_an_adapter_of_an_older_recipe_is_told_apart_and_a_foreign_one_is_kept(t
     assert follows_recipe(tmp_path, "moralis-0.25")
 
 
+def test_one_decision_says_which_adapters_get_the_second_phase(tmp_path):
+    """Homo moralis with kappa <= 0.1 never swerves for N <= 10 (kappa > 1/N), so train_adapter
+    gives it one phase; follows_recipe must then accept that one-phase adapter (it used to expect
+    a second phase for every moralis kappa, so a study retrained such an adapter on every run)."""
+    from agents.preferences import HomoEconomicus, HomoMoralis
+    from finetune.pipeline import follows_recipe, has_second_phase, recipe
+    from finetune.train import write_manifest
+
+    parts = recipe("moralis-0.1")
+    assert [has_second_phase(p, parts.counts, parts.probe)
+            for p in (HomoMoralis(kappa=0.5), HomoMoralis(kappa=0.1), HomoEconomicus())] == [True, False, False]
+    assert not has_second_phase(HomoMoralis(kappa=0.5), {**parts.counts, "av": 0}, parts.probe)
+    write_manifest(tmp_path, {"situations": dict(parts.counts), "hyperparameters": dict(parts.options)})
+    assert follows_recipe(tmp_path, "moralis-0.1")
+    assert not follows_recipe(tmp_path, "moralis-0.5")     # the same one-phase manifest lacks its second phase
+
+
 def test_heldout_games_carry_the_theory_of_any_kappa():
     """Regression: the battery's kappa grid is 0, 0.1, ..., 1, and adapters of kappa 0.25 or 0.75
     (the llm_kappa study) once failed their evaluation. Each held-out item carries their theory
