@@ -154,6 +154,7 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
     if options.answer_only_head and options.frozen_cache:
         trainer.frozen = FrozenLayerCache(first_trained_layer(model))
     resume = checkpoints.exists() and any(checkpoints.glob("checkpoint-*"))
+    trainer.add_callback(epoch_order_callback(checkpoints if resume else None))
     started = time.time()
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.time() - started
@@ -248,6 +249,39 @@ class FrozenLayerCache:
         for r, row in enumerate(rows):
             start[r, :len(row)] = row
         return decoder.norm(run_layers(decoder, start, attention_mask, decoder.layers[k:]))
+
+
+EPOCH_START_RNG = "epoch_start_rng.pt"
+
+
+def epoch_order_callback(checkpoints: Path | None):
+    """A TrainerCallback that makes a resumed run train on the batches of the uninterrupted one.
+    transformers' Trainer draws each epoch's batch order (the length-grouped sampler has no
+    generator) from the global torch RNG at the epoch's start, and a run resumed within an epoch
+    would draw it from a fresh state. The callback keeps the torch RNG state of the epoch's start
+    in every checkpoint and, resuming from the last checkpoint in `checkpoints`, restores it at
+    that epoch's start; the Trainer then restores the checkpoint's own RNG after the skipped batches."""
+    import torch
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints else None
+    saved = Path(last) / EPOCH_START_RNG if last else None
+
+    class EpochOrder(TrainerCallback):
+        pending = torch.load(saved) if saved and saved.exists() else None
+        epoch_start = None
+
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            if self.pending is not None:
+                torch.set_rng_state(self.pending)
+                self.pending = None
+            self.epoch_start = torch.get_rng_state()
+
+        def on_save(self, args, state, control, **kwargs):
+            torch.save(self.epoch_start, Path(args.output_dir) / f"checkpoint-{state.global_step}" / EPOCH_START_RNG)
+
+    return EpochOrder()
 
 
 def _answer_only_trainer(base):

@@ -168,6 +168,44 @@ def test_tiny_training_lowers_the_loss_and_writes_a_manifest(tiny_adapter, model
 
 
 @pytest.mark.slow
+def test_training_interrupted_within_an_epoch_resumes_to_the_uninterrupted_adapter(tmp_path, model_folder,
+                                                                                   monkeypatch):
+    """Killed after its step-6 checkpoint (two steps into the second epoch of four steps) and
+    rerun, a training run resumes and ends with the uninterrupted run's adapter to the bit: the
+    resumed epoch keeps its batch order (finetune.train.epoch_order_callback; without it the
+    length-grouped sampler drew another order and the weights differed)."""
+    import torch
+    from safetensors.torch import load_file
+    from trl import SFTTrainer
+
+    from finetune.train import TrainOptions, train
+
+    examples = make_mixed_examples(HomoEconomicus(), {"games": 8, "pricing": 4, "av": 4}, seed=7)
+    write_jsonl(examples, tmp_path / "data.jsonl")
+    options = lambda name: TrainOptions(str(tmp_path / "data.jsonl"), str(tmp_path / name),  # noqa: E731
+                                        max_steps=8, batch_size=4, learning_rate=1e-3, save_steps=3)
+    train(options("whole"), show_progress=False)
+
+    step = SFTTrainer.training_step
+
+    def killed_after_step_6(self, *args, **kwargs):
+        if self.state.global_step == 6:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(SFTTrainer, "training_step", killed_after_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        train(options("resumed"), show_progress=False)
+    assert (tmp_path / "resumed" / "checkpoints" / "checkpoint-6").is_dir()
+    monkeypatch.setattr(SFTTrainer, "training_step", step)
+    train(options("resumed"), show_progress=False)
+    assert json.loads((tmp_path / "resumed" / "manifest.json").read_text())["resumed"] is True
+    whole, resumed = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("whole", "resumed"))
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+@pytest.mark.slow
 @pytest.mark.server
 def test_trained_adapter_is_served_by_vllm(tiny_adapter, model_folder, tmp_path):
     from agents.llm.backend import Request
