@@ -114,7 +114,7 @@ def share_first_phase(out: Path, folder: Path, rank: int, seed: int) -> None:
         return
     for other in sorted(out.glob(f"rank{rank}-*seed{seed}")):
         source = other / "finetune" / "phase1"
-        if other != folder and other.name.endswith(f"-seed{seed}") and source.exists():
+        if other != folder and source.exists():
             shutil.copytree(source, target)
             return
 
