@@ -8,7 +8,7 @@ moralis), the utility of each, and the choice, ending in the harness's answer fo
 `style="answer"` gives the answer alone (`ANSWER: x`), because a 135M-parameter model imitates the
 form of the reasoning better than its arithmetic; `style="role"` names the game and the player's
 role first (`Trust game, investor.` then `ANSWER: x`), which shows whether the model recognises
-the situation (README, fine-tuning: on a new wording the embedded model often does not).
+the situation (docs/finetune_experiments.md: on a new wording the embedded model often does not).
 
 Parameters are drawn from the training ranges only (finetune.battery.heldout marks the rest), in
 the battery's first two framings or one of the training paraphrases of finetune.paraphrases (the

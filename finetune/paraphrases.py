@@ -1,7 +1,7 @@
 """Training-only wordings of every game role, beside the two battery framings the data uses.
 
 With two wordings per role a 135M-parameter model learns which sentence means which answer, not
-what the game is, and then confuses roles in the held-out third framing (README, fine-tuning).
+what the game is, and then confuses roles in the held-out third framing (docs/finetune_experiments.md).
 These eight per role vary the verbs, the order of the facts and the question, in the same neutral
 style as agents.situations (every payoff named, no hint of an answer), and cross the verbs between
 games ("invest", "send", "give", "contribute" each appear in several), so that no verb tells the

@@ -21,7 +21,7 @@ EVAL_TOKENS = 128   # room for the worked reasoning before ANSWER:
 
 
 # Examples per situation, epochs and adapted layers per preference, chosen on the embedded model
-# within the main job's 10-minute training budget for both adapters (README, fine-tuning).
+# within the main job's 10-minute training budget for both adapters (docs/finetune_experiments.md).
 # `probe`: examples of Bonnefon et al.'s question in a second phase (PROBE_PHASE) that starts
 # from the first phase's adapter; only where AV situations are trained and the preference's
 # answer depends on the number of pedestrians (finetune.av_data.make_probe_examples).
@@ -32,7 +32,7 @@ RECIPES = {"economicus": {"games": 128, "pricing": 64, "av": 32, "probe": 0, "ep
                        "rank": 16, "alpha": 32}}
 # The second phase: a low constant learning rate. At 5e-4 the first phase's adapter oscillated and
 # the count was not learnt; at 1e-4 for 2 epochs it was on two data seeds of three, at 2e-4 on all
-# three, at the same training time (README; benchmarks/adapter_rank.py --probe-lr).
+# three, at the same training time (docs/finetune_experiments.md; benchmarks/adapter_rank.py --probe-lr).
 PROBE_PHASE = {"learning_rate": 2e-4, "schedule": "constant", "epochs": 2.0}
 
 
@@ -47,7 +47,7 @@ class PipelineOptions:
     preferences: tuple = (("economicus", None), ("moralis", 0.5))
     train: dict = field(default_factory=dict)   # TrainOptions overrides for every adapter (epochs, rank, ...)
     small: bool = False                         # evaluate on the small battery's held-out items
-    style: str = "answer"                       # finetune.dataset styles (README: measured best)
+    style: str = "answer"                       # finetune.dataset styles (docs/finetune_experiments.md: measured best)
     probe_phase: dict = field(default_factory=dict)  # PROBE_PHASE overrides (learning_rate, epochs, ...)
 
 

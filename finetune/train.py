@@ -145,7 +145,8 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
     else:
         model = get_peft_model(model, lora)
     # LoRA+ (Hayou, Ghosh & Yu 2024, arXiv 2402.12354): lr_B = ratio x lr_A; on the embedded model
-    # it learnt Bonnefon's count-dependent answer alone in 24 steps, plain LoRA not at all (README)
+    # it learnt Bonnefon's count-dependent answer alone in 24 steps, plain LoRA not at all
+    # (docs/finetune_experiments.md)
     optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=options.learning_rate,
                                           loraplus_lr_ratio=options.loraplus_ratio)
     trainer_class = _answer_only_trainer(SFTTrainer) if options.answer_only_head else SFTTrainer
