@@ -97,7 +97,7 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
     from peft import LoraConfig, get_peft_model
     from peft.optimizers import create_loraplus_optimizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from agents.llm.models import model_hash, resolve
     from finetune.dataset import read_jsonl
@@ -121,17 +121,7 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32,
                                                  attn_implementation=options.attention)
     checkpoints = out / "checkpoints"
-    recompute = "activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__ \
-        else "gradient_checkpointing"
-    config = SFTConfig(
-        output_dir=str(checkpoints), num_train_epochs=options.epochs, max_steps=options.max_steps,
-        per_device_train_batch_size=options.batch_size, learning_rate=options.learning_rate,
-        lr_scheduler_type=options.schedule, warmup_steps=2, logging_steps=options.logging_steps,
-        save_steps=options.save_steps, save_total_limit=1, seed=options.seed, data_seed=options.seed,
-        max_length=options.max_length, completion_only_loss=True, report_to="none",
-        bf16=options.bf16, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
-        disable_tqdm=not show_progress, train_sampling_strategy="group_by_length",
-        **{recompute: False}, **options.extra)
+    config = sft_config(options, checkpoints, show_progress)
     layers = model.config.num_hidden_layers
     if options.top_layers > layers:
         raise InputError(f"top_layers must be at most the model's {layers} layers, got {options.top_layers}")
@@ -178,6 +168,25 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
     write_manifest(out, manifest)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return out
+
+
+def sft_config(options: TrainOptions, checkpoints: Path, show_progress: bool = True):
+    """TRL's SFTConfig for `options`: length-grouped batches, no activation checkpointing, a
+    checkpoint every `save_steps`; `options.extra` overrides any of these."""
+    import torch
+    from trl import SFTConfig
+
+    recompute = "activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__ \
+        else "gradient_checkpointing"
+    defaults = {"train_sampling_strategy": "group_by_length", recompute: False}
+    return SFTConfig(
+        output_dir=str(checkpoints), num_train_epochs=options.epochs, max_steps=options.max_steps,
+        per_device_train_batch_size=options.batch_size, learning_rate=options.learning_rate,
+        lr_scheduler_type=options.schedule, warmup_steps=2, logging_steps=options.logging_steps,
+        save_steps=options.save_steps, save_total_limit=1, seed=options.seed, data_seed=options.seed,
+        max_length=options.max_length, completion_only_loss=True, report_to="none",
+        bf16=options.bf16, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+        disable_tqdm=not show_progress, **{**defaults, **options.extra})
 
 
 def first_trained_layer(model) -> int:

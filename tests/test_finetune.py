@@ -361,6 +361,19 @@ def test_one_decision_says_which_adapters_get_the_second_phase(tmp_path):
     assert not follows_recipe(tmp_path, "moralis-0.5")     # the same one-phase manifest lacks its second phase
 
 
+def test_extra_training_options_override_the_trainer_defaults(tmp_path):
+    """`TrainOptions.extra` reaches TRL's SFTConfig and overrides the defaults set there (the
+    batch order was passed twice before, so extra={"train_sampling_strategy": ...} failed)."""
+    from finetune.train import TrainOptions, sft_config
+
+    options = TrainOptions("data.jsonl", str(tmp_path / "adapter"), seed=3)
+    default = sft_config(options, tmp_path / "checkpoints")
+    assert (default.train_sampling_strategy, default.seed, default.save_steps) == ("group_by_length", 3, 10)
+    options.extra = {"train_sampling_strategy": "random", "neftune_noise_alpha": 5.0}
+    changed = sft_config(options, tmp_path / "checkpoints")
+    assert (changed.train_sampling_strategy, changed.neftune_noise_alpha) == ("random", 5.0)
+
+
 def test_heldout_games_carry_the_theory_of_any_kappa():
     """Regression: the battery's kappa grid is 0, 0.1, ..., 1, and adapters of kappa 0.25 or 0.75
     (the llm_kappa study) once failed their evaluation. Each held-out item carries their theory
