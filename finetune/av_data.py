@@ -140,8 +140,8 @@ def make_probe_examples(pref, n: int, seed: int = 0) -> list[dict]:
     """`n` examples of Bonnefon et al.'s question (bonnefon_dilemma, the simulations' wording)
     answered by `pref`, for the second training phase (finetune.pipeline): half stay and half
     swerve, N uniform within each answer's sizes. In the mixed data the count is not learnt
-    (docs/finetune_experiments.md); in these balanced batches it is. Empty when the preference gives one answer at
-    every N (homo economicus always stays)."""
+    (docs/finetune_experiments.md); in these balanced batches it is. Empty when the preference
+    gives one answer at every N (homo economicus always stays)."""
     sides: dict[str, list[int]] = {}
     for size in PROBE_SIZES:
         sides.setdefault(DilemmaSituation(bonnefon_dilemma(size)).theory_action(pref), []).append(size)

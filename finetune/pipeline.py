@@ -32,7 +32,8 @@ RECIPES = {"economicus": {"games": 128, "pricing": 64, "av": 32, "probe": 0, "ep
                        "rank": 16, "alpha": 32}}
 # The second phase: a low constant learning rate. At 5e-4 the first phase's adapter oscillated and
 # the count was not learnt; at 1e-4 for 2 epochs it was on two data seeds of three, at 2e-4 on all
-# three, at the same training time (docs/finetune_experiments.md; benchmarks/adapter_rank.py --probe-lr).
+# three, at the same training time (docs/finetune_experiments.md; benchmarks/adapter_rank.py
+# --probe-lr).
 PROBE_PHASE = {"learning_rate": 2e-4, "schedule": "constant", "epochs": 2.0}
 
 
@@ -47,7 +48,7 @@ class PipelineOptions:
     preferences: tuple = (("economicus", None), ("moralis", 0.5))
     train: dict = field(default_factory=dict)   # TrainOptions overrides for every adapter (epochs, rank, ...)
     small: bool = False                         # evaluate on the small battery's held-out items
-    style: str = "answer"                       # finetune.dataset styles (docs/finetune_experiments.md: measured best)
+    style: str = "answer"                       # finetune.dataset styles (measured best: docs/finetune_experiments.md)
     probe_phase: dict = field(default_factory=dict)  # PROBE_PHASE overrides (learning_rate, epochs, ...)
 
 
