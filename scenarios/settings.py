@@ -63,11 +63,19 @@ def llm_preference(value: str) -> str:
 LLMPreference = Annotated[str, AfterValidator(llm_preference)]
 
 
-def theory_kappa(name: str, kappa: float | None) -> None:
-    """A theory agent's preference and kappa, checked by agents.preferences (its ranges)."""
-    from agents.preferences import preference
+class TheoryAgent(Section):
+    """A theory firm or AV: homo economicus, or homo moralis of degree kappa (agents.preferences
+    checks the pair)."""
+    type: Literal["theory"]
+    preference: Literal["economicus", "moralis"]
+    kappa: float | None = None
 
-    preference(name, kappa)
+    @model_validator(mode="after")
+    def _kappa(self):
+        from agents.preferences import preference
+
+        preference(self.preference, self.kappa)
+        return self
 
 
 # ------------------------------------------------------------------ the [llm] section
@@ -140,16 +148,8 @@ class LLMFirm(Section):
         return self
 
 
-class TheoryFirm(Section):
-    type: Literal["theory"]
-    preference: Literal["economicus", "moralis"]
-    kappa: float | None = None
+class TheoryFirm(TheoryAgent):
     prices: Literal["grid", "free"] = "free"
-
-    @model_validator(mode="after")
-    def _kappa(self):
-        theory_kappa(self.preference, self.kappa)
-        return self
 
 
 class QLearningFirm(Section):
@@ -178,6 +178,12 @@ class Scenario(FileSettings):
     """What every scenario file shares: its seed and [llm] section."""
     seed: int = Field(0, ge=0, le=2**63 - 1)
     llm: LLMSection = LLMSection()
+
+    @model_validator(mode="after")
+    def _replay_log(self):
+        if self.llm.backend == "replay" and self.uses_llm and self.llm.log is None:
+            raise ValueError('llm: backend = "replay" needs log = "path/to/decisions.jsonl"')
+        return self
 
 
 class MarketScenario(Scenario):
@@ -217,8 +223,6 @@ class MarketScenario(Scenario):
             raise ValueError('run: engine = "vectorised" runs Q-learning firms only; use "mesa"')
         if self.run.engine == "vectorised" and self.grid.m ** n > 2_000_000:
             raise ValueError(f"grid: m^firms = {self.grid.m ** n} states is too many for Q-learning")
-        if self.llm.backend == "replay" and self.uses_llm and self.llm.log is None:
-            raise ValueError('llm: backend = "replay" needs log = "path/to/decisions.jsonl"')
         return self
 
 
@@ -251,16 +255,8 @@ class LLMAV(Section):
         return f"llm:{self.preference}"
 
 
-class TheoryAV(Section):
-    type: Literal["theory"]
-    preference: Literal["economicus", "moralis"]
-    kappa: float | None = None
+class TheoryAV(TheoryAgent):
     count: int = Field(1, ge=1)
-
-    @model_validator(mode="after")
-    def _kappa(self):
-        theory_kappa(self.preference, self.kappa)
-        return self
 
     @property
     def label(self) -> str:
@@ -288,8 +284,6 @@ class AVScenario(Scenario):
         if not self.avs:
             raise ValueError("av: an AV scenario needs at least one [[av]] table")
         _domain("traffic", self.traffic_settings)
-        if self.llm.backend == "replay" and self.uses_llm and self.llm.log is None:
-            raise ValueError('llm: backend = "replay" needs log = "path/to/decisions.jsonl"')
         return self
 
 
