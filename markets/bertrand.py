@@ -18,6 +18,7 @@ from functools import cached_property
 
 import numpy as np
 from scipy.optimize import brentq
+from scipy.special import logsumexp
 
 CALVANO_GRID = (15, 0.1)       # Calvano et al.'s price grid: m = 15 prices, xi = 0.1 beyond Nash and monopoly
 
@@ -152,19 +153,18 @@ class LogitBertrand:
         """Prices maximising joint profit sum_i pi_i.
 
         The first-order conditions give one markup for all firms, p_i - c_i = m with
-        m = mu / q_0(m), q_0 the outside good's share (derivation in docs/theory.md).
+        m = mu / q_0(m), q_0 the outside good's share (derivation in docs/theory.md), solved in
+        logs, log(m / mu) = log(1 + sum_i exp((a_i - c_i - a0 - m) / mu)), so that exp never
+        overflows; the root lies above mu, where the left side is 0 and the right side >= 0.
         """
-        outside = np.exp(self.a0 / self.mu)
-
         def gap(m: float) -> float:
-            inside = np.exp((self._a - self._c - m) / self.mu).sum()
-            return m - self.mu * (inside + outside) / outside
+            return np.log(m / self.mu) - logsumexp(np.append((self._a - self._c - self.a0 - m) / self.mu, 0.0))
 
-        hi = self.mu
+        lo, hi = self.mu, 2 * self.mu
         for _ in range(MAX_DOUBLINGS):
             if gap(hi) >= 0:
-                return (self._c + brentq(gap, 0.0, hi, xtol=1e-14, rtol=1e-14)) * self.price_scale
-            hi *= 2
+                return (self._c + brentq(gap, lo, hi, xtol=1e-14, rtol=1e-14)) * self.price_scale
+            lo, hi = hi, 2 * hi
         raise RuntimeError(f"no monopoly markup found below {hi:g}")
 
     def nash_profits(self) -> np.ndarray:

@@ -44,6 +44,20 @@ def test_three_firm_monopoly_closed_form():
     np.testing.assert_allclose(LogitBertrand(firms=3).monopoly_prices(), 2.0, atol=1e-12)
 
 
+@pytest.mark.parametrize("kwargs", [{"mu": 1e-3, "a0": -1.0}, {"a0": 200.0}, {"mu": 1e-3, "a0": 1e3},
+                                    {"a": (1e3, 1e3), "cost": (-1e3, -1e3), "a0": -1e3, "mu": 1e-3}])
+def test_monopoly_markup_solves_its_condition_where_exp_overflows(kwargs):
+    # Inside the declared bounds exp(a0 / mu) over- or underflows (|a0 / mu| up to 1e6); the
+    # markup must still solve m = mu (1 + sum_i exp((a_i - c_i - a0 - m) / mu)) (docs/theory.md).
+    market = LogitBertrand(**kwargs)
+    m = market.monopoly_prices() - market.costs
+    assert np.all(np.isfinite(m)) and m[0] >= market.mu * (1 - 1e-9)
+    np.testing.assert_allclose(m, m[0], rtol=1e-12)
+    exponents = (np.asarray(market.a) - market.costs - market.a0 - m[0]) / market.mu
+    rhs = np.logaddexp.reduce(np.append(exponents, 0.0))
+    assert np.log(m[0] / market.mu) == pytest.approx(rhs, abs=1e-9)
+
+
 def _asymmetric():
     return LogitBertrand(firms=3, a=(2.0, 2.3, 1.8), cost=(1.0, 1.2, 0.9), a0=0.1, mu=0.3)
 
