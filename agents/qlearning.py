@@ -54,6 +54,12 @@ def decision_seed(seed: int, session: int, t: int, firm: int) -> int:
     return draw(period_key(seed, session, t), firm, DECISION) >> 1
 
 
+def fresh_seed() -> int:
+    """A new 63-bit seed from the operating system's entropy, for a model not given one (Mesa's
+    default), so that `mesa.batch_run(..., iterations=k)` runs k different draws."""
+    return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
 def uniform(bits: int) -> float:
     return (bits >> 11) * 2.0 ** -53
 
@@ -111,14 +117,29 @@ def profit_table(market, grid: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(market.profits(prices).T)
 
 
-def initial_q(table: np.ndarray, m: int, delta: float) -> np.ndarray:
-    """Q_0[i, s, a] = sum_{a_-i} pi_i(a, a_-i) / ((1 - delta) m^(n-1)), the same in every state."""
+def initial_q(table: np.ndarray, m: int, delta: float, firm: int | None = None) -> np.ndarray:
+    """Q_0[i, s, a] = sum_{a_-i} pi_i(a, a_-i) / ((1 - delta) m^(n-1)), the same in every state;
+    with `firm`, that firm's table Q_0[firm] alone (so a learner holds only its own)."""
     n = table.shape[0]
-    q = np.empty((n, m ** n, m))
-    for i in range(n):
+    firms = range(n) if firm is None else [firm]
+    q = np.empty((len(firms), m ** n, m))
+    for k, i in enumerate(firms):
         by_own = np.moveaxis(table[i].reshape((m,) * n), i, 0).reshape(m, -1)
-        q[i] = by_own.mean(axis=1) / (1.0 - delta)
-    return q
+        q[k] = by_own.mean(axis=1) / (1.0 - delta)
+    return q if firm is None else q[0]
+
+
+MAX_Q_GIB = 2.0      # Q-tables held at once (float64), checked before any is built
+
+
+def check_q_size(learners: int, n: int, m: int, sessions: int = 1) -> None:
+    """Refuse Q-learning whose tables (sessions x learners x m^n states x m prices, float64)
+    exceed MAX_Q_GIB: ValueError naming the size."""
+    gib = sessions * learners * m ** (n + 1) * 8 / 2**30
+    if gib > MAX_Q_GIB:
+        raise ValueError(f"{learners} Q-learning firms of {n} on {m} prices, {sessions} session(s) at once, "
+                         f"need {gib:,.1f} GiB of Q-tables (at most {MAX_Q_GIB:g}): use fewer firms, "
+                         "prices or sessions")
 
 
 def start_actions(seed: int, session: int, n: int, m: int) -> tuple[int, ...]:
@@ -138,7 +159,7 @@ class QLearner:
                  session: int = 0):
         settings.check()
         self.index, self.settings, self.seed, self.session = index, settings, seed, session
-        self.q = initial_q(table, settings.m, settings.delta)[index]
+        self.q = initial_q(table, settings.m, settings.delta, firm=index)
         self.greedy = self.q.argmax(axis=1)
         self.stable = 0
 

@@ -36,7 +36,7 @@ from pydantic import (
 
 from agents.errors import InputError
 from agents.preferences import from_name
-from agents.qlearning import QLearningSettings
+from agents.qlearning import QLearningSettings, check_q_size
 from markets.bertrand import CALVANO_GRID, LogitBertrand
 from simulation.av_traffic import TrafficSettings
 
@@ -198,8 +198,8 @@ class MarketScenario(Scenario):
         return any(f.type == "llm" for f in self.firms)
 
     def bertrand(self):
-        """The scenario's markets.bertrand.LogitBertrand."""
-        return LogitBertrand(**self.market.model_dump(exclude_none=True))
+        """The scenario's markets.bertrand.LogitBertrand, one firm per [[firm]] table."""
+        return LogitBertrand(**{"firms": len(self.firms), **self.market.model_dump(exclude_none=True)})
 
     def qlearning_settings(self):
         """The scenario's agents.qlearning.QLearningSettings (its grid included)."""
@@ -221,8 +221,9 @@ class MarketScenario(Scenario):
             raise ValueError(f"run: initial_prices must be {n} non-negative numbers, got {self.run.initial_prices}")
         if self.run.engine == "vectorised" and any(f.type != "qlearning" for f in self.firms):
             raise ValueError('run: engine = "vectorised" runs Q-learning firms only; use "mesa"')
-        if self.run.engine == "vectorised" and self.grid.m ** n > 2_000_000:
-            raise ValueError(f"grid: m^firms = {self.grid.m ** n} states is too many for Q-learning")
+        learners = sum(f.type == "qlearning" for f in self.firms)
+        if learners:
+            _domain("grid", lambda: check_q_size(learners, n, self.grid.m, self.run.sessions))
         return self
 
 

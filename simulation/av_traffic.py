@@ -26,6 +26,7 @@ import pandas as pd
 from mesa.space import MultiGrid
 
 from agents.dilemma import DilemmaSituation
+from agents.qlearning import fresh_seed
 from markets.av import AGES, Dilemma, Person, swerve_threshold
 from simulation.lockstep import Asks, step_together
 
@@ -100,12 +101,15 @@ class AVTraffic(mesa.Model):
     `mesa.batch_run(AVTraffic, parameters={"avs": [6, 12]})` sweeps them; draws come from Mesa's
     `model.rng`; the data are collected at initialisation (step -1) and after every step (step =
     Mesa's `steps` - 1), with one agent row per AV (position, heading, decision maker,
-    passengers); with `n_steps`, `running` turns False after that many steps.
+    passengers); with `n_steps`, `running` turns False after that many steps. `seed` None (Mesa's default) draws
+    one (agents.qlearning.fresh_seed, kept in `seed_value`), so batch_run's iterations differ.
     """
 
     def __init__(self, deciders: Sequence[tuple[str, object]] | None = None,
-                 settings: TrafficSettings | None = None, seed: int = 0, n_steps: int | None = None, *,
+                 settings: TrafficSettings | None = None, seed: int | None = None,
+                 n_steps: int | None = None, *,
                  preference: str | None = None, kappa: float | None = None, **traffic):
+        seed = fresh_seed() if seed is None else int(seed)
         super().__init__(seed=seed)
         if traffic:
             unknown = sorted(set(traffic) - set(TrafficSettings.__dataclass_fields__))

@@ -17,7 +17,15 @@ import mesa
 import numpy as np
 import pandas as pd
 
-from agents.qlearning import QLearningSettings, decision_seed, encode, profit_table, start_actions
+from agents.qlearning import (
+    QLearningSettings,
+    check_q_size,
+    decision_seed,
+    encode,
+    fresh_seed,
+    profit_table,
+    start_actions,
+)
 from markets.bertrand import CALVANO_GRID, LogitBertrand
 from simulation.firms import DecidingFirm, Firm, QLearningFirm
 from simulation.lockstep import Asks, step_together
@@ -39,15 +47,18 @@ class BertrandMarket(mesa.Model):
     theory firms), so that `mesa.batch_run(BertrandMarket, parameters={"kappa": [...]})` sweeps
     them; the data are collected at initialisation (period -1: the initial prices) and after every
     step, so model and agent rows line up by Mesa's `steps` (period = steps - 1); with `periods`,
-    `running` turns False once that many periods are played.
+    `running` turns False once that many periods are played. `seed` None (Mesa's default) draws
+    one (agents.qlearning.fresh_seed, kept in `seed_value`), so batch_run's iterations differ.
     """
 
     def __init__(self, market: LogitBertrand | None = None, firms: Sequence[Callable] | None = None,
-                 grid: tuple | None = CALVANO_GRID, ceiling: float | None = None, seed: int = 0, session: int = 0,
+                 grid: tuple | None = CALVANO_GRID, ceiling: float | None = None, seed: int | None = None,
+                 session: int = 0,
                  qlearning: QLearningSettings | None = None, initial_prices=None,
                  decimals: int = 2, periods: int | None = None, *, n_firms: int | None = None,
                  mu: float | None = None, cost: float | None = None, price_scale: float | None = None,
                  firm: str | None = None, preference: str | None = None, kappa: float | None = None):
+        seed = fresh_seed() if seed is None else int(seed)
         super().__init__(seed=seed)
         market_keys = {"n_firms": n_firms, "mu": mu, "cost": cost, "price_scale": price_scale}
         firm_keys = {"firm": firm, "preference": preference, "kappa": kappa}
@@ -99,11 +110,9 @@ class BertrandMarket(mesa.Model):
 
     @cached_property
     def profit_table(self) -> np.ndarray:
-        """Every firm's profit at every joint grid action (built when a Q-learner needs it)."""
-        states = self.grid.shape[1] ** self.market.firms
-        if states > 2_000_000:
-            raise ValueError(f"Q-learning over {states:,} joint prices is too large: use fewer firms "
-                             "or a smaller grid")
+        """Every firm's profit at every joint grid action (built when the first Q-learner needs it,
+        after checking that every firm's Q-table would fit)."""
+        check_q_size(self.market.firms, self.market.firms, self.grid.shape[1])
         return profit_table(self.market, self.grid)
 
     # ------------------------------------------------------------------ state

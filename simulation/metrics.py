@@ -2,7 +2,7 @@
 
 * `window_means`: average Delta and price index over the final window of a run (Calvano et al.
   2020 average over the limit cycle; Fish et al. 2024 over the last 50 of 300 periods).
-* `convergence_period`: the first period after which every price stays within a tolerance band.
+* `convergence_period`: the first period after which every price stays within a band 2 x tolerance wide.
 * `deviation_test`: force one firm to its static best response for one period, then record all
   prices (the impulse response, Calvano et al. 2020, section IV.B); learning is frozen meanwhile.
 * `reward_punishment`: per firm, the OLS regression p_i,t = a + b1 p_i,t-1 + b2 p_j,t-1, p_j the
@@ -32,8 +32,9 @@ def window_means(steps: pd.DataFrame, window: int) -> dict:
 
 
 def convergence_period(prices: np.ndarray, tolerance: float, window: int = 1) -> int | None:
-    """The first period t such that from t on every firm's price stays within `tolerance` of
-    its mean over periods t.. (prices: (periods, n)); None if fewer than `window` such periods."""
+    """The first period t such that from t on every firm's price stays within `tolerance` of the
+    midpoint of its range over periods t.. (max - min <= 2 tolerance; prices: (periods, n)); None
+    if fewer than `window` such periods."""
     prices = np.asarray(prices, dtype=float)
     T = len(prices)
     t = T - 1

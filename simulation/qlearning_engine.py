@@ -19,6 +19,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from agents.errors import InputError
 from agents.qlearning import (
     EXPLORE,
     GOLDEN,
@@ -137,7 +138,7 @@ def start(table: np.ndarray, settings: QLearningSettings, sessions: int, seed: i
     n, m = table.shape[0], settings.m
     q0 = initial_q(table, m, settings.delta)
     ids = np.arange(first, first + sessions, dtype=np.int64)
-    q = np.ascontiguousarray(np.broadcast_to(q0, (sessions,) + q0.shape))
+    q = np.broadcast_to(q0, (sessions,) + q0.shape).copy()      # writable, one table per session
     return Sessions(q=q, greedy=q.argmax(axis=-1).astype(np.int64),
                     state=np.array([encode(start_actions(seed, int(k), n, m), m) for k in ids],
                                    dtype=np.int64),
@@ -167,7 +168,7 @@ def learn(table: np.ndarray, settings: QLearningSettings, sessions: int, seed: i
     if checkpoint and Path(checkpoint).exists():
         state = Sessions.load(checkpoint)
         if state.study != study:
-            raise ValueError(f"checkpoint {checkpoint} belongs to another study (market, settings, "
+            raise InputError(f"checkpoint {checkpoint} belongs to another study (market, settings, "
                              "sessions or seed differ); remove it or use another --out")
     else:
         state = start(table, settings, sessions, seed)

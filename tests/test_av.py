@@ -172,6 +172,17 @@ def test_cli_runs_the_theory_scenario(tmp_path):
     assert pd.read_parquet(out / "dilemmas.parquet").shape[0] == summary["dilemmas"]
 
 
+def test_a_run_without_dilemmas_succeeds_and_reports_no_deaths(tmp_path):
+    """Brakes that never fail: no dilemma and no one dead; the run and its report still succeed
+    (the report used to refuse the missing casualties figure, exit 2)."""
+    path = tmp_path / "calm.toml"
+    path.write_text('[traffic]\nbrake_failure = 0.0\n[run]\nsteps = 20\n'
+                    '[[av]]\ntype = "theory"\npreference = "moralis"\nkappa = 0.5\ncount = 2\n')
+    assert main(["av", "run", str(path), "--out", str(tmp_path / "o")]) == 0
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["dilemmas"] == 0
+    assert (tmp_path / "o" / "report.html").exists() and not (tmp_path / "o" / "casualties.png").exists()
+
+
 @pytest.mark.parametrize("text, message", [
     ("[traffic]\nbrake_failure = 1.5\n", "brake_failure must be in [0, 1]"),
     ('[traffic]\nspeed = 3\n', "[traffic]: unknown key 'speed'"),
@@ -205,7 +216,7 @@ def test_mesa_batch_run_sweeps_traffic_by_keyword():
     (Step 0: the city before the first step), and model rows line up (step = Step - 1)."""
     import mesa
 
-    rows = pd.DataFrame(mesa.batch_run(AVTraffic, parameters={"avs": [6, 12], "n_steps": 8,
+    rows = pd.DataFrame(mesa.batch_run(AVTraffic, parameters={"avs": [6, 12], "n_steps": 8, "seed": 0,
                                                                "preference": ["economicus", "moralis"]},
                                        iterations=1, max_steps=100, number_processes=1,
                                        data_collection_period=1, display_progress=False))

@@ -151,6 +151,34 @@ def test_cli_runs_a_theory_scenario(tmp_path):
     assert json.loads((out / "manifest.json").read_text())["config"]["name"] == "theory-moralis-0.5"
 
 
+def test_the_firm_tables_set_the_number_of_firms(tmp_path):
+    """Three [[firm]] tables without [market] firms are a triopoly in both engines (they used to
+    run a duopoly, or fail with a traceback), and the vectorised engine runs a single session."""
+    theory = '[[firm]]\ntype = "theory"\npreference = "moralis"\nkappa = 0.5\n' * 3
+    (tmp_path / "three.toml").write_text("[run]\nsteps = 30\n" + theory)
+    assert main(["market", "run", str(tmp_path / "three.toml"), "--out", str(tmp_path / "three")]) == 0
+    steps = pd.read_parquet(tmp_path / "three" / "steps.parquet")
+    assert steps.firm.nunique() == 3
+    learners = '[[firm]]\ntype = "qlearning"\n' * 3
+    (tmp_path / "vec.toml").write_text('[grid]\nm = 5\n[qlearning]\nmax_periods = 20000\n'
+                                       '[run]\nengine = "vectorised"\nsessions = 1\n' + learners)
+    assert main(["market", "run", str(tmp_path / "vec.toml"), "--out", str(tmp_path / "vec")]) == 0
+    sessions = pd.read_parquet(tmp_path / "vec" / "sessions.parquet")
+    assert len(sessions) == 1 and {"price_0", "price_1", "price_2"} <= set(sessions.columns)
+
+
+def test_a_checkpoint_of_another_scenario_is_a_one_line_error(tmp_path, capsys):
+    text = '[grid]\nm = 5\n[qlearning]\nmax_periods = 20000\n[run]\nengine = "vectorised"\nsessions = 2\n'
+    (tmp_path / "a.toml").write_text(text + '[[firm]]\ntype = "qlearning"\n' * 2)
+    (tmp_path / "b.toml").write_text(text.replace("m = 5", "m = 6") + '[[firm]]\ntype = "qlearning"\n' * 2)
+    assert main(["market", "run", str(tmp_path / "a.toml"), "--out", str(tmp_path / "o")]) == 0
+    capsys.readouterr()
+    assert main(["market", "run", str(tmp_path / "b.toml"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]          # after the progress bar
+    assert last.startswith("econalign: error:") and "belongs to another study" in last and "Traceback" not in err
+
+
 def test_bundled_scenarios_run_by_name_and_a_missing_file_is_one_line(tmp_path, capsys):
     assert main(["market", "run", "theory_economicus", "--out", str(tmp_path / "e")]) == 0
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
@@ -169,6 +197,8 @@ def test_bundled_scenarios_run_by_name_and_a_missing_file_is_one_line(tmp_path, 
     ('[qlearning]\ndelta = 1.0\n', "[qlearning] delta must be in [0, 1)"),
     ('[market]\nfirms = 3\n', "[market] firms = 3 but there are 2 [[firm]] tables"),
     ('[extra]\n', "unknown key 'extra'"),
+    # two learners on 1000 prices: 2 x 1000^2 states x 1000 prices x 8 bytes = 14.9 GiB of Q-tables
+    ('[grid]\nm = 1000\n', "[grid] 2 Q-learning firms of 2 on 1000 prices, 1 session(s) at once, need 14.9 GiB"),
     ('[run\n', "not valid TOML"),
 ])
 def test_bad_scenario_files_get_one_line_errors(tmp_path, capsys, text, message):
@@ -286,10 +316,13 @@ def test_mesa_batch_run_sweeps_the_market_by_keyword():
     Delta for their kappa (0, 0.734, 1; docs/theory.md)."""
     import mesa
 
-    rows = pd.DataFrame(mesa.batch_run(BertrandMarket, parameters={"kappa": [0.0, 0.5, 1.0], "periods": 6},
+    rows = pd.DataFrame(mesa.batch_run(BertrandMarket, parameters={"kappa": [0.0, 0.5, 1.0], "periods": 6,
+                                                                               "seed": 0},
                                        iterations=1, max_steps=100, number_processes=1,
                                        data_collection_period=1, display_progress=False))
-    assert rows.groupby("kappa").Step.max().eq(5).all()            # stopped at 6 periods, not 100
+    # stopped at 6 periods, not 100; Mesa 3.3's batch_run returns Steps 0 .. steps - 1, so the last
+    # period (Step 6) is left out (mesa#2514)
+    assert rows.groupby("kappa").Step.max().eq(5).all()
     assert (rows.period == rows.Step - 1).all() and rows.groupby(["kappa", "Step"]).size().eq(2).all()
     market = LogitBertrand()
     pi_n, pi_m = market.nash_profits().mean(), market.monopoly_profits().mean()
@@ -301,6 +334,19 @@ def test_mesa_batch_run_sweeps_the_market_by_keyword():
     model.run_model()
     assert model.steps == 4 and not model.running and model.market.firms == 3 and model.market.mu == 0.5
     assert len(model.step_data()) == 3 * 4
+
+
+def test_batch_run_iterations_draw_their_own_seeds_and_a_seed_repeats_a_run():
+    import mesa
+
+    rows = pd.DataFrame(mesa.batch_run(BertrandMarket, parameters={"firm": "qlearning", "periods": 2},
+                                       iterations=4, number_processes=1, data_collection_period=1,
+                                       display_progress=False))
+    starts = rows[rows.Step == 0].groupby("iteration").price.apply(tuple)
+    assert starts.nunique() > 1          # four draws of Calvano's random initial state, not one
+    again = [BertrandMarket(firm="qlearning", seed=int(seed)) for seed in (7, 7)]
+    assert again[0].seed_value == 7 and np.array_equal(again[0].last_prices, again[1].last_prices)
+    assert BertrandMarket(firm="qlearning").seed_value != BertrandMarket(firm="qlearning").seed_value
 
 
 @pytest.mark.parametrize("kwargs, needle", [

@@ -6,6 +6,7 @@ import pytest
 from agents.qlearning import (
     GOLDEN,
     MASK,
+    QLearner,
     QLearningSettings,
     decode,
     encode,
@@ -35,6 +36,16 @@ def test_splitmix64_matches_the_reference_vectors():
     # Vigna's splitmix64.c seeded with 1234567: the first two outputs
     assert splitmix64(1234567) == 6457827717110365317
     assert splitmix64((1234567 + GOLDEN) & MASK) == 3203168211198807973
+
+
+def test_a_learner_holds_only_its_own_q_table(baseline):
+    market, settings, grid, table = baseline
+    every = initial_q(table, settings.m, settings.delta)
+    for i in range(2):
+        own = QLearner(i, table, settings).q
+        assert np.array_equal(own, every[i])
+        held = own if own.base is None else own.base
+        assert held.nbytes == every[i].nbytes       # no other firm's table kept alive
 
 
 def test_grid_and_profit_table_follow_calvano(baseline):
