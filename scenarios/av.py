@@ -14,7 +14,16 @@ from pathlib import Path
 import pandas as pd
 
 from agents.records import write_json, write_text
-from scenarios.runs import build_backend, loaded_adapters, make_policies, run_stamp, write_manifest
+from scenarios.runs import (
+    build_backend,
+    loaded_adapters,
+    make_policies,
+    replay_file,
+    replayed,
+    run_stamp,
+    set_aside_for_replay,
+    write_manifest,
+)
 from scenarios.settings import AVScenario, load_av_scenario
 
 
@@ -115,7 +124,6 @@ def run_av_scenario(path: str | Path, out: str | Path, progress: bool = True, ba
     and logged once; not when the scenario or an adapter's weights changed (run.json)."""
     from agents.llm.decision_log import DecisionLog
     from agents.llm.replay import ReplayBackend
-    from agents.records import read_json_lines
 
     s = load_av_scenario(path, overrides)
     out = Path(out)
@@ -124,18 +132,20 @@ def run_av_scenario(path: str | Path, out: str | Path, progress: bool = True, ba
     preferences = [a.preference for a in s.avs if a.type == "llm"]
     log_path, stamp = out / "decisions.jsonl", out / "run.json"
     config = run_stamp(s.raw, s.llm.adapters, preferences)
-    same = stamp.exists() and stamp.read_text() == config     # the log's answers are still this run's
-    recorded = read_json_lines(log_path, "a decision log", cut_short_ok=True) if same and log_path.exists() else []
+    if not (stamp.exists() and stamp.read_text() == config):    # the log's answers are another run's
+        log_path.unlink(missing_ok=True)
+        replay_file(log_path).unlink(missing_ok=True)
+    recorded = set_aside_for_replay(log_path)     # the log is written again, each decision once
     write_text(stamp, config)
     if s.uses_llm and backend is None:
         backend, _, adapters = build_backend(s.llm, preferences, s.seed, None)
-    log_path.unlink(missing_ok=True)            # written again, each decision once
     with DecisionLog(log_path) as log:
         if s.uses_llm:
             asked = ReplayBackend(records=recorded, fallback=backend) if recorded else backend
             policies = make_policies(s.llm, preferences, s.seed, asked, log)
             adapters = adapters or loaded_adapters(backend, policies)
         summary = {"scenario": s.name, **simulate(s, out, policies, progress)}
+    replayed(log_path)
     write_json(out / "summary.json", summary)
     write_manifest(out, "av run", s.path, s.raw, s.seed, backend if s.uses_llm else None, adapters, started)
     return summary

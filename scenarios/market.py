@@ -20,7 +20,16 @@ import numpy as np
 import pandas as pd
 
 from agents.records import write_json, write_text
-from scenarios.runs import build_backend, loaded_adapters, make_policies, run_stamp, write_manifest
+from scenarios.runs import (
+    build_backend,
+    loaded_adapters,
+    make_policies,
+    replay_file,
+    replayed,
+    run_stamp,
+    set_aside_for_replay,
+    write_manifest,
+)
 from scenarios.settings import ConfigError, MarketScenario, load_scenario
 
 
@@ -111,24 +120,11 @@ def resume_sessions(s: MarketScenario, out: Path, restart_if_changed: bool = Fal
             raise ConfigError(f"{out} holds sessions of a different scenario: use another --out or delete it")
         shutil.rmtree(sessions)
         log.unlink(missing_ok=True)
+        replay_file(log).unlink(missing_ok=True)
     sessions.mkdir(parents=True, exist_ok=True)
     write_text(stamp, config)
-    if not log.exists():
-        return []
     finished = {json.loads(p.read_text())["session"] for p in sessions.glob("*/record.json")}
-    kept, unfinished = [], []
-    for line in log.read_text(encoding="utf-8").splitlines(keepends=True):
-        if not line.endswith("\n"):          # cut short by a kill during the write
-            break
-        record = json.loads(line)
-        if record.get("session") in finished:
-            kept.append(line)
-        else:
-            unfinished.append(record)
-    partial = log.with_suffix(".partial")
-    partial.write_text("".join(kept), encoding="utf-8")
-    partial.replace(log)
-    return unfinished
+    return set_aside_for_replay(log, lambda record: record.get("session") in finished)
 
 
 def session_plans(s: MarketScenario, out: Path, policies, bar) -> list:
@@ -290,6 +286,7 @@ def run_scenarios(jobs: list[tuple[MarketScenario, Path]], backend=None, progres
         run_plans(plans)
     summaries = []
     for (s, out), used in zip(jobs, policies):
+        replayed(out / "decisions.jsonl")
         summary = {"scenario": s.name, **collect_sessions(s, out)}
         write_json(out / "summary.json", summary)
         write_manifest(out, "market run", s.path, s.raw, s.seed, backend if s.uses_llm else None,

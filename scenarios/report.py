@@ -142,7 +142,8 @@ def av_sections(folder: Path, prefix: str = "") -> list[Section]:
         "choices (stay or swerve), the share that minimise deaths, and the dead. Homo economicus "
         "(own payoff only) never sacrifices its passengers; homo moralis swerves when the lives "
         f"saved exceed its threshold ({ALGER_WEIBULL}; docs/theory.md).",
-        [Figure(f"{p}casualties.png", "deaths by AV type and group")],
+        [Figure(f"{p}casualties.png", "deaths by AV type and group")]
+        if (folder / p / "casualties.png").exists() else [],      # no one died: no figure
         [Table(f"{p}summary.json", "by AV type", json_rows("by_type", "av"))])]
     if (folder / p / "choice_curve.csv").exists():
         sections.append(Section(

@@ -7,7 +7,7 @@ import platform
 import time
 from pathlib import Path
 
-from agents.records import file_sha256, visible_files, write_json
+from agents.records import file_sha256, visible_files, write_json, write_text
 from scenarios.settings import ConfigError, LLMSection
 
 
@@ -40,6 +40,40 @@ def run_stamp(raw: dict, adapters: str | Path, preferences) -> str:
     files = {name: Path(adapters) / name / "adapter_model.safetensors" for name in sorted(set(preferences) - {"base"})}
     weights = {name: file_sha256(path) for name, path in files.items() if path.exists()}
     return json.dumps({"scenario": raw, "adapters": weights}, sort_keys=True, default=str)
+
+
+def replay_file(log: Path) -> Path:
+    """Where a resumed run keeps the decisions it answers again until it ends."""
+    return log.with_name(log.stem + ".replay.jsonl")
+
+
+def set_aside_for_replay(log: Path, finished=lambda record: False) -> list[dict]:
+    """The decisions a resumed run answers again from the record (agents.llm.replay): the records
+    of `log` whose work is unfinished (`finished(record)` false) and those an earlier resume set
+    aside. They are kept in replay_file(log) before `log` is cut to the finished records, so a
+    kill during the replay loses none; `replayed(log)` drops the file once the run has ended."""
+    aside = replay_file(log)
+    kept, again = [], _whole_lines(aside)
+    for line in _whole_lines(log):
+        (kept if finished(json.loads(line)) else again).append(line)
+    if again or aside.exists():
+        write_text(aside, "".join(again))
+    if log.exists():
+        write_text(log, "".join(kept))
+    return [json.loads(line) for line in again]
+
+
+def _whole_lines(path: Path) -> list[str]:
+    """The lines of a JSON-lines file that were written whole (a kill can cut the last one short)."""
+    if not path.exists():
+        return []
+    return [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+            if line.endswith("\n") and line.strip()]
+
+
+def replayed(log: Path) -> None:
+    """The run has ended: the decisions set aside for it are in its log again."""
+    replay_file(log).unlink(missing_ok=True)
 
 
 def make_policies(llm: LLMSection, preferences, seed: int, backend, log) -> dict:

@@ -495,3 +495,49 @@ def test_an_unknown_adapter_names_what_the_server_serves(fake_server):
     with pytest.raises(BackendError, match=r"HTTP 404.*moralis-0.5.*the server serves: base, economicus"):
         decide([(policy, PricingSituation(LogitBertrand(), 0, 2.5, [], (1.6, 1.6)))])
 
+
+
+RESUMED_TWICE = {
+    "market": '[run]\nsteps = 20\n[[firm]]\ntype = "llm"\nmemory = 3\n[[firm]]\ntype = "llm"\nmemory = 3\n',
+    "av": '[traffic]\nwidth = 20\nheight = 20\nbrake_failure = 1.0\n[run]\nsteps = 200\nprobe = false\n'
+          '[[av]]\ntype = "llm"\npreference = "base"\ncount = 6\n'}
+
+
+@pytest.mark.parametrize("kind", ["market", "av"])
+def test_a_resume_interrupted_during_its_replay_loses_no_decision(kind, tmp_path, monkeypatch):
+    """The backend dies 3 calls before the end; the resumed run is interrupted (Ctrl-C) while it
+    answers the logged decisions again; the third run asks the model only those 3 calls and its
+    log equals an uninterrupted run's. (The second run used to cut the log to what it had
+    replayed, so the third asked again for all but those: 15 of 20 calls for the market.)"""
+    from agents.llm.backend import BackendError
+    from agents.llm.replay import ReplayBackend
+    from conftest import HashBackend
+    from scenarios.av import run_av_scenario
+    from scenarios.market import run_scenario
+
+    path = tmp_path / f"{kind}.toml"
+    path.write_text(RESUMED_TWICE[kind])
+    run = run_scenario if kind == "market" else run_av_scenario
+    whole = HashBackend()
+    run(path, tmp_path / "whole", progress=False, backend=whole)
+    out = tmp_path / "cut"
+    with pytest.raises(BackendError):
+        run(path, out, progress=False, backend=HashBackend(fail_after=whole.calls - 3))
+    replay_choose, replays = ReplayBackend.choose, []
+
+    def interrupted(self, requests):
+        replays.append(len(requests))
+        if len(replays) > 2:
+            raise KeyboardInterrupt
+        return replay_choose(self, requests)
+
+    monkeypatch.setattr(ReplayBackend, "choose", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(path, out, progress=False, backend=HashBackend())
+    monkeypatch.setattr(ReplayBackend, "choose", replay_choose)
+    third = HashBackend()
+    run(path, out, progress=False, backend=third)
+    assert third.calls == 3
+    logged = sorted((out / "decisions.jsonl").read_text().splitlines())
+    assert logged == sorted((tmp_path / "whole" / "decisions.jsonl").read_text().splitlines())
+    assert not (out / "decisions.replay.jsonl").exists()
