@@ -167,6 +167,14 @@ class LogitBertrand:
             lo, hi = hi, 2 * hi
         raise RuntimeError(f"no monopoly markup found below {hi:g}")
 
+    def check_delta_defined(self) -> None:
+        """ValueError when Delta's denominator vanishes: joint-monopoly and Nash profits coincide
+        (an outside good so strong, a0 >> a - c, that every firm prices at c + mu either way)."""
+        nash, monopoly = self.nash_profits().sum(), self.monopoly_profits().sum()
+        if not monopoly - nash > 1e-9 * abs(monopoly):
+            raise ValueError(f"the market is degenerate: Nash and monopoly profits coincide ({nash:.3g}), so "
+                             "Delta is undefined; lower a0 or raise a")
+
     def nash_profits(self) -> np.ndarray:
         return self.profits(self.nash_prices())
 

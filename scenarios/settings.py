@@ -214,13 +214,17 @@ class MarketScenario(Scenario):
             raise ValueError(f"market: firms = {self.market.firms} but there are {n} [[firm]] tables")
         if not 2 <= n <= 10:
             raise ValueError(f"market: firms must be between 2 and 10, got {n}")
-        _domain("market", self.bertrand)
+        _domain("market", lambda: self.bertrand().check_delta_defined())
         _domain("grid", lambda: self.bertrand().price_grid(self.grid.m, self.grid.xi))
         _domain("qlearning", lambda: self.qlearning_settings().check())
         if self.run.initial_prices is not None and len(self.run.initial_prices) != n:
             raise ValueError(f"run: initial_prices must be {n} non-negative numbers, got {self.run.initial_prices}")
         if self.run.engine == "vectorised" and any(f.type != "qlearning" for f in self.firms):
             raise ValueError('run: engine = "vectorised" runs Q-learning firms only; use "mesa"')
+        ignored = sorted(self.run.model_fields_set & {"steps", "window", "deviation", "ceiling", "initial_prices"})
+        if self.run.engine == "vectorised" and ignored:
+            raise ValueError(f'run: {ignored[0]} is for engine = "mesa" (the vectorised engine plays each session '
+                             "to convergence and always runs the deviation test)")
         learners = sum(f.type == "qlearning" for f in self.firms)
         if learners:
             _domain("grid", lambda: check_q_size(learners, n, self.grid.m, self.run.sessions))

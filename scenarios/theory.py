@@ -105,6 +105,7 @@ def solve(game: str, pref: HomoEconomicus, params: dict | None = None) -> Theory
 
 
 def _solve_bertrand(market: LogitBertrand, pref: HomoEconomicus, params: dict) -> TheoryResult:
+    market.check_delta_defined()
     nash, monopoly = market.nash_prices(), market.monopoly_prices()
     if market.symmetric:
         eq = symmetric_equilibrium(pref, market.firm(0))

@@ -43,6 +43,7 @@ MARKET_FILES = [  # (TOML text, a word the error must name)
     (MARKET.replace("steps = 5", "ceiling = 1e308"), "ceiling"),
     (MARKET.replace("steps = 5", "initial_prices = [1.0]"), "initial_prices"),
     (MARKET.replace("steps = 5", "bogus = 1"), "bogus"),
+    (MARKET.replace('name = "m"', 'name = "m"\n[market]\na0 = 100.0'), "degenerate"),   # Delta 0/0
     (MARKET.replace('name = "m"', 'name = "m"\n[grid]\nm = 1'), "m"),
     (MARKET.replace('name = "m"', 'name = "m"\n[grid]\nxi = -1.0'), "xi"),
     (MARKET.replace('name = "m"', 'name = "m"\n[qlearning]\nalpha = 2.0'), "alpha"),
@@ -145,6 +146,7 @@ COMMANDS = [  # (arguments with {file} {under_file} {binary} {folder} {tmp}, a w
     (["theory", "bertrand", "--set", "firms=100000"], "firms"),
     (["theory", "bertrand", "--set", "mu=1e-300"], "mu"),
     (["theory", "bertrand", "--set", "a=nan"], "a"),
+    (["theory", "bertrand", "--set", "a0=100", "--json"], "degenerate"),   # Delta was Infinity in the JSON
     (["theory", "bertrand", "--set", "price_scale=1e308"], "price_scale"),
     (["report", "{folder}"], "manifest.json"),
     (["report", "{tmp}/nowhere"], "manifest.json"),

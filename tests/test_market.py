@@ -197,6 +197,7 @@ def test_bundled_scenarios_run_by_name_and_a_missing_file_is_one_line(tmp_path, 
     ('[qlearning]\ndelta = 1.0\n', "[qlearning] delta must be in [0, 1)"),
     ('[market]\nfirms = 3\n', "[market] firms = 3 but there are 2 [[firm]] tables"),
     ('[extra]\n', "unknown key 'extra'"),
+    ('[run]\nengine = "vectorised"\nsteps = 5\n', '[run] steps is for engine = "mesa"'),
     # two learners on 1000 prices: 2 x 1000^2 states x 1000 prices x 8 bytes = 14.9 GiB of Q-tables
     ('[grid]\nm = 1000\n', "[grid] 2 Q-learning firms of 2 on 1000 prices, 1 session(s) at once, need 14.9 GiB"),
     ('[run\n', "not valid TOML"),
