@@ -65,12 +65,14 @@ def _row(policy: str, item: Item, decision) -> dict:
 
 
 def policy_identity(policy) -> str:
-    """What a policy's answers depend on: the theory it plays, or its model and the SHA-256 of
-    its adapter's weights (a resumed run does not reuse answers of other weights)."""
+    """What a policy's answers depend on: the theory it plays (its preference, kappa and material
+    utility), or its model and the SHA-256 of its adapter's weights (a resumed run does not reuse
+    answers of another theory or other weights)."""
     adapter = getattr(policy, "adapter", None)
     backend = getattr(policy, "backend", None)
     if backend is None:
-        return getattr(policy, "name", repr(policy))
+        preference = getattr(policy, "preference", None)
+        return repr(preference) if preference is not None else getattr(policy, "name", repr(policy))
     path = getattr(backend, "adapters", {}).get(adapter) if adapter else None
     weights = Path(path) / "adapter_model.safetensors" if path else None
     digest = file_sha256(weights) if weights and weights.exists() else adapter

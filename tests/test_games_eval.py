@@ -175,3 +175,17 @@ def test_resumed_run_answers_again_when_an_adapter_changes(model_folder, tmp_pat
     assert sum(r["policy"] == "theory" for r in lines) == 3     # the theory is answered once
     stamp = json.loads((out / "policies.json").read_text())
     assert stamp["x"].endswith(hashlib.sha256((second / "adapter_model.safetensors").read_bytes()).hexdigest())
+
+
+def test_resumed_run_answers_again_when_the_theorys_utility_changes(tmp_path):
+    """A theory policy's answers rest on its material utility too: rerun into the same folder
+    with linear instead of log utility, it answers again (it used to keep the log answers)."""
+    items = build_battery("linear", small=True)
+    out = tmp_path / "eval"
+    log_answers = run(items, {"moralis": TheoryPolicy(HomoMoralis(kappa=0.5, material_utility="log"))}, out,
+                      show_progress=False)
+    linear = TheoryPolicy(HomoMoralis(kappa=0.5))
+    resumed = run(items, {"moralis": linear}, out, show_progress=False)
+    fresh = run(items, {"moralis": linear}, tmp_path / "fresh", show_progress=False)
+    assert not log_answers.action.equals(fresh.action)            # the two theories answer differently
+    assert resumed.sort_values("item_id").action.tolist() == fresh.sort_values("item_id").action.tolist()
