@@ -57,12 +57,20 @@ def cell_folder(out: Path, index: int, cell: dict) -> Path:
     return out / "cells" / f"{index:04d}_{slug}"
 
 
-def ran_with_current_adapters(s: Study, folder: Path, cell: dict) -> bool:
-    """Whether a finished cell's LLM firms ran with the adapter weights now in their folder."""
-    from scenarios.market import ran_with_current_adapters as current
+def stale_cell(s: Study, folder: Path, cell: dict) -> str | None:
+    """Why a finished cell must run again, or None: it ran with other settings than the study
+    gives it now (the scenario file and [set] included; its manifest's config), or its LLM firms
+    with other adapter weights than those now in their folder."""
+    from scenarios.market import ran_with_current_adapters
 
     scenario = load_scenario(s.scenario_path, cell_overrides({**s.fixed, **cell}))
-    return not scenario.uses_llm or current(scenario, folder)
+    manifest = folder / "manifest.json"
+    ran = json.loads(manifest.read_text()).get("config") if manifest.exists() else None
+    if ran != json.loads(json.dumps(scenario.raw, default=str)):
+        return "other settings"
+    if scenario.uses_llm and not ran_with_current_adapters(scenario, folder):
+        return "other adapter weights"
+    return None
 
 
 def cell_job(s: Study, folder: Path, cell: dict) -> tuple[str, str, dict]:
@@ -130,8 +138,9 @@ def run_study(path: str | Path, out: str | Path, progress: bool = True, log=prin
         train_named_adapters(s, cells, out, log)
     pending = [i for i, f in enumerate(folders) if not (f / "summary.json").exists()]
     for i in sorted(set(range(len(cells))) - set(pending)):
-        if not ran_with_current_adapters(s, folders[i], cells[i]):
-            log(f"{s.name}: {folders[i].name} ran with other adapter weights; running it again")
+        reason = stale_cell(s, folders[i], cells[i])
+        if reason:
+            log(f"{s.name}: {folders[i].name} ran with {reason}; running it again")
             shutil.rmtree(folders[i])
             pending.append(i)
     pending.sort()

@@ -55,6 +55,22 @@ def test_kappa_study_gives_the_equilibrium_delta_and_resumes(tmp_path):
     assert again.equals(table)
 
 
+def test_finished_cells_run_again_when_the_studys_settings_change(tmp_path):
+    """A changed [set] value (or scenario file) reruns the finished cells instead of reporting
+    the old ones: homo moralis 0.5 duopolies at quality a = 2, then a = 3 into the same folder."""
+    study = tmp_path / "quality.toml"
+    text = ('name = "quality"\nscenario = "theory_moralis"\n[set]\n"run.deviation" = false\n"market.a" = {a}\n'
+            '[grid]\n"firm.kappa" = [0.5]\n')
+    study.write_text(text.format(a=2.0))
+    first = run_study(study, tmp_path / "out", progress=False, log=lambda _: None)
+    study.write_text(text.format(a=3.0))
+    messages = []
+    second = run_study(study, tmp_path / "out", progress=False, log=messages.append)
+    assert any("ran with other settings; running it again" in m for m in messages) and "0 done" in messages[-1]
+    fresh = run_study(study, tmp_path / "fresh", progress=False, log=lambda _: None)
+    assert second.mean_delta.tolist() == fresh.mean_delta.tolist() != first.mean_delta.tolist()
+
+
 def test_ray_cells_equal_local_cells(tmp_path):
     pytest.importorskip("ray", reason="the batch extra is installed by `make test`")
     tables = {}
