@@ -317,6 +317,11 @@ def read_toml(path: Path, overrides: dict | None = None) -> dict:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    return merge_overrides(path, raw, overrides)
+
+
+def merge_overrides(path: Path, raw: dict, overrides: dict | None) -> dict:
+    """`raw` with `overrides` merged in (read_toml)."""
     for section, values in (overrides or {}).items():
         if section == "":
             raw.update(values)
@@ -401,11 +406,11 @@ def _repeat(values: list, n: int) -> list:
 
 
 def load_scenario(path: str | Path, overrides: dict | None = None) -> MarketScenario:
-    """The validated market scenario of a TOML file (or bundled scenario name); `overrides`
-    ({section: {key: value}}) are merged in first; an override of [market] firms = N repeats the
+    """The validated market scenario of a TOML file (or bundled scenario name) with `overrides`
+    ({section: {key: value}}) merged in; an override of [market] firms = N first repeats the
     file's [[firm]] tables (and [run] initial_prices) in order to N firms."""
     path = scenario_path(path, BUNDLED_MARKETS)
-    raw = read_toml(path, overrides)
+    raw = read_toml(path)
     n = (overrides or {}).get("market", {}).get("firms")
     if n is not None and isinstance(raw.get("firm"), list) and raw["firm"]:
         if not isinstance(n, int) or isinstance(n, bool):
@@ -414,7 +419,7 @@ def load_scenario(path: str | Path, overrides: dict | None = None) -> MarketScen
         start = raw.get("run", {}).get("initial_prices")
         if isinstance(start, list) and start:
             raw["run"]["initial_prices"] = _repeat(start, n)
-    return validate(MarketScenario, path, raw)
+    return validate(MarketScenario, path, merge_overrides(path, raw, overrides))   # per-firm lists: n values
 
 
 def load_av_scenario(path: str | Path, overrides: dict | None = None) -> AVScenario:

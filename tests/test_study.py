@@ -234,6 +234,11 @@ def test_a_per_firm_value_needs_one_value_per_firm():
 
     with pytest.raises(ConfigError, match="needs one value for each of the 2"):
         load_scenario("llm_economicus", {"firm": {"preference": ["economicus"] * 3}})
+    # with market.firms = 3, three values (the tables are repeated to three first); two are refused
+    s = load_scenario("theory_moralis", {"market": {"firms": 3}, "firm": {"kappa": [0.2, 0.4, 0.6]}})
+    assert [f.kappa for f in s.firms] == [0.2, 0.4, 0.6] and s.bertrand().firms == 3
+    with pytest.raises(ConfigError, match="needs one value for each of the 3"):
+        load_scenario("theory_moralis", {"market": {"firms": 3}, "firm": {"kappa": [0.2, 0.4]}})
 
 
 @pytest.mark.slow
