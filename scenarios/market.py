@@ -110,6 +110,8 @@ def resume_sessions(s: MarketScenario, out: Path, restart_if_changed: bool = Fal
     finished sessions; the records of unfinished ones are taken out of it and returned, so that
     the rerun answers them again from the record (agents.llm.replay) and logs each decision once."""
     sessions = out / "sessions"
+    if (out / "checkpoint.npz").exists():
+        raise ConfigError(f"{out} holds a vectorised run: use another --out or delete it")
     stamp = sessions_stamp(out)
     config = run_stamp(s.raw, s.llm.adapters, llm_preferences(s))
     log = out / "decisions.jsonl"
@@ -240,6 +242,8 @@ def run_scenario(path: str | Path, out: str | Path, progress: bool = True, backe
     out = Path(out)
     if s.run.engine != "vectorised":
         return run_scenarios([(s, out)], backend, progress, restart_if_changed)[0]
+    if (out / "sessions").exists():
+        raise ConfigError(f"{out} holds a Mesa run: use another --out or delete it")
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     summary = {"scenario": s.name, **run_vectorised(s, out, progress)}

@@ -167,7 +167,9 @@ def test_the_firm_tables_set_the_number_of_firms(tmp_path):
     assert len(sessions) == 1 and {"price_0", "price_1", "price_2"} <= set(sessions.columns)
 
 
-def test_a_checkpoint_of_another_scenario_is_a_one_line_error(tmp_path, capsys):
+def test_a_folder_holding_another_run_is_refused_in_one_line(tmp_path, capsys):
+    """A vectorised checkpoint of other settings, a Mesa run into a vectorised folder and back: each
+    refused (exit 2) instead of a traceback or a report mixing both runs' files."""
     text = '[grid]\nm = 5\n[qlearning]\nmax_periods = 20000\n[run]\nengine = "vectorised"\nsessions = 2\n'
     (tmp_path / "a.toml").write_text(text + '[[firm]]\ntype = "qlearning"\n' * 2)
     (tmp_path / "b.toml").write_text(text.replace("m = 5", "m = 6") + '[[firm]]\ntype = "qlearning"\n' * 2)
@@ -177,6 +179,12 @@ def test_a_checkpoint_of_another_scenario_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]          # after the progress bar
     assert last.startswith("econalign: error:") and "belongs to another study" in last and "Traceback" not in err
+    (tmp_path / "mesa.toml").write_text('[run]\nsteps = 3\n' + '[[firm]]\ntype = "qlearning"\n' * 2)
+    assert main(["market", "run", str(tmp_path / "mesa.toml"), "--out", str(tmp_path / "o")]) == 2
+    assert "holds a vectorised run" in capsys.readouterr().err     # not a Mesa report over its files
+    assert main(["market", "run", str(tmp_path / "mesa.toml"), "--out", str(tmp_path / "m")]) == 0
+    assert main(["market", "run", str(tmp_path / "a.toml"), "--out", str(tmp_path / "m")]) == 2
+    assert "holds a Mesa run" in capsys.readouterr().err
 
 
 def test_bundled_scenarios_run_by_name_and_a_missing_file_is_one_line(tmp_path, capsys):
