@@ -76,7 +76,9 @@ def policy_identity(policy) -> str:
     path = getattr(backend, "adapters", {}).get(adapter) if adapter else None
     weights = Path(path) / "adapter_model.safetensors" if path else None
     digest = file_sha256(weights) if weights and weights.exists() else adapter
-    return f"{getattr(backend, 'model_path', '?')}|{digest}"
+    asked = "|".join(f"{k}={getattr(policy, k, None)}" for k in ("reason", "temperature", "sample", "max_tokens",
+                                                                "max_retries", "seed"))
+    return f"{getattr(backend, 'model_path', '?')}|{asked}|{digest}"
 
 
 def run(items: Sequence[Item], policies: dict, out: str | Path, batch_size: int = 64,
@@ -93,15 +95,20 @@ def run(items: Sequence[Item], policies: dict, out: str | Path, batch_size: int 
     identities = {name: policy_identity(p) for name, p in policies.items()}
     stamp = out / f"{stem}.policies.json" if stem != "items" else out / "policies.json"
     known = json.loads(stamp.read_text()) if stamp.exists() else {}
-    changed = {name for name, ident in identities.items() if known.get(name) != ident}   # unknown: answer again
     stamp.write_text(json.dumps({**known, **identities}, indent=2, sort_keys=True) + "\n")
-    done = set()
-    if checkpoint.exists():
-        for line in checkpoint.read_text().splitlines():
-            if line.strip():
-                answered = json.loads(line)
-                if answered["policy"] not in changed:   # answers of other weights are answered again
-                    done.add((answered["policy"], answered["item_id"]))
+    by_id = {item.item_id: item for item in items}
+
+    def key(name: str, item) -> str:
+        """What an answer rests on: the policy's identity and the item with its theory targets
+        (saved with each row; a row of another key is answered again)."""
+        return hashlib.sha256(f"{identities[name]}|{item!r}".encode()).hexdigest()[:20]
+
+    def current(answered: dict) -> bool:
+        name, item = answered["policy"], by_id.get(answered["item_id"])
+        return name in identities and item is not None and answered.get("key") == key(name, item)
+
+    lines = checkpoint.read_text().splitlines() if checkpoint.exists() else []
+    done = {(r["policy"], r["item_id"]) for r in map(json.loads, filter(str.strip, lines)) if current(r)}
     pending = [(name, item) for name, _ in policies.items() for item in items
                if (name, item.item_id) not in done]
     with open(checkpoint, "a", encoding="utf-8") as sink, \
@@ -113,12 +120,11 @@ def run(items: Sequence[Item], policies: dict, out: str | Path, batch_size: int 
                                seeds=[_seed(item.item_id, name) for name, item in batch],
                                tags=[{"policy": name, "item_id": item.item_id} for name, item in batch])
             for (name, item), decision in zip(batch, decisions):
-                sink.write(json.dumps(row(name, item, decision), default=_plain) + "\n")
+                sink.write(json.dumps({**row(name, item, decision), "key": key(name, item)}, default=_plain) + "\n")
             sink.flush()
             bar.update(len(batch))
-    wanted = {(name, item.item_id) for name in policies for item in items}
     rows = [json.loads(line) for line in checkpoint.read_text().splitlines() if line.strip()]
-    frame = pd.DataFrame([r for r in rows if (r["policy"], r["item_id"]) in wanted])
+    frame = pd.DataFrame([r for r in rows if current(r)]).drop(columns="key", errors="ignore")
     frame = frame.drop_duplicates(["policy", "item_id"], keep="last").reset_index(drop=True)
     frame.to_parquet(out / f"{stem}.parquet", index=False)
     return frame

@@ -189,3 +189,43 @@ def test_resumed_run_answers_again_when_the_theorys_utility_changes(tmp_path):
     fresh = run(items, {"moralis": linear}, tmp_path / "fresh", show_progress=False)
     assert not log_answers.action.equals(fresh.action)            # the two theories answer differently
     assert resumed.sort_values("item_id").action.tolist() == fresh.sort_values("item_id").action.tolist()
+
+
+def test_an_interrupted_rerun_with_another_policy_keeps_no_old_answer(tmp_path, monkeypatch):
+    """Policy "p" answers as homo economicus; rerun as homo moralis 1 into the same folder, it is
+    interrupted after its first batch and resumed: every answer is the new policy's (the stamp of
+    the new policy used to be written before any answer, so the resume kept the old ones)."""
+    import finetune.evaluate as evaluate
+
+    items = build_battery("linear", small=True)
+    out = tmp_path / "eval"
+    run(items, {"p": TheoryPolicy(HomoEconomicus())}, out, batch_size=4, show_progress=False)
+    moralis = TheoryPolicy(HomoMoralis(kappa=1.0))
+    decide, calls = evaluate.decide, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return decide(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "decide", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(items, {"p": moralis}, out, batch_size=4, show_progress=False)
+    monkeypatch.setattr(evaluate, "decide", decide)
+    resumed = run(items, {"p": moralis}, out, batch_size=4, show_progress=False)
+    fresh = run(items, {"p": moralis}, tmp_path / "fresh", batch_size=4, show_progress=False)
+    assert resumed.sort_values("item_id").action.tolist() == fresh.sort_values("item_id").action.tolist()
+
+
+def test_an_llm_policys_resume_key_holds_how_it_is_asked():
+    from agents.policies import LLMPolicy
+    from finetune.evaluate import policy_identity
+
+    class Backend:
+        model_path, adapters = "/models/m", {}
+
+    answer = policy_identity(LLMPolicy(Backend(), None, max_tokens=16))
+    assert policy_identity(LLMPolicy(Backend(), None, max_tokens=16)) == answer
+    assert policy_identity(LLMPolicy(Backend(), None, reason=True, max_tokens=128)) != answer
+    assert policy_identity(LLMPolicy(Backend(), None, max_tokens=16, temperature=1.0)) != answer
