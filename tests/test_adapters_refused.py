@@ -67,6 +67,21 @@ def test_adapter_of_another_base_model(good, model_folder, tmp_path):
         discover_adapters(stamped, model_folder)
 
 
+def test_an_adapter_named_for_another_preference_than_it_was_trained_for(good, model_folder, tmp_path):
+    """A homo economicus adapter copied to `moralis-0.5/` would give moralis agents economicus
+    weights: refused, naming the manifest's preference; names that are no preference pass."""
+    misnamed = _variant(good, tmp_path, "moralis-0.5")
+    (misnamed / "manifest.json").write_text(json.dumps({"preference": "economicus"}))
+    with pytest.raises(AdapterError, match="adapter moralis-0.5: its manifest says it was trained for economicus"):
+        inspect_adapter(misnamed, model_folder)
+    named = _variant(good, tmp_path, "moralis-0.50")
+    (named / "manifest.json").write_text(json.dumps({"preference": "moralis-0.5"}))
+    assert inspect_adapter(named, model_folder).name == "moralis-0.50"
+    custom = _variant(good, tmp_path, "my-adapter")
+    (custom / "manifest.json").write_text(json.dumps({"preference": "economicus"}))
+    assert inspect_adapter(custom, model_folder).name == "my-adapter"
+
+
 def test_corrupt_weights(good, model_folder, tmp_path):
     broken = _variant(good, tmp_path, "corrupt")
     (broken / "adapter_model.safetensors").write_bytes(b"\xff" * 64)

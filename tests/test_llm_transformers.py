@@ -126,6 +126,20 @@ def test_mixed_adapter_batch_gives_each_request_its_own_adapter(adapter_backend)
     assert len(set(texts)) == 3
 
 
+def test_adapter_names_differing_in_a_dot_or_underscore_keep_their_own_weights(model_folder, adapter_dir,
+                                                                              adapter_backend):
+    """PEFT module names cannot hold dots; `m.5` and `m_5` used to share one, so the second loaded
+    served both."""
+    from agents.llm.transformers_backend import TransformersBackend
+
+    both = TransformersBackend(model_folder, adapters={"m.5": adapter_dir / "alpha", "m_5": adapter_dir / "beta"})
+    for name, twin in (("m.5", "alpha"), ("m_5", "beta")):
+        got = both.choose([Request(r.messages, name, options=r.options) for r in CHOICES])
+        want = adapter_backend.choose([Request(r.messages, twin, options=r.options) for r in CHOICES])
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, atol=1e-4)
+
+
 def test_unknown_and_broken_adapters_are_refused(adapter_backend, tmp_path):
     with pytest.raises(BackendError, match="unknown adapter 'gamma'"):
         adapter_backend.generate([Request(chat("x").messages, "gamma")])

@@ -109,12 +109,25 @@ def inspect_adapter(path: Path, base: Path, max_rank: int | None = None, name: s
                 raise AdapterError(f"adapter {name}: {tensor} expects {shape[-1]} inputs but the base "
                                    f"model has {expected[module]}: it was trained on another base model")
     manifest = path / "manifest.json"
-    if manifest.exists() and base_sha256:
-        recorded = json.loads(manifest.read_text()).get("base_model_sha256")
-        if recorded and recorded != base_sha256:
-            raise AdapterError(f"adapter {name}: trained on base model {recorded[:12]}, not on "
-                               f"{base.name} ({base_sha256[:12]})")
+    recorded = json.loads(manifest.read_text()) if manifest.exists() else {}
+    if base_sha256 and recorded.get("base_model_sha256") not in (None, base_sha256):
+        raise AdapterError(f"adapter {name}: trained on base model {recorded['base_model_sha256'][:12]}, not on "
+                           f"{base.name} ({base_sha256[:12]})")
+    if recorded.get("preference") and _preference_name(name) not in (None, recorded["preference"]):
+        raise AdapterError(f"adapter {name}: its manifest says it was trained for {recorded['preference']} "
+                           "(agents would get another preference's weights)")
     return AdapterInfo(name, path, rank)
+
+
+def _preference_name(name: str) -> str | None:
+    """The preference an adapter's name stands for (`moralis-0.50` -> `moralis-0.5`), None for
+    other names."""
+    from agents.preferences import from_name
+
+    try:
+        return from_name(name).name
+    except ValueError:
+        return None
 
 
 def discover_adapters(folder: Path | None, base: Path, max_rank: int | None = None) -> list[AdapterInfo]:

@@ -23,8 +23,9 @@ from agents.llm.models import resolve
 
 
 def _peft_name(name: str) -> str:
-    """PEFT's module names cannot hold dots (as in `moralis-0.5`)."""
-    return name.replace(".", "_")
+    """PEFT's module names cannot hold dots (as in `moralis-0.5`): "_" is written "_u" and "." "_d",
+    so that no two adapter names share a module name (`m.5` and `m_5` did, and one served both)."""
+    return name.replace("_", "_u").replace(".", "_d")
 
 
 class TransformersBackend:
