@@ -10,7 +10,8 @@ from agents.llm.parsing import correction, parse_number
 @pytest.mark.parametrize("text,value", [
     ("30", 30), ("I give 30 dollars.", 30), ("ANSWER: 45", 45), ("answer = 12.5", 12.5),
     ("Of my 100 dollars I give... Answer: 40", 40), ("1,000", 1000), ("  7\n", 7),
-    ("The smallest offer I accept is 0 dollars.", 0), ("30 dollars, yes 30.", 30),
+    ("The smallest offer I accept is 0 dollars.", 0), ("30 dollars, yes 30.", 30), ("Answer - 40", 40),
+    (".5", 0.5), ("ANSWER: .5", 0.5), ("ANSWER: 1.43.", 1.43),
 ])
 def test_reads_the_answer(text, value):
     assert parse_number(text, 0, 1000).value == value
@@ -25,6 +26,16 @@ def test_refuses_with_a_reason(text, reason):
     parsed = parse_number(text, 0, 1000, integer=True)
     assert not parsed.valid and reason in parsed.error
     assert reason in correction(parsed.error, 0, 1000, True)
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("Answer -5", "outside"), ("ANSWER: 1,5", "no number"), ("ANSWER: 3/4", "no number"),
+])
+def test_a_number_is_read_whole_or_not_at_all(text, reason):
+    """The sign after a marker is kept, a decimal comma and a fraction are not cut to their first
+    digits (they were read as 5, 1 and 3)."""
+    parsed = parse_number(text, 0, 100)
+    assert not parsed.valid and reason in parsed.error
 
 
 def test_fuzzed_garbage_never_crashes():

@@ -11,8 +11,11 @@ import math
 import re
 from dataclasses import dataclass
 
-NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?(?!\.?\d)")
-MARKER = re.compile(r"answer\s*[:=\-]", re.IGNORECASE)
+# A number: optional sign, digits with optional thousands commas and decimals (or ".5"), optional
+# exponent; not part of a longer token, so "1,5" (a decimal comma?) and "3/4" are no number.
+NUMBER = re.compile(r"(?<![\w.,/])[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?"
+                    r"(?![.,/]?\d)")
+MARKER = re.compile(r"answer\s*(?:[:=]|-(?!\d))", re.IGNORECASE)     # "Answer -5" keeps its sign
 
 
 @dataclass(frozen=True)
