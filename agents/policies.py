@@ -125,19 +125,21 @@ def _choose(pairs, seeds) -> list[tuple[Decision, dict]]:
         texts = [" " + label for label in labels] if thought else [o.answer.form.format(label) for label in labels]
         requests.append(p.request(o.messages(), seed, texts, prefix=thought))
     probabilities = list(policy.backend.choose(requests))
-    attempts = [1] * len(pairs)
+    answers = [[probs] for probs in probabilities]     # every attempt, logged (a replay asks them all)
     while True:       # a broken reply (no or non-finite probabilities) is asked again, then invalid
         again = [i for i, probs in enumerate(probabilities)
-                 if not usable(probs) and attempts[i] <= pairs[i][0].max_retries]
+                 if not usable(probs) and len(answers[i]) <= pairs[i][0].max_retries]
         if not again:
             break
         for i, probs in zip(again, policy.backend.choose([requests[i] for i in again])):
-            probabilities[i], attempts[i] = probs, attempts[i] + 1
+            probabilities[i] = probs
+            answers[i].append(probs)
     out = []
-    for (p, o), request, probs, seed, trail, tries in zip(pairs, requests, probabilities, seeds, exchanges, attempts):
-        labels = o.answer.labels
-        trail.append({"fingerprint": request.fingerprint("choose"),
-                      "output": [float(x) if np.isfinite(x) else None for x in probs]})
+    for (p, o), request, probs, seed, trail, tried in zip(pairs, requests, probabilities, seeds, exchanges, answers):
+        labels, tries = o.answer.labels, len(tried)
+        trail += [{"fingerprint": request.fingerprint("choose"),
+                   "output": [float(x) if np.isfinite(x) else None for x in np.asarray(answer, dtype=float)]}
+                  for answer in tried]
         if not usable(probs):
             decision = Decision(None, False, p.name, raw=f"{_server(p.backend)} gave no usable option "
                                                          f"probabilities after {tries} attempts",

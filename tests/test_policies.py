@@ -60,6 +60,33 @@ def test_garbage_is_counted_invalid_and_retried_in_batches():
     assert backend.counter.history == [("generate", 3), ("generate", 2), ("generate", 1)]
 
 
+def test_every_choice_attempt_is_logged_so_a_broken_decision_replays(tmp_path):
+    """A server whose option probabilities are NaN, then NaN, then usable for one agent and NaN
+    throughout for the other: every attempt is in the log (only the last was), so replaying the
+    log alone gives the same decisions instead of "no recorded choose answer"."""
+    nan = float("nan")
+
+    class Broken:
+        name = "broken"
+
+        def __init__(self):
+            self.replies = {0: [[nan, nan], [nan, nan], [0.2, 0.8]], 1: [[nan, nan]] * 3}
+            self.counter = CallCounter()
+
+        def choose(self, requests):
+            self.counter.record("choose", len(requests))
+            return [self.replies[r.seed % 2].pop(0) for r in requests]
+
+    with DecisionLog(tmp_path / "log.jsonl") as log:
+        policy = LLMPolicy(Broken(), max_retries=2, log=log)
+        first = decide([(policy, SITUATIONS[5])] * 2, seeds=[10, 11])
+    assert [(d.action, d.valid, d.attempts) for d in first] == [("defect", True, 3), (None, False, 3)]
+    assert [len(r["exchanges"]) for r in read_decisions(tmp_path / "log.jsonl")] == [3, 3]
+    replayed = decide([(LLMPolicy(ReplayBackend(tmp_path / "log.jsonl"), max_retries=2), SITUATIONS[5])] * 2,
+                      seeds=[10, 11])
+    assert [(d.action, d.valid, d.attempts) for d in replayed] == [("defect", True, 3), (None, False, 3)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("reason", [False, True])
 def test_llm_decisions_are_logged_and_replay_exactly(backend, tmp_path, reason):
