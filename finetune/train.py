@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from agents.errors import InputError
-from agents.records import file_sha256, write_json
+from agents.records import file_sha256, write_json, write_text
 
 MAX_RANK = 16  # vLLM's default --max-lora-rank
 FROZEN_CACHE_BYTES = 4 * 2**30   # the frozen-layer cache's memory (the main job's adapters: about 130 MB)
@@ -144,7 +144,10 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
                             optimizers=(optimizer, None))
     if options.answer_only_head and options.frozen_cache:
         trainer.frozen = FrozenLayerCache(first_trained_layer(model))
-    resume = checkpoints.exists() and any(checkpoints.glob("checkpoint-*"))
+    resume = resumable(checkpoints, {
+        "data_sha256": file_sha256(options.data), "base_model_sha256": model_hash(base),
+        "init_adapter_sha256": options.init_adapter and adapter_sha256(options.init_adapter),
+        "options": {k: v for k, v in asdict(options).items() if k not in ("data", "out", "base", "init_adapter")}})
     trainer.add_callback(epoch_order_callback(checkpoints if resume else None))
     started = time.time()
     result = trainer.train(resume_from_checkpoint=True if resume else None)
@@ -168,6 +171,21 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
     write_manifest(out, manifest)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return out
+
+
+def resumable(checkpoints: Path, run: dict) -> bool:
+    """Whether `checkpoints` holds a checkpoint of this run (`run`: its data, base model, initial
+    adapter and options, kept in checkpoints/run.json). Checkpoints of another run (other data or
+    options, the pipeline rerun with other --examples, say) are removed: training starts afresh
+    instead of resuming another run's steps (or failing on another rank's shapes)."""
+    stamp, text = checkpoints / "run.json", json.dumps(run, sort_keys=True, default=str)
+    found = any(checkpoints.glob("checkpoint-*"))
+    if found and not (stamp.exists() and stamp.read_text() == text):
+        print(f"{checkpoints}: checkpoints of another run (other data or options); training from the start")
+        shutil.rmtree(checkpoints)
+        found = False
+    write_text(stamp, text)
+    return found
 
 
 def sft_config(options: TrainOptions, checkpoints: Path, show_progress: bool = True):
@@ -270,26 +288,37 @@ def epoch_order_callback(checkpoints: Path | None):
     generator) from the global torch RNG at the epoch's start, and a run resumed within an epoch
     would draw it from a fresh state. The callback keeps the torch RNG state of the epoch's start
     in every checkpoint and, resuming from the last checkpoint in `checkpoints`, restores it at
-    that epoch's start; the Trainer then restores the checkpoint's own RNG after the skipped batches."""
+    that epoch's start; the Trainer then restores the checkpoint's own RNG after the skipped batches.
+    A checkpoint at an epoch's end resumes with the checkpoint's RNG, which the next epoch's start
+    records (it recorded the previous epoch's, and a second resume within that epoch drew another
+    order)."""
     import torch
     from transformers import TrainerCallback
+    from transformers.trainer_pt_utils import safe_globals
     from transformers.trainer_utils import get_last_checkpoint
 
     last = get_last_checkpoint(str(checkpoints)) if checkpoints else None
     saved = Path(last) / EPOCH_START_RNG if last else None
 
     class EpochOrder(TrainerCallback):
-        pending = torch.load(saved) if saved and saved.exists() else None
-        epoch_start = None
+        pending = torch.load(saved) if saved and saved.exists() else None    # {"epoch": k, "rng": state}
+        epoch, epoch_start = 0, None
 
         def on_epoch_begin(self, args, state, control, **kwargs):
-            if self.pending is not None:
-                torch.set_rng_state(self.pending)
-                self.pending = None
-            self.epoch_start = torch.get_rng_state()
+            self.epoch = int(state.epoch or 0)
+            if self.pending is None:
+                self.epoch_start = torch.get_rng_state()
+            elif self.pending["epoch"] == self.epoch:     # resumed within this epoch: its start's RNG
+                torch.set_rng_state(self.pending["rng"])
+                self.epoch_start = self.pending["rng"]
+            else:       # resumed at this epoch's start: the Trainer restores the checkpoint's RNG next
+                with safe_globals():          # the Trainer's own way of reading its RNG file (numpy states)
+                    self.epoch_start = torch.load(Path(last) / "rng_state.pth", weights_only=True)["cpu"]
+            self.pending = None
 
         def on_save(self, args, state, control, **kwargs):
-            torch.save(self.epoch_start, Path(args.output_dir) / f"checkpoint-{state.global_step}" / EPOCH_START_RNG)
+            torch.save({"epoch": self.epoch, "rng": self.epoch_start},
+                       Path(args.output_dir) / f"checkpoint-{state.global_step}" / EPOCH_START_RNG)
 
     return EpochOrder()
 

@@ -203,6 +203,56 @@ def test_training_interrupted_within_an_epoch_resumes_to_the_uninterrupted_adapt
     whole, resumed = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("whole", "resumed"))
     assert whole.keys() == resumed.keys()
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    # killed at the first epoch's end (checkpoint 4), resumed, killed within the second (checkpoint 6),
+    # resumed: the same adapter (the second resume used to draw another batch order)
+    twice = lambda: replace(options("twice"), save_steps=2)  # noqa: E731
+    def killed_after(k):
+        def training_step(self, *args, **kwargs):
+            if self.state.global_step == k:
+                raise KeyboardInterrupt
+            return step(self, *args, **kwargs)
+        return training_step
+
+    for killed_at in (4, 6):
+        monkeypatch.setattr(SFTTrainer, "training_step", killed_after(killed_at))
+        with pytest.raises(KeyboardInterrupt):
+            train(twice(), show_progress=False)
+        assert (tmp_path / "twice" / "checkpoints" / f"checkpoint-{killed_at}").is_dir()
+    monkeypatch.setattr(SFTTrainer, "training_step", step)
+    train(twice(), show_progress=False)
+    again = load_file(tmp_path / "twice" / "adapter_model.safetensors")
+    assert all(torch.equal(whole[k], again[k]) for k in whole)
+
+
+@pytest.mark.slow
+def test_checkpoints_of_other_options_are_not_resumed(tmp_path, model_folder, monkeypatch, capsys):
+    """Interrupted after its step-3 checkpoint, then rerun with another learning rate: the rerun
+    trains from the start (it used to resume the other run's steps and record only its own
+    options in the manifest)."""
+    from trl import SFTTrainer
+
+    from finetune.train import TrainOptions, train
+
+    write_jsonl(make_mixed_examples(HomoEconomicus(), {"games": 8}, seed=7), tmp_path / "data.jsonl")
+    options = lambda lr: TrainOptions(str(tmp_path / "data.jsonl"), str(tmp_path / "a"), max_steps=4,  # noqa: E731
+                                      batch_size=4, learning_rate=lr, save_steps=3)
+    step = SFTTrainer.training_step
+
+    def killed_after_step_3(self, *args, **kwargs):
+        if self.state.global_step == 3:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(SFTTrainer, "training_step", killed_after_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(options(1e-3), show_progress=False)
+    assert (tmp_path / "a" / "checkpoints" / "checkpoint-3").is_dir()
+    monkeypatch.setattr(SFTTrainer, "training_step", step)
+    capsys.readouterr()
+    train(options(2e-3), show_progress=False)
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["resumed"] is False and manifest["hyperparameters"]["learning_rate"] == 2e-3
+    assert "training from the start" in capsys.readouterr().out
 
 
 @pytest.mark.slow
