@@ -167,6 +167,15 @@ def test_tiny_training_lowers_the_loss_and_writes_a_manifest(tiny_adapter, model
     assert after < before - 0.1  # the trained answers became more likely
 
 
+def killed_after(step, k):
+    """SFTTrainer.training_step that raises KeyboardInterrupt once k steps are done (and saved)."""
+    def training_step(self, *args, **kwargs):
+        if self.state.global_step == k:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+    return training_step
+
+
 @pytest.mark.slow
 def test_training_interrupted_within_an_epoch_resumes_to_the_uninterrupted_adapter(tmp_path, model_folder,
                                                                                    monkeypatch):
@@ -188,12 +197,7 @@ def test_training_interrupted_within_an_epoch_resumes_to_the_uninterrupted_adapt
 
     step = SFTTrainer.training_step
 
-    def killed_after_step_6(self, *args, **kwargs):
-        if self.state.global_step == 6:
-            raise KeyboardInterrupt
-        return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(SFTTrainer, "training_step", killed_after_step_6)
+    monkeypatch.setattr(SFTTrainer, "training_step", killed_after(step, 6))
     with pytest.raises(KeyboardInterrupt):
         train(options("resumed"), show_progress=False)
     assert (tmp_path / "resumed" / "checkpoints" / "checkpoint-6").is_dir()
@@ -206,15 +210,8 @@ def test_training_interrupted_within_an_epoch_resumes_to_the_uninterrupted_adapt
     # killed at the first epoch's end (checkpoint 4), resumed, killed within the second (checkpoint 6),
     # resumed: the same adapter (the second resume used to draw another batch order)
     twice = lambda: replace(options("twice"), save_steps=2)  # noqa: E731
-    def killed_after(k):
-        def training_step(self, *args, **kwargs):
-            if self.state.global_step == k:
-                raise KeyboardInterrupt
-            return step(self, *args, **kwargs)
-        return training_step
-
     for killed_at in (4, 6):
-        monkeypatch.setattr(SFTTrainer, "training_step", killed_after(killed_at))
+        monkeypatch.setattr(SFTTrainer, "training_step", killed_after(step, killed_at))
         with pytest.raises(KeyboardInterrupt):
             train(twice(), show_progress=False)
         assert (tmp_path / "twice" / "checkpoints" / f"checkpoint-{killed_at}").is_dir()
@@ -238,12 +235,7 @@ def test_checkpoints_of_other_options_are_not_resumed(tmp_path, model_folder, mo
                                       batch_size=4, learning_rate=lr, save_steps=3)
     step = SFTTrainer.training_step
 
-    def killed_after_step_3(self, *args, **kwargs):
-        if self.state.global_step == 3:
-            raise KeyboardInterrupt
-        return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(SFTTrainer, "training_step", killed_after_step_3)
+    monkeypatch.setattr(SFTTrainer, "training_step", killed_after(step, 3))
     with pytest.raises(KeyboardInterrupt):
         train(options(1e-3), show_progress=False)
     assert (tmp_path / "a" / "checkpoints" / "checkpoint-3").is_dir()
