@@ -81,7 +81,7 @@ def market_runs(out: Path, adapters: str | Path = "adapters", run: dict | None =
 
     run = {**LLM_RUN, **(run or {})}
     rows = []
-    calvano = run_scenario("calvano", out / "calvano", progress=False)
+    calvano = run_scenario("calvano", out / "calvano", progress=False, restart_if_changed=True)
     rows.append({"market": "Q-learning vs Q-learning (Calvano, 100 sessions)", "sessions": 100,
                  "price": calvano["mean_price"], "delta": calvano["mean_delta"], "sd_delta": calvano["sd_delta"],
                  "periods": calvano["mean_periods"]})

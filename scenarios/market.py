@@ -190,7 +190,7 @@ def collect_sessions(s: MarketScenario, out: Path) -> dict:
     return summary
 
 
-def run_vectorised(s: MarketScenario, out: Path, progress: bool = True) -> dict:
+def run_vectorised(s: MarketScenario, out: Path, progress: bool = True, restart_if_changed: bool = False) -> dict:
     from tqdm import tqdm
 
     from agents.qlearning import profit_table
@@ -208,7 +208,8 @@ def run_vectorised(s: MarketScenario, out: Path, progress: bool = True) -> dict:
             bar.set_postfix(period=f"{periods:,}")
             bar.refresh()
         state = engine.learn(table, settings, run.sessions, s.seed, chunk=run.chunk,
-                             checkpoint=out / "checkpoint.npz", progress=report)
+                             checkpoint=out / "checkpoint.npz", progress=report,
+                             restart_if_changed=restart_if_changed)
     seconds = time.time() - started
     records, impulses = engine.summarise(state, table, grid, market.nash_profits(),
                                          market.monopoly_profits(), settings, run.deviation_periods)
@@ -246,7 +247,7 @@ def run_scenario(path: str | Path, out: str | Path, progress: bool = True, backe
         raise ConfigError(f"{out} holds a Mesa run: use another --out or delete it")
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    summary = {"scenario": s.name, **run_vectorised(s, out, progress)}
+    summary = {"scenario": s.name, **run_vectorised(s, out, progress, restart_if_changed)}
     write_json(out / "summary.json", summary)
     write_manifest(out, "market run", s.path, s.raw, s.seed, None, {}, started)
     return summary

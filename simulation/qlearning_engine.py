@@ -161,16 +161,17 @@ def fingerprint(table: np.ndarray, settings: QLearningSettings, sessions: int, s
 
 
 def learn(table: np.ndarray, settings: QLearningSettings, sessions: int, seed: int = 0,
-          chunk: int = 200_000, checkpoint: str | Path | None = None, progress=None) -> Sessions:
+          chunk: int = 200_000, checkpoint: str | Path | None = None, progress=None,
+          restart_if_changed: bool = False) -> Sessions:
     """Run sessions to convergence (or max_periods) in chunks; with `checkpoint`, resume from and
-    save to that file after every chunk. `progress(done, total, max_t)` is called per chunk."""
+    save to that file after every chunk (a checkpoint of another study is refused, or with
+    `restart_if_changed` started afresh). `progress(done, total, max_t)` is called per chunk."""
     study = fingerprint(table, settings, sessions, seed)
-    if checkpoint and Path(checkpoint).exists():
-        state = Sessions.load(checkpoint)
-        if state.study != study:
-            raise InputError(f"checkpoint {checkpoint} belongs to another study (market, settings, "
-                             "sessions or seed differ); remove it or use another --out")
-    else:
+    state = Sessions.load(checkpoint) if checkpoint and Path(checkpoint).exists() else None
+    if state is not None and state.study != study and not restart_if_changed:
+        raise InputError(f"checkpoint {checkpoint} belongs to another study (market, settings, "
+                         "sessions or seed differ); remove it or use another --out")
+    if state is None or state.study != study:
         state = start(table, settings, sessions, seed)
         state.study = study
     while not state.done(settings).all():

@@ -179,6 +179,13 @@ def test_a_folder_holding_another_run_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]          # after the progress bar
     assert last.startswith("econalign: error:") and "belongs to another study" in last and "Traceback" not in err
+    # the main job owns its folder: with restart_if_changed the other study's checkpoint is replaced
+    # (a main job rerun after the market's prices changed in their last digits used to stop here)
+    from scenarios.market import run_scenario
+
+    replaced = run_scenario(tmp_path / "b.toml", tmp_path / "o", progress=False, restart_if_changed=True)
+    fresh = run_scenario(tmp_path / "b.toml", tmp_path / "fresh", progress=False)
+    assert replaced["mean_delta"] == fresh["mean_delta"] and replaced["mean_periods"] == fresh["mean_periods"]
     (tmp_path / "mesa.toml").write_text('[run]\nsteps = 3\n' + '[[firm]]\ntype = "qlearning"\n' * 2)
     assert main(["market", "run", str(tmp_path / "mesa.toml"), "--out", str(tmp_path / "o")]) == 2
     assert "holds a vectorised run" in capsys.readouterr().err     # not a Mesa report over its files
