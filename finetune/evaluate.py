@@ -77,7 +77,7 @@ def policy_identity(policy) -> str:
     weights = Path(path) / "adapter_model.safetensors" if path else None
     digest = file_sha256(weights) if weights and weights.exists() else adapter
     asked = "|".join(f"{k}={getattr(policy, k, None)}" for k in ("reason", "temperature", "sample", "max_tokens",
-                                                                "max_retries", "seed"))
+                                                                "max_retries"))   # seeds: per item (_seed)
     return f"{getattr(backend, 'model_path', '?')}|{asked}|{digest}"
 
 

@@ -16,9 +16,9 @@ import pandas as pd
 from agents.records import write_json, write_text
 from scenarios.runs import (
     build_backend,
+    forget_decisions,
     loaded_adapters,
     make_policies,
-    replay_file,
     replayed,
     run_stamp,
     set_aside_for_replay,
@@ -133,8 +133,7 @@ def run_av_scenario(path: str | Path, out: str | Path, progress: bool = True, ba
     log_path, stamp = out / "decisions.jsonl", out / "run.json"
     config = run_stamp(s.raw, s.llm.adapters, preferences)
     if not (stamp.exists() and stamp.read_text() == config):    # the log's answers are another run's
-        log_path.unlink(missing_ok=True)
-        replay_file(log_path).unlink(missing_ok=True)
+        forget_decisions(log_path)
     recorded = set_aside_for_replay(log_path)     # the log is written again, each decision once
     write_text(stamp, config)
     if s.uses_llm and backend is None:

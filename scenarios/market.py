@@ -22,9 +22,9 @@ import pandas as pd
 from agents.records import write_json, write_text
 from scenarios.runs import (
     build_backend,
+    forget_decisions,
     loaded_adapters,
     make_policies,
-    replay_file,
     replayed,
     run_stamp,
     set_aside_for_replay,
@@ -121,8 +121,7 @@ def resume_sessions(s: MarketScenario, out: Path, restart_if_changed: bool = Fal
         if kept and not restart_if_changed:
             raise ConfigError(f"{out} holds sessions of a different scenario: use another --out or delete it")
         shutil.rmtree(sessions)
-        log.unlink(missing_ok=True)
-        replay_file(log).unlink(missing_ok=True)
+        forget_decisions(log)
     sessions.mkdir(parents=True, exist_ok=True)
     write_text(stamp, config)
     finished = {json.loads(p.read_text())["session"] for p in sessions.glob("*/record.json")}

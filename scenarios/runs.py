@@ -76,6 +76,12 @@ def replayed(log: Path) -> None:
     replay_file(log).unlink(missing_ok=True)
 
 
+def forget_decisions(log: Path) -> None:
+    """The log of another run (other settings or adapter weights), and what it set aside: removed."""
+    log.unlink(missing_ok=True)
+    replay_file(log).unlink(missing_ok=True)
+
+
 def make_policies(llm: LLMSection, preferences, seed: int, backend, log) -> dict:
     """One LLM policy per preference type."""
     from agents.policies import LLMPolicy
