@@ -78,7 +78,10 @@ def policy_identity(policy) -> str:
     digest = file_sha256(weights) if weights and weights.exists() else adapter
     asked = "|".join(f"{k}={getattr(policy, k, None)}" for k in ("reason", "temperature", "sample", "max_tokens",
                                                                 "max_retries"))   # seeds: per item (_seed)
-    return f"{getattr(backend, 'model_path', '?')}|{asked}|{digest}"
+    placement = getattr(backend, "placement", None)     # answers on a GPU or in bf16 are not a CPU's float32 ones
+    where = f"|{placement.device.split(':')[0]}/{placement.dtype}" \
+        if placement is not None and (placement.device, placement.dtype) != ("cpu", "float32") else ""
+    return f"{getattr(backend, 'model_path', '?')}|{asked}|{digest}{where}"
 
 
 def run(items: Sequence[Item], policies: dict, out: str | Path, batch_size: int = 64,

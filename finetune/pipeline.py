@@ -123,10 +123,15 @@ def _up_to_date(folder: Path, data: Path, options: TrainOptions, base_hash: str)
     if not manifest or not (folder / "adapter_model.safetensors").exists():
         return False
     # the starting adapter is compared by its weights' hash, not by the folder it lies in
-    wanted = {k: v for k, v in asdict(options).items() if k not in ("data", "out", "base", "init_adapter")}
-    recorded = {k: v for k, v in manifest.get("hyperparameters", {}).items() if k != "init_adapter"}
+    # and the precision by what it resolves to (an adapter trained in float32 is not one trained in bf16)
+    from agents.llm.devices import resolve_placement
+
+    skip = ("data", "out", "base", "init_adapter", "device", "dtype")
+    wanted = {k: v for k, v in asdict(options).items() if k not in skip}
+    recorded = {k: v for k, v in manifest.get("hyperparameters", {}).items() if k not in skip}
     start = options.init_adapter and adapter_sha256(options.init_adapter)
     return (manifest.get("data", {}).get("sha256") == file_sha256(data)
+            and manifest.get("dtype", "float32") == resolve_placement(options.device, options.dtype).dtype
             and manifest.get("base_model_sha256") == base_hash
             and manifest.get("init_adapter_sha256") == (start or None)
             and json.loads(json.dumps(wanted)) == recorded)
@@ -208,7 +213,8 @@ def run_pipeline(options: PipelineOptions, log=print) -> dict:
         train_adapter(pref, counts, parts.probe, {**parts.options, **options.train}, registry / adapter,
                       out / "data", base, base_hash, options.seed, options.style, log, options.probe_phase)
         trained[adapter] = pref
-    evaluate_adapters(registry, trained, out / "eval", base=options.base, small=options.small, log=log)
+    evaluate_adapters(registry, trained, out / "eval", base=options.base, small=options.small, log=log,
+                      device=options.train.get("device", "auto"), dtype=options.train.get("dtype", "auto"))
     return {name: read_manifest(registry / name) for name in trained}
 
 
@@ -222,9 +228,10 @@ def heldout_games(preferences, small: bool = False) -> list:
 
 
 def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, small: bool = False,
-                      log=print, application_items: int = 60):
+                      log=print, application_items: int = 60, device: str = "auto", dtype: str = "auto"):
     """Base model vs each adapter on the held-out items of every domain (games battery, pricing,
-    AV) and the AV choice curve; scores go into each manifest."""
+    AV) and the AV choice curve, on `device` in `dtype` (agents.llm.devices); scores go into
+    each manifest."""
     from agents.llm.decision_log import DecisionLog
     from agents.llm.transformers_backend import TransformersBackend
     from agents.policies import LLMPolicy
@@ -254,7 +261,7 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
                 for pref in adapters.values()}
     excluded = {pref.name: {i.item_id for i in items if near_threshold(pref, i.situation())}
                 for pref in adapters.values()}
-    backend = TransformersBackend(base, adapters={n: registry / n for n in adapters})
+    backend = TransformersBackend(base, adapters={n: registry / n for n in adapters}, device=device, dtype=dtype)
     with DecisionLog(out / "decisions.jsonl") as log_file:
         # every policy answers as the adapters were trained to: reasoning (or the role) first
         tokens = {"reasoning": EVAL_TOKENS, "role": 24, "answer": 16}[style]
@@ -329,6 +336,7 @@ def write_evaluation_records(registry: Path, adapters: dict, out: Path, base, sm
         "job": "finetune evaluate", "base": str(base or "embedded"), "small": small,
         "adapters": {name: {"preference": m.get("preference"), "sha256": adapter_sha256(registry / name),
                             "situations": m.get("situations"), "precision": m.get("precision"),
+                            "device": m.get("device"),
                             "train_seconds": m.get("train_seconds"),
                             "evaluation_seconds": m.get("evaluation", {}).get("seconds")}
                      for name, m in manifests.items()},
@@ -366,7 +374,8 @@ def registered_adapters(folder: str | Path, names: list[str], base: str | None =
 def run_evaluate(args) -> int:
     """`econalign finetune evaluate`: the base model vs the adapters on every domain's held-out items."""
     adapters = registered_adapters(args.adapters, args.adapter, args.base)
-    evaluate_adapters(Path(args.adapters), adapters, Path(args.out), base=args.base, small=args.small)
+    evaluate_adapters(Path(args.adapters), adapters, Path(args.out), base=args.base, small=args.small,
+                      device=args.device, dtype=args.dtype)
     print(f"tables: {args.out}/scores.md")
     return 0
 
@@ -380,8 +389,7 @@ def run_pipeline_command(args) -> int:
     if args.epochs is not None and not args.epochs > 0:
         raise InputError(f"--epochs must be positive, got {args.epochs}")
     train = {"epochs": args.epochs} if args.epochs else {}
-    if args.bf16:
-        train["bf16"] = True
+    train.update(device=args.device, dtype=args.dtype)
     run_pipeline(PipelineOptions(adapters=args.adapters, out=args.out, base=args.base,
                                  situations=parse_situations(args.situations), examples=args.examples,
                                  small=args.small, style=args.style, train=train))
@@ -398,6 +406,7 @@ def add_commands(commands) -> None:
     fe.add_argument("--base", help="base model (default: the embedded model)")
     fe.add_argument("--small", action="store_true")
     fe.add_argument("--out", default="outputs/finetune/eval")
+    commands.placement(fe)
     fp = commands.add("pipeline", run_pipeline_command, "data -> train -> evaluate for economicus and moralis-0.5",
                       group="finetune", out="out")
     fp.add_argument("--adapters", default="adapters")
@@ -407,7 +416,7 @@ def add_commands(commands) -> None:
                     help="situations in the training data, each optionally with its count "
                          "(default: all three, counts from the recipe); `games` alone is the paper's set-up")
     fp.add_argument("--examples", type=int, help="games examples per adapter (default: economicus 128, moralis 160)")
-    fp.add_argument("--bf16", action="store_true", help="train with bf16 autocast (default float32)")
+    commands.placement(fp)
     fp.add_argument("--epochs", type=float, help="epochs per adapter (default 2)")
     fp.add_argument("--small", action="store_true", help="evaluate on the small held-out battery")
     fp.add_argument("--style", choices=STYLES, default="answer",

@@ -44,8 +44,9 @@ class TrainOptions:
     max_length: int = 512
     max_steps: int = -1
     seed: int = 0
-    bf16: bool = False                # bf16 autocast (about as fast as float32 on a CPU; float32 is the
-                                      # same everywhere)
+    device: str = "auto"              # agents.llm.devices: auto = a CUDA GPU if any, else the CPU
+    dtype: str = "auto"               # auto = bfloat16 on a GPU (weights and autocast), float32 on the CPU;
+                                      # bfloat16 on a CPU: autocast over float32 weights
     attention: str = "eager"          # eager attention trains faster than sdpa on CPUs (benchmarks/train_speed.py)
     answer_only_head: bool = True     # False: TRL's own tiled LM head (slower on CPUs, same loss)
     frozen_cache: bool = True         # answer-only head with top_layers: the frozen layers' output
@@ -64,6 +65,9 @@ class TrainOptions:
             raise InputError(f"top_layers must be >= 0 (0: every layer), got {self.top_layers}")
         if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0 or self.loraplus_ratio <= 0:
             raise InputError("epochs, batch_size, learning_rate and loraplus_ratio must be positive")
+        from agents.llm.devices import check_names
+
+        check_names(self.device, self.dtype)
         if self.init_adapter and not (Path(self.init_adapter) / "adapter_config.json").exists():
             raise InputError(f"init_adapter {self.init_adapter} holds no adapter_config.json")
 
@@ -99,10 +103,12 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
+    from agents.llm.devices import resolve_placement
     from agents.llm.models import model_hash, resolve
     from finetune.dataset import read_jsonl
 
     options.check()
+    placement = resolve_placement(options.device, options.dtype)
     # PEFT 0.21 and TRL 1.16 read transformers 5's deprecated name on every model they wrap; not ours to fix
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     out = Path(options.out)
@@ -118,10 +124,12 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
     dataset = Dataset.from_list([{"prompt": e["messages"][:-1], "completion": e["messages"][-1:]}
                                  for e in examples])
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32,
-                                                 attn_implementation=options.attention)
+    if placement.on_gpu:
+        torch.cuda.set_device(placement.device)          # the Trainer trains on the current CUDA device
+    weights = placement.torch_dtype() if placement.on_gpu else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=weights, attn_implementation=options.attention)
     checkpoints = out / "checkpoints"
-    config = sft_config(options, checkpoints, show_progress)
+    config = sft_config(options, checkpoints, show_progress, placement)
     layers = model.config.num_hidden_layers
     if options.top_layers > layers:
         raise InputError(f"top_layers must be at most the model's {layers} layers, got {options.top_layers}")
@@ -147,7 +155,8 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
     resume = resumable(checkpoints, {
         "data_sha256": file_sha256(options.data), "base_model_sha256": model_hash(base),
         "init_adapter_sha256": options.init_adapter and adapter_sha256(options.init_adapter),
-        "options": {k: v for k, v in asdict(options).items() if k not in ("data", "out", "base", "init_adapter")}})
+        "options": {k: v for k, v in asdict(options).items() if k not in ("data", "out", "base", "init_adapter")},
+        "placement": placement.as_dict()})
     trainer.add_callback(epoch_order_callback(checkpoints if resume else None))
     started = time.time()
     result = trainer.train(resume_from_checkpoint=True if resume else None)
@@ -162,10 +171,12 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
         "base_model": base.name, "base_model_sha256": model_hash(base),
         "init_adapter_sha256": options.init_adapter and adapter_sha256(options.init_adapter),
         "data": {"path": str(options.data), "sha256": file_sha256(options.data), "examples": len(examples)},
-        "hyperparameters": {k: v for k, v in asdict(options).items() if k not in ("data", "out", "base")},
+        "hyperparameters": {k: v for k, v in asdict(options).items()
+                            if k not in ("data", "out", "base", "device", "dtype")},
+        **placement.as_dict(),
         "versions": library_versions(), "loss_curve": losses,
         "train_seconds": round(seconds, 1), "resumed": resume,
-        "precision": "bfloat16 autocast" if options.bf16 else "float32",
+        "precision": "float32" if placement.dtype == "float32" else f"{placement.dtype} autocast",
         "samples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 3),
     }
     write_manifest(out, manifest)
@@ -188,11 +199,15 @@ def resumable(checkpoints: Path, run: dict) -> bool:
     return found
 
 
-def sft_config(options: TrainOptions, checkpoints: Path, show_progress: bool = True):
-    """TRL's SFTConfig for `options`: length-grouped batches, no activation checkpointing, a
-    checkpoint every `save_steps`; `options.extra` overrides any of these."""
-    import torch
+def sft_config(options: TrainOptions, checkpoints: Path, show_progress: bool = True, placement=None):
+    """TRL's SFTConfig for `options` on `placement` (resolved device and dtype; default: resolved
+    from options): length-grouped batches, no activation checkpointing, a checkpoint every
+    `save_steps`; `options.extra` overrides any of these."""
     from trl import SFTConfig
+
+    from agents.llm.devices import resolve_placement
+
+    placement = placement or resolve_placement(options.device, options.dtype)
 
     recompute = "activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__ \
         else "gradient_checkpointing"
@@ -203,7 +218,8 @@ def sft_config(options: TrainOptions, checkpoints: Path, show_progress: bool = T
         lr_scheduler_type=options.schedule, warmup_steps=2, logging_steps=options.logging_steps,
         save_steps=options.save_steps, save_total_limit=1, seed=options.seed, data_seed=options.seed,
         max_length=options.max_length, completion_only_loss=True, report_to="none",
-        bf16=options.bf16, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+        bf16=placement.dtype == "bfloat16", fp16=placement.dtype == "float16", use_cpu=not placement.on_gpu,
+        dataloader_num_workers=0,
         disable_tqdm=not show_progress, **{**defaults, **options.extra})
 
 
@@ -372,7 +388,8 @@ TRAIN_FLAGS = {"base": "base model (default: the embedded model)", "rank": "LoRA
                "epochs": "epochs", "batch_size": "batch size", "learning_rate": "peak learning rate",
                "max_steps": "stop after this many steps (-1: the epochs decide)", "seed": "seed",
                "top_layers": "adapt only the top N layers (0: all)",
-               "bf16": "bf16 autocast (default float32, the same on every CPU)",
+               "device": "auto (a CUDA GPU if any, else the CPU), cpu, cuda or cuda:N",
+               "dtype": "auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16 or float16",
                "frozen_cache": "compute the frozen layers' output once per example (with --top-layers)"}
 
 

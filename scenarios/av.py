@@ -24,7 +24,7 @@ from scenarios.runs import (
     set_aside_for_replay,
     write_manifest,
 )
-from scenarios.settings import AVScenario, load_av_scenario
+from scenarios.settings import AVScenario, load_av_scenario, placement_overrides
 
 
 def deciders(s: AVScenario, policies: dict) -> list[tuple[str, object]]:
@@ -154,7 +154,7 @@ def run_av_command(args) -> int:
     """`econalign av run`: one AV scenario file; the summary's headline figures."""
     import json
 
-    summary = run_av_scenario(args.config, args.out)
+    summary = run_av_scenario(args.config, args.out, overrides=placement_overrides(args))
     shown = {k: summary[k] for k in ("scenario", "dilemmas", "backend_calls_per_step", "invalid_decisions", "by_type")}
     print(json.dumps(shown, indent=2, default=float))
     print(f"results: {args.out}/ (summary.json, manifest.json, plots)")

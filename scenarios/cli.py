@@ -64,13 +64,33 @@ class Commands:
                                     default=default, help=helps[f.name] + (f" (default {default})"
                                                                             if default is not None else ""))
 
+    @staticmethod
+    def placement(parser, default: str | None = "auto", where: str = "") -> None:
+        """--device and --dtype of the in-process model (agents.llm.devices)."""
+        from agents.llm.devices import DEVICES, DTYPES, check_names
+
+        def device(value: str) -> str:
+            try:
+                check_names(device=value)
+            except InputError as err:
+                raise argparse.ArgumentTypeError(str(err)) from None
+            return value
+
+        shown = f" (default {default})" if default else f" (default: {where})"
+        parser.add_argument("--device", type=device, default=default, metavar="|".join(DEVICES),
+                            help="where the in-process model runs: auto = a CUDA GPU if any, else the CPU" + shown)
+        parser.add_argument("--dtype", choices=DTYPES, default=default,
+                            help="its precision: auto = bfloat16 on a GPU, float32 on the CPU" + shown)
+
     def scenario_run(self, group: str, run, folder: str, examples: str) -> argparse.ArgumentParser:
         """`econalign GROUP run CONFIG --out DIR` for the scenario files in scenarios/FOLDER/."""
         command = self.add("run", run, f"run a scenario file (scenarios/{folder}/*.toml)", group=group, out="out",
                            report=True)
         command.add_argument("config", help=f"scenario TOML file, or a bundled scenario name ({examples})")
         command.add_argument("--out", required=True, help="folder for step data, manifest, decision log, plots")
+        self.placement(command, None, "the scenario's [llm] device and dtype")
         return command
+
 
 
 def build_parser() -> argparse.ArgumentParser:

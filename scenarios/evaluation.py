@@ -31,8 +31,10 @@ def parse_theory(spec: str):
 
 def build_policies(backend_name: str, model: str | None = None, url: str | None = None,
                    adapters=(), theory=(), log=None, include_base: bool = True,
-                   utility: str = "linear", replay: str | None = None) -> dict:
-    """Named policies for an evaluation: the base model, each adapter, each theory type."""
+                   utility: str = "linear", replay: str | None = None, device: str = "auto",
+                   dtype: str = "auto") -> dict:
+    """Named policies for an evaluation: the base model, each adapter, each theory type
+    (`device`, `dtype`: where the transformers backend runs, agents.llm.devices)."""
     from agents.llm.backend import BackendError
     from agents.policies import LLMPolicy, TheoryPolicy
 
@@ -48,7 +50,7 @@ def build_policies(backend_name: str, model: str | None = None, url: str | None 
                     if not sep:
                         name, path = Path(spec).name, spec
                     paths[name] = path
-                backend = TransformersBackend(model, adapters=paths)
+                backend = TransformersBackend(model, adapters=paths, device=device, dtype=dtype)
                 names = list(paths)
             elif backend_name == "openai":
                 from agents.llm.openai_backend import OpenAIBackend
@@ -112,7 +114,7 @@ def run_games_eval(args) -> int:
     with DecisionLog(out / "decisions.jsonl") as log:
         policies = build_policies(args.backend, args.model, args.url, args.adapter, args.theory,
                                   log=log, include_base=not args.no_base, utility=args.utility,
-                                  replay=args.log)
+                                  replay=args.log, device=args.device, dtype=args.dtype)
         summary, totals = evaluate_games(policies, out, small=args.small, split=args.split,
                                          utility=args.utility, batch_size=args.batch_size)
     print(totals.to_string(index=False))
@@ -137,4 +139,5 @@ def add_commands(commands) -> None:
     ev.add_argument("--utility", choices=("linear", "log"), default="linear",
                     help="material utility of the theory tags")
     ev.add_argument("--batch-size", type=int, default=64)
+    commands.placement(ev)
     ev.add_argument("--out", default="outputs/games", help="report folder (rerun resumes)")

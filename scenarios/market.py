@@ -30,7 +30,7 @@ from scenarios.runs import (
     set_aside_for_replay,
     write_manifest,
 )
-from scenarios.settings import ConfigError, MarketScenario, load_scenario
+from scenarios.settings import ConfigError, MarketScenario, load_scenario, placement_overrides
 
 
 def llm_preferences(s: MarketScenario) -> list[str]:
@@ -301,7 +301,7 @@ def run_scenarios(jobs: list[tuple[MarketScenario, Path]], backend=None, progres
 
 def run_market_command(args) -> int:
     """`econalign market run`: one scenario file's sessions; the summary's headline figures."""
-    summary = run_scenario(args.config, args.out)
+    summary = run_scenario(args.config, args.out, overrides=placement_overrides(args))
     shown = {k: v for k, v in summary.items() if k in ("scenario", "engine", "mean_delta", "sd_delta",
                                                        "mean_price_index", "mean_price", "converged_share",
                                                        "backend_calls_per_step", "invalid_decisions")}

@@ -22,7 +22,7 @@ def build_backend(llm: LLMSection, preferences, seed: int, log):
     try:
         if llm.backend == "transformers":
             from agents.llm.transformers_backend import TransformersBackend
-            backend = TransformersBackend(llm.model or None, adapters=paths)
+            backend = TransformersBackend(llm.model or None, adapters=paths, device=llm.device, dtype=llm.dtype)
         elif llm.backend == "openai":
             from agents.llm.openai_backend import OpenAIBackend
             backend = OpenAIBackend(llm.url, model=llm.model or "base", timeout=llm.timeout, retries=llm.retries)

@@ -35,6 +35,7 @@ from pydantic import (
 )
 
 from agents.errors import InputError
+from agents.llm.devices import DTYPES, check_names
 from agents.preferences import from_name
 from agents.qlearning import QLearningSettings, check_q_size
 from markets.bertrand import CALVANO_GRID, LogitBertrand
@@ -63,6 +64,16 @@ def llm_preference(value: str) -> str:
 LLMPreference = Annotated[str, AfterValidator(llm_preference)]
 
 
+def device_name(value: str) -> str:
+    """A device as agents.llm.devices spells it (auto, cpu, cuda, cuda:N); whether this machine
+    has it is checked when the backend starts."""
+    try:
+        check_names(device=value)
+    except InputError as err:
+        raise ValueError(str(err)) from None
+    return value
+
+
 class TheoryAgent(Section):
     """A theory firm or AV: homo economicus, or homo moralis of degree kappa (agents.preferences
     checks the pair)."""
@@ -82,6 +93,9 @@ class TheoryAgent(Section):
 class LLMSection(Section):
     backend: Literal["transformers", "openai", "replay"] = "transformers"
     model: str | None = None
+    # transformers backend: auto = a CUDA GPU in bfloat16 if there is one, else the CPU in float32
+    device: Annotated[str, AfterValidator(device_name)] = "auto"
+    dtype: Literal[DTYPES] = "auto"
     url: str = "http://127.0.0.1:8000"
     adapters: str = "adapters"
     temperature: float = Field(0.0, ge=0, le=10)
@@ -498,3 +512,10 @@ def cell_overrides(settings: dict) -> dict:
         section, _, name = key.rpartition(".")
         out.setdefault(section, {})[name] = value
     return out
+
+
+def placement_overrides(args) -> dict:
+    """--device and --dtype given on the command line, as scenario overrides ({"llm": {...}})."""
+    given = {k: getattr(args, k, None) for k in ("device", "dtype")}
+    given = {k: v for k, v in given.items() if v is not None}
+    return {"llm": given} if given else {}

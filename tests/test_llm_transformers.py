@@ -147,3 +147,70 @@ def test_unknown_and_broken_adapters_are_refused(adapter_backend, tmp_path):
     (tmp_path / "broken" / "adapter_config.json").write_text("{}")
     with pytest.raises(BackendError, match="broken"):
         adapter_backend.load_adapter("broken", tmp_path / "broken")
+
+
+def _bundled_requests(tmp_path) -> list:
+    """Every choose request the bundled LLM market and AV scenarios ask in their first periods
+    (recorded through a stand-in model), and a reasoning prefix of the games."""
+    from conftest import HashBackend
+    from scenarios.av import run_av_scenario
+    from scenarios.market import run_scenario
+    from scenarios.settings import BUNDLED_AVS, BUNDLED_MARKETS
+
+    asked = []
+
+    class Recording(HashBackend):
+        def choose(self, requests):
+            asked.extend(requests)
+            return super().choose(requests)
+
+    for path in sorted(BUNDLED_MARKETS.glob("llm_*.toml")):
+        run_scenario(path, tmp_path / path.stem, progress=False, backend=Recording(),
+                     overrides={"run": {"steps": 3, "sessions": 1, "deviation": False}})
+    for path in sorted(BUNDLED_AVS.glob("llm_*.toml")):
+        run_av_scenario(path, tmp_path / f"av-{path.stem}", progress=False, backend=Recording(),
+                        overrides={"run": {"steps": 3}})
+    return asked + [CHOICES[0].__class__(CHOICES[0].messages, options=(" cooperate", " defect"),
+                                         prefix="Defecting pays more whatever the other does. ANSWER:")]
+
+
+def test_cached_option_ids_equal_the_whole_chat_rendered_for_every_bundled_prompt(backend, tmp_path):
+    """An option's tokens are cached by the prompt's end and the option; they equal those of the
+    whole chat rendered with that answer for every prompt and option the bundled scenarios ask,
+    and the batch-tokenized prompts equal the chat template's own tokenization."""
+    requests = _bundled_requests(tmp_path)
+    assert len(requests) > 20 and len({r.messages for r in requests}) > 10
+    batched = backend.prompts_ids(requests)
+    for request, prompt in zip(requests, batched):
+        chat = request.message_dicts() + ([{"role": "assistant", "content": request.prefix}] if request.prefix else [])
+        alone = backend.tokenizer.apply_chat_template(chat, tokenize=True, return_dict=True,
+                                                      add_generation_prompt=not request.prefix,
+                                                      continue_final_message=bool(request.prefix))["input_ids"]
+        assert prompt == list(alone)
+        for option in request.options:
+            assert list(backend.cached_option_ids(request, option, prompt)) == backend.option_ids(request, option,
+                                                                                                 prompt)
+    assert len(backend._option_cache) < sum(len(r.options) for r in requests) / 5   # reused, not recomputed
+
+
+def test_option_scores_are_gathered_once_per_call(backend, monkeypatch):
+    """Nothing per token or per option crosses to the host: the scores come back in one transfer."""
+    transfers = []
+    original = torch.Tensor.cpu
+
+    def counted(self, *args, **kwargs):
+        transfers.append(tuple(self.shape))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counted)
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: pytest.fail("a per-value .item() sync"))
+    scores = backend.option_logprobs(CHOICES)
+    assert transfers == [(len(CHOICES), max(len(r.options) for r in CHOICES))]
+    assert [len(s) for s in scores] == [len(r.options) for r in CHOICES]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU default")
+def test_a_backend_states_where_it_runs(backend):
+    """On a machine without CUDA, auto is the CPU in float32 (every recorded figure's setting)."""
+    assert (backend.placement.device, backend.placement.dtype) == ("cpu", "float32")
+    assert next(backend.model.parameters()).dtype == torch.float32

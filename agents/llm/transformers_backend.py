@@ -6,25 +6,33 @@ simulation step costs one prefill per adapter group:
 
 * `generate`: a KV-cached decoding loop with per-request greedy or seeded sampling, so a
   request's output does not depend on the batch it is in.
-* `choose`: the prompts are prefilled once; the cache is then repeated for each option and all
-  option tokens are scored in one more forward pass (see agents.llm.backend for the rule).
+* `choose`: the prompts are prefilled once; the options' tokens are then scored in one more
+  forward pass as a token trie (see agents.llm.backend for the rule), and every option's score
+  is gathered on the device and moved to the host once per call.
+
+The model is placed by `device` and `dtype` (agents.llm.devices: "auto" is the GPU in bfloat16
+where there is one, else the CPU in float32). Host work per request is one chat-template render
+(all prompts of a call tokenized in one batch); an option's tokens depend only on the prompt's
+end (its assistant `prefix`) and the option, so they are computed once per backend and reused.
 """
 from __future__ import annotations
 
 import contextlib
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from agents.llm.backend import BackendError, CallCounter, Request, check_choice_requests, softmax
+from agents.llm.devices import resolve_placement
 from agents.llm.models import resolve
 
 
 def _peft_name(name: str) -> str:
     """PEFT's module names cannot hold dots (as in `moralis-0.5`): "_" is written "_u" and "." "_d",
-    so that no two adapter names share a module name (`m.5` and `m_5` did, and one served both)."""
+    so that no two adapter names share a module name."""
     return name.replace("_", "_u").replace(".", "_d")
 
 
@@ -32,7 +40,11 @@ class TransformersBackend:
     name = "transformers"
 
     def __init__(self, model: str | Path | None = None, adapters: dict[str, str | Path] | None = None,
-                 max_batch: int = 64, threads: int | None = None):
+                 max_batch: int | None = None, threads: int | None = None, device: str = "auto",
+                 dtype: str = "auto"):
+        """`model`: a model folder, a prepared .gguf or None (the embedded default); `adapters`:
+        {name: folder}; `max_batch`: requests per forward pass (default 64 on the CPU, 256 on a
+        GPU); `device`, `dtype`: see agents.llm.devices."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -40,12 +52,35 @@ class TransformersBackend:
         hf_logging.disable_progress_bar()   # our own progress bars say what is going on
         if threads:
             torch.set_num_threads(threads)
+        placement = resolve_placement(device, dtype)
         self.model_path = resolve(model)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32).eval()
+        placed = {"device_map": {"": placement.device}} if placement.on_gpu else {}
+        loaded = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=placement.torch_dtype(), **placed)
+        self._setup(loaded, AutoTokenizer.from_pretrained(self.model_path), placement, max_batch)
+        for name, path in (adapters or {}).items():
+            self.load_adapter(name, path)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, max_batch: int | None = None) -> TransformersBackend:
+        """A backend around a model already built and placed (benchmarks time random-weight models
+        of any shape this way); adapters cannot be loaded into it (no base-model folder to check)."""
+        from agents.llm.devices import Placement
+
+        backend = cls.__new__(cls)
+        backend.model_path = None
+        parameter = next(model.parameters())
+        placement = Placement(str(parameter.device), str(parameter.dtype).removeprefix("torch."))
+        backend._setup(model, tokenizer, placement, max_batch)
+        return backend
+
+    def _setup(self, model, tokenizer, placement, max_batch: int | None) -> None:
+        import torch
+
+        self.model, self.tokenizer, self.placement = model.eval(), tokenizer, placement
+        self.device = torch.device(placement.device)
         self.adapters: dict[str, Path] = {}
         self._base_sha256: str | None = None
-        self.max_batch = max_batch
+        self.max_batch = max_batch or (256 if placement.on_gpu else 64)
         self.counter = CallCounter()
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
@@ -53,11 +88,11 @@ class TransformersBackend:
         configured = getattr(self.model.generation_config, "eos_token_id", None)
         ends.update(configured if isinstance(configured, list) else [configured])
         self.end_ids = {e for e in ends if e is not None}
+        self._option_cache: dict[tuple[str, str], tuple[int, ...]] = {}
+        self._trie_cache: dict[tuple[tuple[int, ...], ...], OptionTrie] = {}
         # transformers >= 5.20 names the KV cache `cache`, earlier releases `past_key_values`
         self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
             else "past_key_values"
-        for name, path in (adapters or {}).items():
-            self.load_adapter(name, path)
 
     @property
     def calls(self) -> int:
@@ -73,6 +108,8 @@ class TransformersBackend:
         from agents.llm.models import model_hash
         from agents.llm.server import AdapterError, inspect_adapter
 
+        if self.model_path is None:
+            raise BackendError("this backend wraps a model built in memory; adapters need a model folder")
         path = Path(path)
         if self._base_sha256 is None:
             self._base_sha256 = model_hash(self.model_path)
@@ -118,17 +155,28 @@ class TransformersBackend:
     # ------------------------------------------------------------------ tokens
     def prompt_ids(self, request: Request) -> list[int]:
         """The prompt: the chat up to the assistant's turn, plus its `prefix` if any."""
-        if request.prefix:
-            ids = self.tokenizer.apply_chat_template(
-                request.message_dicts() + [{"role": "assistant", "content": request.prefix}],
-                continue_final_message=True, tokenize=True, return_dict=True)["input_ids"]
-        else:
-            ids = self.tokenizer.apply_chat_template(request.message_dicts(), add_generation_prompt=True,
-                                                     tokenize=True, return_dict=True)["input_ids"]
-        return list(ids)
+        return self.prompts_ids([request])[0]
+
+    def prompts_ids(self, requests: Sequence[Request]) -> list[list[int]]:
+        """prompt_ids of every request, the chats rendered by the template and tokenized in one
+        batch (one batch for the requests with an assistant prefix, one for those without)."""
+        out: list[list[int] | None] = [None] * len(requests)
+        for continued in (False, True):
+            rows = [i for i, r in enumerate(requests) if bool(r.prefix) == continued]
+            if not rows:
+                continue
+            chats = [requests[i].message_dicts() + ([{"role": "assistant", "content": requests[i].prefix}]
+                                                    if continued else []) for i in rows]
+            texts = self.tokenizer.apply_chat_template(chats, tokenize=False, add_generation_prompt=not continued,
+                                                       continue_final_message=continued)
+            encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+            for i, ids in zip(rows, encoded):
+                out[i] = list(ids)
+        return out  # type: ignore[return-value]
 
     def option_ids(self, request: Request, option: str, prefix: list[int]) -> list[int]:
-        """Tokens of the assistant turn `option` up to and including its end-of-turn token."""
+        """Tokens of the assistant turn `option` up to and including its end-of-turn token, from
+        the whole chat rendered with that answer (the reference that the cache below must equal)."""
         full = list(self.tokenizer.apply_chat_template(request.with_answer(option), tokenize=True,
                                                        return_dict=True)["input_ids"])
         if full[:len(prefix)] != prefix:
@@ -139,6 +187,23 @@ class TransformersBackend:
             if token in self.end_ids:
                 return tail[:j + 1]
         return tail
+
+    def cached_option_ids(self, request: Request, option: str, prefix: list[int]) -> tuple[int, ...]:
+        """option_ids, computed once per (assistant prefix, option): the chat template renders an
+        answer after the prompt's end whatever came before it."""
+        key = (request.prefix, option)
+        found = self._option_cache.get(key)
+        if found is None:
+            found = self._option_cache[key] = tuple(self.option_ids(request, option, prefix))
+        return found
+
+    def _trie(self, options: tuple[tuple[int, ...], ...]) -> OptionTrie:
+        found = self._trie_cache.get(options)
+        if found is None:
+            if len(self._trie_cache) > 4096:          # bounded: free-form option sets are many
+                self._trie_cache.clear()
+            found = self._trie_cache[options] = OptionTrie.of(options)
+        return found
 
     def _forward(self, cache=None, **inputs):
         """One forward pass; prefill passes ask for the last position's logits only
@@ -151,15 +216,26 @@ class TransformersBackend:
         return out, cache if cache is not None else getattr(out, "past_key_values", None)
 
     def _left_pad(self, sequences: list[list[int]]):
+        """(ids, mask) on the device, each row right-aligned."""
         import torch
 
         width = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        ids = np.full((len(sequences), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(sequences), width), dtype=np.int64)
         for row, seq in enumerate(sequences):
-            ids[row, width - len(seq):] = torch.tensor(seq)
+            ids[row, width - len(seq):] = seq
             mask[row, width - len(seq):] = 1
-        return ids, mask
+        return torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
+
+    @staticmethod
+    def _shared_length(sequences: list[list[int]]) -> int:
+        """How many leading tokens every sequence shares (at most the shortest one's length - 1)."""
+        shortest = min(len(s) for s in sequences)
+        if len(sequences) < 2 or shortest < 2:
+            return 0
+        heads = np.array([s[:shortest - 1] for s in sequences], dtype=np.int64)
+        differs = np.nonzero((heads != heads[0]).any(axis=0))[0]
+        return int(differs[0]) if len(differs) else shortest - 1
 
     def _prefill(self, sequences: list[list[int]], min_shared: int = 8):
         """Run the prompts; returns the last position's logits, the KV cache, the attention mask
@@ -169,20 +245,17 @@ class TransformersBackend:
         attention over the packed row costs more than the padding it saves.)"""
         import torch
 
-        ids, mask = self._left_pad(sequences)
-        shared = 0
-        if len(sequences) > 1:
-            shortest = min(len(s) for s in sequences)
-            while shared < shortest - 1 and all(s[shared] == sequences[0][shared] for s in sequences):
-                shared += 1
+        shared = self._shared_length(sequences)
         if shared < min_shared:
+            ids, mask = self._left_pad(sequences)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             out, cache = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions,
                                        use_cache=True, logits_to_keep=1)
             return out.logits[:, -1, :].float(), cache, mask, positions
-        head = torch.tensor([sequences[0][:shared]])
+        head = torch.tensor([sequences[0][:shared]], device=self.device)
         tail_ids, tail_mask = self._left_pad([s[shared:] for s in sequences])
-        mask = torch.cat([torch.ones((len(sequences), shared), dtype=tail_mask.dtype), tail_mask], dim=1)
+        mask = torch.cat([torch.ones((len(sequences), shared), dtype=tail_mask.dtype, device=self.device),
+                          tail_mask], dim=1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         _, cache = self._forward(input_ids=head, attention_mask=torch.ones_like(head),
                                  position_ids=positions[:1, :shared], use_cache=True, logits_to_keep=1)
@@ -203,6 +276,7 @@ class TransformersBackend:
         return out  # type: ignore[return-value]
 
     def _pick(self, logits, requests, generators):
+        """The next token of each row: greedy, or sampled with the row's own seeded generator."""
         import torch
 
         chosen = logits.argmax(dim=-1)
@@ -221,19 +295,20 @@ class TransformersBackend:
         import torch
 
         with torch.inference_mode():
-            logits, past, mask, positions = self._prefill([self.prompt_ids(r) for r in requests])
-            generators = [torch.Generator().manual_seed(int(r.seed)) for r in requests]
+            logits, past, mask, positions = self._prefill(self.prompts_ids(requests))
+            generators = [torch.Generator(device=self.device).manual_seed(int(r.seed)) if r.temperature > 0
+                          else None for r in requests]
             next_position = positions[:, -1:] + 1
             produced: list[list[int]] = [[] for _ in requests]
             active = [i for i, r in enumerate(requests) if r.max_tokens > 0]
             if len(active) < len(requests):
-                keep = torch.tensor(active, dtype=torch.long)
+                keep = torch.tensor(active, dtype=torch.long, device=self.device)
                 past.batch_select_indices(keep)
                 logits, mask, next_position = logits[keep], mask[keep], next_position[keep]
             while active:
                 tokens = self._pick(logits, [requests[i] for i in active], [generators[i] for i in active])
                 keep = []
-                for row, (i, token) in enumerate(zip(active, tokens.tolist())):
+                for row, (i, token) in enumerate(zip(active, tokens.tolist())):   # one sync per token step
                     if token in self.end_ids:
                         continue
                     produced[i].append(token)
@@ -242,31 +317,28 @@ class TransformersBackend:
                 if not keep:
                     break
                 if len(keep) < len(active):
-                    index = torch.tensor(keep, dtype=torch.long)
+                    index = torch.tensor(keep, dtype=torch.long, device=self.device)
                     past.batch_select_indices(index)
                     tokens, mask, next_position = tokens[index], mask[index], next_position[index]
                     active = [active[row] for row in keep]
-                mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype)], dim=1)
+                mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=self.device)], dim=1)
                 out, past = self._forward(past, input_ids=tokens[:, None], attention_mask=mask,
                                           position_ids=next_position, use_cache=True)
                 logits = out.logits[:, -1, :].float()
                 next_position = next_position + 1
-        return [self.tokenizer.decode(p, skip_special_tokens=True) for p in produced]
+        return self.tokenizer.batch_decode(produced, skip_special_tokens=True)
 
     # ------------------------------------------------------------------ choose
     def choose(self, requests: Sequence[Request]) -> list[np.ndarray]:
         check_choice_requests(requests)
         self.counter.record("choose", len(requests))
-        out: list[np.ndarray | None] = [None] * len(requests)
-        for adapter, indices in self._groups(requests):
-            with self._adapter(adapter):
-                scores = self._score_group([requests[i] for i in indices])
-            for i, s in zip(indices, scores):
-                out[i] = softmax(s)
-        return out  # type: ignore[return-value]
+        return [softmax(s) for s in self._scores(requests)]
 
     def option_logprobs(self, requests: Sequence[Request]) -> list[np.ndarray]:
         """The raw scores log P(option + end-of-turn | prompt), per request and option."""
+        return self._scores(requests)
+
+    def _scores(self, requests: Sequence[Request]) -> list[np.ndarray]:
         out: list[np.ndarray | None] = [None] * len(requests)
         for adapter, indices in self._groups(requests):
             with self._adapter(adapter):
@@ -276,41 +348,103 @@ class TransformersBackend:
 
     def _score_group(self, requests: list[Request]) -> list[np.ndarray]:
         """Option scores for one adapter group: the prompts are prefilled once; then the options'
-        tokens (but their last) are fed together in one row per request as a token trie: a
-        prefix the options share ("ANSWER: 1." of every grid price) is fed once, and a tree
-        attention mask lets each node see the prompt and its own ancestors only."""
+        tokens (but their last) are fed together in one row per request as a token trie (a prefix
+        the options share, "ANSWER: 1." of every grid price, is fed once; a tree attention mask
+        lets each node see the prompt and its own ancestors only). Every option's summed
+        log-probability is gathered on the device; the host receives one array per call."""
         import torch
 
         with torch.inference_mode():
-            prefixes = [self.prompt_ids(r) for r in requests]
-            options = [[self.option_ids(r, o, p) for o in r.options] for r, p in zip(requests, prefixes)]
+            prefixes = self.prompts_ids(requests)
+            options = [tuple(self.cached_option_ids(r, o, p) for o in r.options) for r, p in zip(requests, prefixes)]
             last, past, mask, positions = self._prefill(prefixes)
-            first = torch.log_softmax(last, dim=-1)                      # predicts each option's token 0
-            scores = [np.array([first[row, seq[0]].item() for seq in opts], dtype=float)
-                      for row, opts in enumerate(options)]
-            tries = [_option_trie(opts) for opts in options]
-            width = max(len(nodes) for nodes, _ in tries)
-            if width == 0:
-                return scores
-            rows, prompt_len = len(requests), mask.shape[1]
-            ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
-            step_positions = torch.zeros((rows, width), dtype=torch.long)
-            tree = torch.zeros((rows, 1, width, prompt_len + width), dtype=torch.bool)
-            tree[:, 0, :, :prompt_len] = mask[:, None, :].bool()
-            for row, (nodes, _) in enumerate(tries):
-                for q, (parent, token, depth) in enumerate(nodes):
-                    ids[row, q] = token
-                    step_positions[row, q] = positions[row, -1] + 1 + depth
-                    tree[row, 0, q, prompt_len + q] = True
-                    if parent >= 0:
-                        tree[row, 0, q, prompt_len:] |= tree[row, 0, parent, prompt_len:]
-            out, _ = self._forward(past, input_ids=ids, attention_mask=tree, position_ids=step_positions,
-                                   use_cache=False)
-            logp = torch.log_softmax(out.logits.float(), dim=-1)
-            for row, (opts, (_, paths)) in enumerate(zip(options, tries)):
-                for k, (seq, path) in enumerate(zip(opts, paths)):
-                    scores[row][k] += sum(logp[row, q, seq[j + 1]].item() for j, q in enumerate(path))
-        return scores
+            batch = TrieBatch.of([self._trie(opts) for opts in options])
+            t = {name: torch.from_numpy(value).to(self.device) for name, value in batch.arrays().items()}
+            first = torch.log_softmax(last, dim=-1).gather(1, t["first"]).double()   # each option's token 0
+            scores = first
+            if batch.width:
+                rows, prompt_len = len(requests), mask.shape[1]
+                tree = torch.cat([mask[:, None, None, :].bool().expand(rows, 1, batch.width, prompt_len),
+                                  t["sees"][:, None]], dim=-1)
+                out, _ = self._forward(past, input_ids=t["tokens"], attention_mask=tree,
+                                       position_ids=positions[:, -1:] + 1 + t["depth"], use_cache=False)
+                logp = torch.log_softmax(out.logits.float(), dim=-1)
+                row = torch.arange(rows, device=self.device)[:, None, None]
+                steps = logp[row, t["step_node"], t["step_token"]].double()
+                scores = first + torch.where(t["step_used"], steps, 0.0).sum(-1)
+            host = scores.cpu().numpy()                                     # the one transfer to the host
+        return [host[r, :len(opts)].copy() for r, opts in enumerate(options)]
+
+
+@dataclass(frozen=True)
+class OptionTrie:
+    """One option set's tokens but each option's last, as a trie (numpy arrays):
+    tokens[n], depth[n] of its nodes (parents before children); sees[n, n], a node's ancestors
+    and itself; first[K], each option's token 0; step_node/step_token[K, S], for each option
+    the node whose logits predict its token j + 1 and that token (step_used marks real steps)."""
+
+    tokens: np.ndarray
+    depth: np.ndarray
+    sees: np.ndarray
+    first: np.ndarray
+    step_node: np.ndarray
+    step_token: np.ndarray
+    step_used: np.ndarray
+
+    @classmethod
+    def of(cls, options: Sequence[Sequence[int]]) -> OptionTrie:
+        nodes, paths = _option_trie([list(o) for o in options])
+        n, longest = len(nodes), max((len(p) for p in paths), default=0)
+        parent = np.array([p for p, _, _ in nodes], dtype=np.int64)
+        sees = np.zeros((n, n), dtype=bool)
+        for q in range(n):                                           # parents come first
+            if parent[q] >= 0:
+                sees[q] = sees[parent[q]]
+            sees[q, q] = True
+        step_node = np.zeros((len(options), longest), dtype=np.int64)
+        step_token = np.zeros((len(options), longest), dtype=np.int64)
+        step_used = np.zeros((len(options), longest), dtype=bool)
+        for k, (seq, path) in enumerate(zip(options, paths)):
+            step_node[k, :len(path)] = path
+            step_token[k, :len(path)] = seq[1:len(path) + 1]
+            step_used[k, :len(path)] = True
+        return cls(np.array([t for _, t, _ in nodes], dtype=np.int64),
+                   np.array([d for _, _, d in nodes], dtype=np.int64), sees,
+                   np.array([o[0] for o in options], dtype=np.int64), step_node, step_token, step_used)
+
+
+@dataclass
+class TrieBatch:
+    """The tries of a batch's rows padded to one width (nodes), option count and step count; rows
+    with the same trie (the usual case: every firm has the same price grid) are filled at once."""
+
+    tries: list[OptionTrie]
+    width: int
+    options: int
+    steps: int
+
+    @classmethod
+    def of(cls, tries: list[OptionTrie]) -> TrieBatch:
+        return cls(tries, max(len(t.tokens) for t in tries), max(len(t.first) for t in tries),
+                   max(t.step_node.shape[1] for t in tries))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        rows, w, k, s = len(self.tries), self.width, self.options, self.steps
+        out = {"tokens": np.zeros((rows, w), np.int64), "depth": np.zeros((rows, w), np.int64),
+               "sees": np.zeros((rows, w, w), bool), "first": np.zeros((rows, k), np.int64),
+               "step_node": np.zeros((rows, k, s), np.int64), "step_token": np.zeros((rows, k, s), np.int64),
+               "step_used": np.zeros((rows, k, s), bool)}
+        same: dict[int, list[int]] = {}
+        for row, trie in enumerate(self.tries):
+            same.setdefault(id(trie), []).append(row)
+        for rows_of in same.values():
+            t, at = self.tries[rows_of[0]], np.array(rows_of)
+            n, kk, ss = len(t.tokens), len(t.first), t.step_node.shape[1]
+            out["tokens"][at, :n], out["depth"][at, :n], out["sees"][at, :n, :n] = t.tokens, t.depth, t.sees
+            out["first"][at, :kk] = t.first
+            for name in ("step_node", "step_token", "step_used"):
+                out[name][at, :kk, :ss] = getattr(t, name)
+        return out
 
 
 def _option_trie(options: list[list[int]]) -> tuple[list[tuple[int, int, int]], list[list[int]]]:
