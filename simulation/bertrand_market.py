@@ -208,9 +208,9 @@ class BertrandMarket(mesa.Model):
         out = firms[firms.period >= 0].merge(model, on="period", how="left")
         return out.sort_values(["period", "firm"]).reset_index(drop=True)
 
-    def prices(self) -> np.ndarray:
-        """Prices by period, shape (periods, n)."""
-        data = self.step_data()
+    def prices(self, data: pd.DataFrame | None = None) -> np.ndarray:
+        """Prices by period, shape (periods, n), from step_data() (or `data`, its result)."""
+        data = self.step_data() if data is None else data
         return data.pivot(index="period", columns="firm", values="price").to_numpy()
 
 

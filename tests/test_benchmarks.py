@@ -21,7 +21,7 @@ def script(*args: str) -> subprocess.CompletedProcess:
 def test_every_benchmark_is_found():
     assert {p.stem for p in SCRIPTS} >= {"llm_throughput", "qlearning", "market_step", "llm_study", "train_speed",
                                         "finetune_sweep", "domain_split", "pricing_curve", "frozen_cache",
-                                        "data_seeds", "adapter_rank"}
+                                        "data_seeds", "adapter_rank", "gpu_check"}
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.stem)
@@ -45,6 +45,9 @@ def test_benchmark_help_runs(path):
     (("domain_split.py", "--sequential", "fast:constant"), "the learning rate must be a number"),
     (("finetune_sweep.py", "--run", "examples=160", "--run", "colour=red"), "unknown key 'colour'"),
     (("finetune_sweep.py", "--run", "examples=many"), "examples must be a number"),
+    (("gpu_check.py", "--periods", "0"), "--sessions and --periods must be >= 1"),
+    (("gpu_check.py", "--device", "tpu"), "device must be one of auto, cpu, cuda, cuda:N"),
+    (("gpu_check.py", "--dtype", "fp8"), "dtype must be one of"),
 ], ids=lambda v: " ".join(v) if isinstance(v, tuple) else None)
 def test_bad_benchmark_arguments_are_one_line_errors(args, wanted, tmp_path):
     done = script(str(BENCHMARKS / args[0]), *args[1:], "--out", str(tmp_path / "out"))
@@ -62,3 +65,23 @@ def test_sweep_curve_is_drawn(tmp_path):
              "seed": 0, "examples": n, "share": share} for n, share in ((40, 0.30), (80, 0.55), (160, 0.80))]
     sweep.plot_curve(rows, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_end_to_end_on_the_cpu_at_a_tiny_size(tmp_path):
+    """The GPU check's CPU mode: the lock-step curve (one backend call per period whatever the
+    sessions), the sequential runner deciding the same prices, the main job's two adapters
+    trained on the random-weight model, one table and the JSON."""
+    import json
+
+    done = script(str(BENCHMARKS / "gpu_check.py"), "--tiny", "--out", str(tmp_path / "gpu.json"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads((tmp_path / "gpu.json").read_text())
+    assert found["machine"]["device"] and (found["machine"]["dtype"], found["periods"]) == ("float32", 2)
+    tiny = found["shapes"]["tiny"]
+    assert [r["sessions"] for r in tiny["curve"]] == [1, 4, 16]
+    assert all(r["calls"] == 2 and 0 < r["forward_share"] < 1 and r["host_ms_per_request"] > 0 for r in tiny["curve"])
+    assert tiny["sequential"]["identical_prices"] is True and tiny["sequential"]["sessions"] == 4
+    trained = tiny["training"]
+    assert {"economicus", "moralis-0.5"} <= set(trained) and trained["moralis-0.5"]["device"] == "cpu"
+    assert "sess-periods/s" in done.stdout and "identical prices: True" in done.stdout

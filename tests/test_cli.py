@@ -131,9 +131,10 @@ def test_finetune_train_flags_come_from_train_options(tmp_path, capsys):
     defaults = {f.name: f.default for f in fields(TrainOptions)}
     assert {name: getattr(args, name) for name in TRAIN_FLAGS} == {name: defaults[name] for name in TRAIN_FLAGS}
     assert args.frozen_cache is True      # a switch that is on by default turns off with --no-...
-    args = build_parser().parse_args(["finetune", "train", "--data", "d", "--out", "a", "--lr", "1e-3", "--bf16",
-                                      "--no-frozen-cache"])
-    assert args.learning_rate == 1e-3 and args.bf16 is True and args.frozen_cache is False
+    args = build_parser().parse_args(["finetune", "train", "--data", "d", "--out", "a", "--lr", "1e-3", "--dtype",
+                                      "bfloat16", "--device", "cpu", "--no-frozen-cache"])
+    assert args.learning_rate == 1e-3 and (args.dtype, args.device) == ("bfloat16", "cpu")
+    assert args.frozen_cache is False
     data = tmp_path / "d.jsonl"
     data.write_text("")
     for extra, needle in ((["--rank", "0"], "rank must be 1..16"), ([], "holds no examples")):

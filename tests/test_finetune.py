@@ -154,7 +154,8 @@ def test_tiny_training_lowers_the_loss_and_writes_a_manifest(tiny_adapter, model
     assert manifest["base_model_sha256"] == model_hash(model_folder)
     assert manifest["data"]["examples"] == 16 and len(manifest["data"]["sha256"]) == 64
     assert manifest["situations"] == {"games": 8, "pricing": 4, "av": 4}
-    assert manifest["precision"] == "float32" and manifest["hyperparameters"]["bf16"] is False
+    assert manifest["precision"] == "float32" and (manifest["device"], manifest["dtype"]) == ("cpu", "float32")
+    assert "device" not in manifest["hyperparameters"] and "dtype" not in manifest["hyperparameters"]
     assert manifest["hyperparameters"]["rank"] <= 16
     assert {"torch", "transformers", "peft", "trl"} <= set(manifest["versions"])
     assert len(manifest["loss_curve"]) >= 2

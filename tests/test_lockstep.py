@@ -122,6 +122,7 @@ def test_sessions_draw_independently(tmp_path):
 def test_llm_avs_of_several_seeds_share_one_backend_call_per_step(fake_server, tmp_path, capsys):
     """An LLM AV run over three seeds (against the fake server): one backend call per step for
     all three cities, and each city decides as its single-seed run does."""
+    pytest.importorskip("httpx", reason="the HTTP client is in the llm extra (not in the Python 3.12 check)")
     from pathlib import Path
 
     from scenarios.cli import main

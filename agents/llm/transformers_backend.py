@@ -215,6 +215,17 @@ class TransformersBackend:
         cache = getattr(out, "cache", None)
         return out, cache if cache is not None else getattr(out, "past_key_values", None)
 
+    @staticmethod
+    def _vocab_logprobs(logits, positions, tokens):
+        """log P(token | position) for each row of logits [rows, positions, vocabulary]: the
+        log-softmax over the vocabulary at `positions`, gathered at `tokens` (both [rows, ...]),
+        as float64 on the device."""
+        import torch
+
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        row = torch.arange(len(logp), device=logp.device).view(-1, *([1] * (positions.dim() - 1)))
+        return logp[row, positions, tokens].double()
+
     def _left_pad(self, sequences: list[list[int]]):
         """(ids, mask) on the device, each row right-aligned."""
         import torch
@@ -360,18 +371,15 @@ class TransformersBackend:
             last, past, mask, positions = self._prefill(prefixes)
             batch = TrieBatch.of([self._trie(opts) for opts in options])
             t = {name: torch.from_numpy(value).to(self.device) for name, value in batch.arrays().items()}
-            first = torch.log_softmax(last, dim=-1).gather(1, t["first"]).double()   # each option's token 0
-            scores = first
+            scores = self._vocab_logprobs(last[:, None, :], torch.zeros_like(t["first"]), t["first"])   # token 0
             if batch.width:
                 rows, prompt_len = len(requests), mask.shape[1]
                 tree = torch.cat([mask[:, None, None, :].bool().expand(rows, 1, batch.width, prompt_len),
                                   t["sees"][:, None]], dim=-1)
                 out, _ = self._forward(past, input_ids=t["tokens"], attention_mask=tree,
                                        position_ids=positions[:, -1:] + 1 + t["depth"], use_cache=False)
-                logp = torch.log_softmax(out.logits.float(), dim=-1)
-                row = torch.arange(rows, device=self.device)[:, None, None]
-                steps = logp[row, t["step_node"], t["step_token"]].double()
-                scores = first + torch.where(t["step_used"], steps, 0.0).sum(-1)
+                steps = self._vocab_logprobs(out.logits, t["step_node"], t["step_token"])
+                scores = scores + torch.where(t["step_used"], steps, 0.0).sum(-1)
             host = scores.cpu().numpy()                                     # the one transfer to the host
         return [host[r, :len(opts)].copy() for r, opts in enumerate(options)]
 
