@@ -28,9 +28,9 @@ SETTINGS = (   # (label, TrainOptions overrides)
     ("TRL fused head, float32, sdpa, all layers", {"answer_only_head": False, "attention": "sdpa", "top_layers": 0}),
     ("answer-only head, float32, sdpa, all layers", {"attention": "sdpa", "top_layers": 0}),
     ("answer-only head, float32, eager, all layers", {"top_layers": 0}),
-    ("answer-only head, bf16 autocast, eager, all layers", {"bf16": True, "top_layers": 0}),
+    ("answer-only head, bf16 autocast, eager, all layers", {"dtype": "bfloat16", "top_layers": 0}),
     ("answer-only head, float32, eager, top 15 layers", {"top_layers": 15}),
-    ("answer-only head, bf16 autocast, eager, top 15 layers", {"bf16": True, "top_layers": 15}),
+    ("answer-only head, bf16 autocast, eager, top 15 layers", {"dtype": "bfloat16", "top_layers": 15}),
 )
 
 

@@ -89,7 +89,7 @@ class TransformersBackend:
         ends.update(configured if isinstance(configured, list) else [configured])
         self.end_ids = {e for e in ends if e is not None}
         self._option_cache: dict[tuple[str, str], tuple[int, ...]] = {}
-        self._trie_cache: dict[tuple[tuple[int, ...], ...], OptionTrie] = {}
+        self._trie_cache: dict[tuple[str, tuple[str, ...]], OptionTrie] = {}
         # transformers >= 5.20 names the KV cache `cache`, earlier releases `past_key_values`
         self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
             else "past_key_values"
@@ -194,15 +194,21 @@ class TransformersBackend:
         key = (request.prefix, option)
         found = self._option_cache.get(key)
         if found is None:
+            if len(self._option_cache) > 65536:       # bounded: reasoning prefixes differ per request
+                self._option_cache.clear()
             found = self._option_cache[key] = tuple(self.option_ids(request, option, prefix))
         return found
 
-    def _trie(self, options: tuple[tuple[int, ...], ...]) -> OptionTrie:
-        found = self._trie_cache.get(options)
+    def _trie(self, request: Request, prompt: list[int]) -> OptionTrie:
+        """The request's options as a token trie, once per (assistant prefix, options): one
+        look-up per request, nothing per option."""
+        key = (request.prefix, request.options)
+        found = self._trie_cache.get(key)
         if found is None:
             if len(self._trie_cache) > 4096:          # bounded: free-form option sets are many
                 self._trie_cache.clear()
-            found = self._trie_cache[options] = OptionTrie.of(options)
+            found = self._trie_cache[key] = OptionTrie.of(
+                [self.cached_option_ids(request, option, prompt) for option in request.options])
         return found
 
     def _forward(self, cache=None, **inputs):
@@ -367,9 +373,8 @@ class TransformersBackend:
 
         with torch.inference_mode():
             prefixes = self.prompts_ids(requests)
-            options = [tuple(self.cached_option_ids(r, o, p) for o in r.options) for r, p in zip(requests, prefixes)]
+            batch = TrieBatch.of([self._trie(r, p) for r, p in zip(requests, prefixes)])
             last, past, mask, positions = self._prefill(prefixes)
-            batch = TrieBatch.of([self._trie(opts) for opts in options])
             t = {name: torch.from_numpy(value).to(self.device) for name, value in batch.arrays().items()}
             scores = self._vocab_logprobs(last[:, None, :], torch.zeros_like(t["first"]), t["first"])   # token 0
             if batch.width:
@@ -381,7 +386,7 @@ class TransformersBackend:
                 steps = self._vocab_logprobs(out.logits, t["step_node"], t["step_token"])
                 scores = scores + torch.where(t["step_used"], steps, 0.0).sum(-1)
             host = scores.cpu().numpy()                                     # the one transfer to the host
-        return [host[r, :len(opts)].copy() for r, opts in enumerate(options)]
+        return [host[r, :len(request.options)].copy() for r, request in enumerate(requests)]
 
 
 @dataclass(frozen=True)
