@@ -126,12 +126,15 @@ def _up_to_date(folder: Path, data: Path, options: TrainOptions, base_hash: str)
     # and the precision by what it resolves to (an adapter trained in float32 is not one trained in bf16)
     from agents.llm.devices import resolve_placement
 
-    skip = ("data", "out", "base", "init_adapter", "device", "dtype")
+    # (manifests from before device and dtype record `bf16`: True was bf16 autocast, False float32)
+    skip = ("data", "out", "base", "init_adapter", "device", "dtype", "bf16")
     wanted = {k: v for k, v in asdict(options).items() if k not in skip}
-    recorded = {k: v for k, v in manifest.get("hyperparameters", {}).items() if k not in skip}
+    hyperparameters = manifest.get("hyperparameters", {})
+    recorded = {k: v for k, v in hyperparameters.items() if k not in skip}
+    dtype = manifest.get("dtype") or ("bfloat16" if hyperparameters.get("bf16") else "float32")
     start = options.init_adapter and adapter_sha256(options.init_adapter)
     return (manifest.get("data", {}).get("sha256") == file_sha256(data)
-            and manifest.get("dtype", "float32") == resolve_placement(options.device, options.dtype).dtype
+            and dtype == resolve_placement(options.device, options.dtype).dtype
             and manifest.get("base_model_sha256") == base_hash
             and manifest.get("init_adapter_sha256") == (start or None)
             and json.loads(json.dumps(wanted)) == recorded)

@@ -486,3 +486,35 @@ def test_frozen_layer_cache_matches_the_full_forward_and_does_not_depend_on_the_
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_folder),
                                 LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
     assert first_trained_layer(peft_model) == 0    # every layer adapted: nothing to cache
+
+
+def test_an_adapter_is_up_to_date_only_in_the_dtype_it_was_trained_in(tmp_path):
+    """The pipeline retrains an adapter of another precision; a manifest written before device and
+    dtype existed (`bf16` among its hyper-parameters) counts as float32 or bf16 as it says."""
+    from dataclasses import asdict
+
+    from agents.records import file_sha256
+    from finetune.pipeline import _up_to_date
+    from finetune.train import TrainOptions, write_manifest
+
+    data, folder = tmp_path / "d.jsonl", tmp_path / "a"
+    data.write_text("{}\n")
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    auto, bf16 = (TrainOptions(str(data), str(folder), "base", dtype=d) for d in ("auto", "bfloat16"))
+    hyper = {k: v for k, v in asdict(auto).items() if k not in ("data", "out", "base", "device", "dtype")}
+
+    def recorded(**extra):
+        write_manifest(folder, {"data": {"sha256": file_sha256(data)}, "base_model_sha256": "h",
+                                "init_adapter_sha256": None, "hyperparameters": hyper, **extra})
+
+    recorded(device="cpu", dtype="float32")
+    assert _up_to_date(folder, data, auto, "h") and not _up_to_date(folder, data, bf16, "h")
+    recorded(device="cpu", dtype="bfloat16")
+    assert not _up_to_date(folder, data, auto, "h") and _up_to_date(folder, data, bf16, "h")
+    hyper["bf16"] = False
+    recorded()
+    assert _up_to_date(folder, data, auto, "h") and not _up_to_date(folder, data, bf16, "h")
+    hyper["bf16"] = True
+    recorded()
+    assert not _up_to_date(folder, data, auto, "h") and _up_to_date(folder, data, bf16, "h")
