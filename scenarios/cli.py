@@ -92,7 +92,6 @@ class Commands:
         return command
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="econalign", description="LLM agents with economic preferences in markets.")
     commands = Commands(parser)

@@ -65,12 +65,9 @@ LLMPreference = Annotated[str, AfterValidator(llm_preference)]
 
 
 def device_name(value: str) -> str:
-    """A device as agents.llm.devices spells it (auto, cpu, cuda, cuda:N); whether this machine
-    has it is checked when the backend starts."""
-    try:
-        check_names(device=value)
-    except InputError as err:
-        raise ValueError(str(err)) from None
+    """A device as agents.llm.devices spells it (auto, cpu, cuda, cuda:N; its InputError is the
+    ValueError pydantic reports); whether this machine has it is checked when the backend starts."""
+    check_names(device=value)
     return value
 
 
