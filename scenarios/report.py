@@ -7,6 +7,10 @@ section needs and the folder lacks is one line naming it (InputError, exit code 
 written. Sections marked optional (the LLM runs of the main job, left out without adapters) are
 shown only when their files are there.
 
+Every value is text, never markup: the template autoescapes all of it (scenario, study, policy and
+adapter names, the folder's path, captions, manifest) and pandas escapes the table cells; a
+Content-Security-Policy lets the page load nothing but its own data: images and run no script.
+
     econalign report DIR      # rebuild DIR/report.html
 """
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -301,11 +306,23 @@ def folder_kind(folder: Path) -> str:
 
 
 # ------------------------------------------------------------------ the page
-def render(folder: Path, kind: str, title: str, lead: str, sections: list[Section]) -> str:
-    from jinja2 import Environment, PackageLoader, select_autoescape
+def table_html(frame: pd.DataFrame) -> str:
+    """The frame as an HTML table whose cells and headers are escaped text (safe to insert)."""
     from markupsafe import Markup
 
-    env = Environment(loader=PackageLoader("scenarios", "templates"), autoescape=select_autoescape())
+    return Markup(frame.to_html(index=False, border=0, na_rep="", escape=True,
+                                float_format=lambda v: f"{v:.4g}"))
+
+
+def anchor(title: str) -> str:
+    """A section's id and link target: lower-case letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "section"
+
+
+def render(folder: Path, kind: str, title: str, lead: str, sections: list[Section]) -> str:
+    from jinja2 import Environment, PackageLoader
+
+    env = Environment(loader=PackageLoader("scenarios", "templates"), autoescape=True)
     shown = []
     for section in sections:
         if section.optional and not all((folder / f).exists() for f in section.files()):
@@ -317,14 +334,13 @@ def render(folder: Path, kind: str, title: str, lead: str, sections: list[Sectio
             frame = (t.read or read_frame)(folder / t.file)
             if t.columns:
                 frame = frame[[c for c in t.columns if c in frame.columns]]
-            tables.append({"file": t.file, "caption": t.caption,
-                           "html": Markup(frame.to_html(index=False, border=0, na_rep="",
-                                                        float_format=lambda v: f"{v:.4g}"))})
-        shown.append({"title": section.title, "anchor": re.sub(r"[^a-z0-9]+", "-", section.title.lower()),
+            tables.append({"file": t.file, "caption": t.caption, "html": table_html(frame)})
+        shown.append({"title": section.title, "anchor": anchor(section.title),
                       "text": section.text, "figures": figures, "tables": tables,
                       "details": section.details, "details_title": "manifest"})
     return env.get_template("report.html.j2").render(
         title=title, lead=lead, kind=kind, folder=str(folder),
+        rebuild=shlex.join(["econalign", "report", str(folder)]),      # safe to paste into a shell
         built=time.strftime("%Y-%m-%d %H:%M"), sections=shown)
 
 
