@@ -7,7 +7,9 @@ in a child process started with two changes, inherited by every Ray process it s
 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, Ray's single-machine mode, in which the node address is
 127.0.0.1; and LD_PRELOAD of native/loopback_bind.c (built once with the C compiler into the
 cache), which binds the loopback wherever a program asks for the wildcard address. A cluster
-(RAY_ADDRESS) is the user's choice and is joined as it is.
+(RAY_ADDRESS) is the user's choice and is joined as it is. Every Ray process loads that library,
+so it is kept where only its owner can write (a 0700 folder) and loaded only while its SHA-256
+matches the one recorded when it was built; else it is built again.
 """
 from __future__ import annotations
 
@@ -17,32 +19,67 @@ import os
 import pickle
 import queue
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
+from agents.errors import InputError
 from agents.llm.models import cache_dir
+from agents.records import file_sha256, write_text
 
 SOURCE = Path(__file__).with_name("native") / "loopback_bind.c"
 
 
 def loopback_library() -> Path | None:
-    """The built LD_PRELOAD library (cache_dir()/native/loopback_bind-<source hash>.so), built
-    on first use; None where it cannot be (not Linux, or no C compiler)."""
+    """The built LD_PRELOAD library (cache_dir()/native/loopback_bind-<source hash>.so, its
+    SHA-256 beside it in .so.sha256), built on first use and again whenever it no longer matches
+    that record; None where it cannot be built (not Linux, or no C compiler)."""
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if not sys.platform.startswith("linux") or compiler is None:
         return None
     source = SOURCE.read_bytes()
-    library = cache_dir() / "native" / f"loopback_bind-{hashlib.sha256(source).hexdigest()[:12]}.so"
-    if not library.exists():
-        library.parent.mkdir(parents=True, exist_ok=True)
-        building = library.with_suffix(f".{os.getpid()}.tmp")
-        result = subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(building), str(SOURCE), "-ldl"],
-                                capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"building {SOURCE.name} with {compiler} failed: {result.stderr.strip()[:300]}")
-        os.replace(building, library)
+    folder = _private_folder(cache_dir() / "native")
+    library = folder / f"loopback_bind-{hashlib.sha256(source).hexdigest()[:12]}.so"
+    record = library.with_name(library.name + ".sha256")
+    if _intact(library, record):
+        return library
+    building = library.with_suffix(f".{os.getpid()}.tmp")
+    result = subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(building), str(SOURCE), "-ldl"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"building {SOURCE.name} with {compiler} failed: {result.stderr.strip()[:300]}")
+    os.chmod(building, 0o700)
+    digest = file_sha256(building)
+    os.replace(building, library)
+    write_text(record, digest + "\n")
     return library
+
+
+def _intact(library: Path, record: Path) -> bool:
+    """Whether `library` is a file of ours whose SHA-256 is the one recorded when it was built."""
+    try:
+        info = library.lstat()
+        expected = record.read_text().strip()
+        return info.st_uid == os.geteuid() and stat.S_ISREG(info.st_mode) and file_sha256(library) == expected
+    except OSError:
+        return False
+
+
+def _private_folder(folder: Path) -> Path:
+    """`folder`, made with mode 0700 if missing. One that others may write is made 0700 and its
+    libraries dropped (anyone could have replaced them); one owned by another user is refused."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = folder.stat()
+    if info.st_uid != os.geteuid():
+        raise InputError(f"{folder} belongs to another user, and every Ray process would load a library "
+                         "from it: set ECONALIGN_CACHE to a folder of your own")
+    if info.st_mode & 0o077:
+        os.chmod(folder, 0o700)
+        if info.st_mode & 0o022:
+            for stale in folder.glob("loopback_bind-*"):
+                stale.unlink()
+    return folder
 
 
 def _warn(message: str) -> None:

@@ -3,7 +3,8 @@
 Requests of one call go out concurrently (asyncio, bounded by `concurrency`); the adapter is the
 request's `model` field (vLLM's --lora-modules names), the base model its served name. Every HTTP
 exchange has a timeout and is retried with exponential backoff on connection errors, timeouts,
-429 and 5xx; after the last attempt the call fails with a BackendError that names the server.
+429 and 5xx; after the last attempt the call fails with a BackendError that names the server. The API key
+goes over https, or plain http to the loopback only (check_key_transport).
 
 `choose` needs vLLM's extensions: the chat template is applied by the server (`/tokenize` with
 `messages`), and each option token is scored as the next token after the prompt and the
@@ -38,6 +39,8 @@ class OpenAIBackend:
             self.base_url = self.base_url[:-3]
         self.model = model
         self.api_key = api_key or os.environ.get("ECONALIGN_API_KEY")     # the key `econalign serve` requires
+        if self.api_key:
+            check_key_transport(self.base_url)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -103,6 +106,30 @@ class OpenAIBackend:
         except Exception:                  # the listing is a courtesy: never hide the 404 itself
             return ""
         return f" (the server serves: {', '.join(names)})"
+
+    @property
+    def context_length(self) -> int | None:
+        """The served model's context in tokens: the `max_model_len` vLLM gives in /v1/models
+        (asked once); None where the server does not say or does not answer."""
+        if "_context" not in self.__dict__:
+            self._context = self._run(self._max_model_len())
+        return self._context
+
+    async def _max_model_len(self) -> int | None:
+        async with self._client() as client:
+            try:
+                served = (await client.get(self.base_url + "/v1/models")).json()["data"]
+                lengths = {m.get("id"): m.get("max_model_len") for m in served}
+            except Exception:                  # no listing: the run itself reports a server that fails
+                return None
+        found = lengths.get(self.model, next(iter(lengths.values()), None))    # adapters share the base's
+        return found if isinstance(found, int) and not isinstance(found, bool) and found > 0 else None
+
+    def prompt_lengths(self, requests: Sequence[Request]) -> list[int]:
+        """Tokens of each request's prompt: the server's /tokenize (vLLM) with the chat template."""
+        async def count(client, request: Request) -> int:
+            return len(await self._tokens(client, request, request.message_dicts(), True))
+        return self._run(self._gather(count, requests))
 
     def _client(self):
         import httpx
@@ -206,6 +233,29 @@ class OpenAIBackend:
             return np.full(len(options), np.nan)      # an option left unscored: the reply is invalid
         # log-probabilities are finite and at most 0; anything else is a broken reply (invalid)
         return scores if np.all(np.isfinite(scores)) and np.all(scores <= 0) else np.full(len(options), np.nan)
+
+
+def check_key_transport(url: str) -> None:
+    """InputError where the API key would go in plain text to another machine: http:// to a
+    host beyond the loopback, unless $ECONALIGN_ALLOW_PLAIN_HTTP is 1 (a network the user trusts,
+    as `econalign serve --allow-remote` is)."""
+    from urllib.parse import urlsplit
+
+    from agents.errors import InputError
+    from agents.llm.server import is_loopback
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError as err:
+        raise InputError(f"the LLM server URL {url} is not a URL ({err})") from None
+    if parts.scheme.lower() != "http" or is_loopback(host):
+        return
+    if os.environ.get("ECONALIGN_ALLOW_PLAIN_HTTP") == "1":
+        return
+    raise InputError(f"the API key ($ECONALIGN_API_KEY) would cross the network in plain text to {url}: use an "
+                     "https:// URL (a TLS reverse proxy), a loopback URL (an SSH tunnel), or set "
+                     "ECONALIGN_ALLOW_PLAIN_HTTP=1 on a network you trust")
 
 
 def _detail(response) -> str:

