@@ -28,7 +28,7 @@ import numpy as np
 
 from agents.errors import InputError
 from agents.preferences import HomoEconomicus, HomoMoralis
-from agents.records import read_json_lines
+from agents.records import read_json_lines, write_text
 from agents.situations import N_FRAMINGS, GameSituation
 from finetune.battery import HELDOUT_FRAMING, heldout
 from finetune.paraphrases import N_PARAPHRASES, paraphrase_messages
@@ -289,14 +289,12 @@ def make_mixed_examples(pref, counts: dict[str, int], seed: int = 0, style: str 
 
 
 def write_jsonl(examples: list[dict], path: str | Path, openai: bool = False) -> str:
-    """Write the examples as JSON lines; `openai=True` keeps only {"messages": [...]} (the
-    OpenAI chat fine-tuning format). Returns the SHA-256 of the file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the examples as JSON lines, atomically; `openai=True` keeps only {"messages": [...]}
+    (the OpenAI chat fine-tuning format). Returns the SHA-256 of the file."""
     lines = [json.dumps({"messages": e["messages"]} if openai else e, sort_keys=True) for e in examples]
-    data = ("\n".join(lines) + "\n").encode()
-    path.write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
+    text = "\n".join(lines) + "\n"
+    write_text(path, text)              # atomically: a file that is there is whole
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -22,7 +22,16 @@ import numpy as np
 import pandas as pd
 
 from agents.policies import decide
-from agents.records import figure, file_sha256, markdown_table, save_figure
+from agents.records import (
+    JsonLinesWriter,
+    figure,
+    file_sha256,
+    markdown_table,
+    read_json,
+    read_json_lines,
+    save_figure,
+    write_text,
+)
 from finetune.battery import INCENTIVES, KAPPAS, Item
 from finetune.human import CITATION, load_moblab, tenths, wasserstein_tenths
 
@@ -97,8 +106,8 @@ def run(items: Sequence[Item], policies: dict, out: str | Path, batch_size: int 
     checkpoint = out / f"{stem}.jsonl"
     identities = {name: policy_identity(p) for name, p in policies.items()}
     stamp = out / f"{stem}.policies.json" if stem != "items" else out / "policies.json"
-    known = json.loads(stamp.read_text()) if stamp.exists() else {}
-    stamp.write_text(json.dumps({**known, **identities}, indent=2, sort_keys=True) + "\n")
+    known = read_json(stamp, "the identities of the policies answered") if stamp.exists() else {}
+    write_text(stamp, json.dumps({**known, **identities}, indent=2, sort_keys=True) + "\n")
     by_id = {item.item_id: item for item in items}
 
     def key(name: str, item) -> str:
@@ -110,11 +119,14 @@ def run(items: Sequence[Item], policies: dict, out: str | Path, batch_size: int 
         name, item = answered["policy"], by_id.get(answered["item_id"])
         return name in identities and item is not None and answered.get("key") == key(name, item)
 
-    lines = checkpoint.read_text().splitlines() if checkpoint.exists() else []
-    done = {(r["policy"], r["item_id"]) for r in map(json.loads, filter(str.strip, lines)) if current(r)}
+    def answered() -> list[dict]:
+        """The whole lines of the checkpoint (a line a kill cut short is answered again)."""
+        return read_json_lines(checkpoint, "answers", cut_short_ok=True) if checkpoint.exists() else []
+
+    done = {(r["policy"], r["item_id"]) for r in answered() if current(r)}
     pending = [(name, item) for name, _ in policies.items() for item in items
                if (name, item.item_id) not in done]
-    with open(checkpoint, "a", encoding="utf-8") as sink, \
+    with JsonLinesWriter(checkpoint, default=_plain) as sink, \
             tqdm(total=len(pending), desc="battery" if stem == "items" else stem, unit="item",
                  disable=not show_progress) as bar:
         for start in range(0, len(pending), batch_size):
@@ -123,10 +135,9 @@ def run(items: Sequence[Item], policies: dict, out: str | Path, batch_size: int 
                                seeds=[_seed(item.item_id, name) for name, item in batch],
                                tags=[{"policy": name, "item_id": item.item_id} for name, item in batch])
             for (name, item), decision in zip(batch, decisions):
-                sink.write(json.dumps({**row(name, item, decision), "key": key(name, item)}, default=_plain) + "\n")
-            sink.flush()
+                sink.write({**row(name, item, decision), "key": key(name, item)})
             bar.update(len(batch))
-    rows = [json.loads(line) for line in checkpoint.read_text().splitlines() if line.strip()]
+    rows = answered()
     frame = pd.DataFrame([r for r in rows if current(r)]).drop(columns="key", errors="ignore")
     frame = frame.drop_duplicates(["policy", "item_id"], keep="last").reset_index(drop=True)
     frame.to_parquet(out / f"{stem}.parquet", index=False)

@@ -13,9 +13,11 @@ from pathlib import Path
 import pandas as pd
 
 from agents.errors import InputError
-from agents.records import file_sha256
+from agents.records import file_sha256, folder_lock, read_json, write_json, write_text
 from finetune.dataset import SITUATIONS
 from finetune.train import TrainOptions, adapter_sha256, read_manifest, train, write_manifest
+
+EVALUATED = ".evaluated.json"    # in an evaluation folder: what its scores were measured on
 
 EVAL_TOKENS = 128   # room for the worked reasoning before ANSWER:
 
@@ -105,17 +107,29 @@ def situation_counts(name: str, situations: dict, games: int | None = None) -> d
 
 
 def make_data(pref, counts: dict[str, int], seed: int, folder: Path, style: str = "answer") -> Path:
-    """The training data of one preference (and its OpenAI-format copy); kept if already there."""
+    """The training data of one preference (and its OpenAI-format copy), written atomically (the
+    copy first); kept if already there whole (every example readable, as many as `counts` ask)."""
     from finetune.dataset import make_mixed_examples, write_jsonl
 
     name = pref.name
     mix = "-".join(f"{k}{n}" for k, n in counts.items())
     path = folder / f"{name}-{style}-{mix}-s{seed}.jsonl"
-    if not path.exists():
+    if not _whole_data(path, sum(counts.values())):
         examples = make_mixed_examples(pref, counts, seed, style)
         write_jsonl(examples, path.with_suffix(".openai.jsonl"), openai=True)
         write_jsonl(examples, path)
     return path
+
+
+def _whole_data(path: Path, examples: int) -> bool:
+    """Whether `path` holds `examples` chat examples, every line readable (a file that an older
+    version wrote in place and a kill cut short is made again)."""
+    from finetune.dataset import read_jsonl
+
+    try:
+        return path.exists() and len(read_jsonl(path)) == examples
+    except InputError:
+        return False
 
 
 def _up_to_date(folder: Path, data: Path, options: TrainOptions, base_hash: str) -> bool:
@@ -182,7 +196,7 @@ def train_adapter(pref, counts: dict[str, int], probe: int, train_options: dict,
     if not probe_examples:
         return m1
     probe_data = data_folder / f"{name}-probe{probe}-s{seed}.jsonl"
-    if not probe_data.exists():
+    if not _whole_data(probe_data, len(probe_examples)):
         write_jsonl(probe_examples, probe_data)
     second = TrainOptions(str(probe_data), str(folder), str(base), seed=seed, init_adapter=str(first),
                           **{**train_options, **PROBE_PHASE, **(probe_phase or {})})
@@ -201,24 +215,26 @@ def train_adapter(pref, counts: dict[str, int], probe: int, train_options: dict,
 
 
 def run_pipeline(options: PipelineOptions, log=print) -> dict:
-    """Returns {adapter name: manifest} after data, training and the held-out evaluation."""
+    """Returns {adapter name: manifest} after data, training and the held-out evaluation; the
+    adapter registry is locked throughout (a second command writing into it is refused)."""
     from agents.llm.models import model_hash, resolve
     from agents.preferences import preference
 
     out, registry = Path(options.out), Path(options.adapters)
-    base = resolve(options.base)
-    base_hash = model_hash(base)
-    trained = {}
-    for name, kappa in options.preferences:
-        pref = preference(name, kappa)
-        adapter = pref.name
-        counts, parts = situation_counts(name, options.situations, options.examples), recipe(name)
-        train_adapter(pref, counts, parts.probe, {**parts.options, **options.train}, registry / adapter,
-                      out / "data", base, base_hash, options.seed, options.style, log, options.probe_phase)
-        trained[adapter] = pref
-    evaluate_adapters(registry, trained, out / "eval", base=options.base, small=options.small, log=log,
-                      device=options.train.get("device", "auto"), dtype=options.train.get("dtype", "auto"))
-    return {name: read_manifest(registry / name) for name in trained}
+    with folder_lock(registry, other="adapter folder (--adapters)"):
+        base = resolve(options.base)
+        base_hash = model_hash(base)
+        trained = {}
+        for name, kappa in options.preferences:
+            pref = preference(name, kappa)
+            adapter = pref.name
+            counts, parts = situation_counts(name, options.situations, options.examples), recipe(name)
+            train_adapter(pref, counts, parts.probe, {**parts.options, **options.train}, registry / adapter,
+                          out / "data", base, base_hash, options.seed, options.style, log, options.probe_phase)
+            trained[adapter] = pref
+        evaluate_adapters(registry, trained, out / "eval", base=options.base, small=options.small, log=log,
+                          device=options.train.get("device", "auto"), dtype=options.train.get("dtype", "auto"))
+        return {name: read_manifest(registry / name) for name in trained}
 
 
 def heldout_games(preferences, small: bool = False) -> list:
@@ -251,13 +267,15 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
     key = {"items": "small" if small else "full", "style": style, "domains": list(SITUATIONS),
            "application_items": application_items}
     weights = {name: adapter_sha256(registry / name) for name in adapters}
-    if (out / "scores.csv").exists() and all(m.get("evaluation", {}).get("battery") == key
-                                             and m["evaluation"].get("adapter_sha256") == weights[name]
-                                             for name, m in manifests.items()):
+    stamp = {"battery": key, "adapters": weights, "base": str(base or "embedded"), "device": device, "dtype": dtype}
+    if evaluated(out) == stamp and all(m.get("evaluation", {}).get("battery") == key
+                                       and m["evaluation"].get("adapter_sha256") == weights[name]
+                                       for name, m in manifests.items()):
         log("evaluation: up to date")
         write_evaluation_records(registry, adapters, out, base, small)
         return
     out.mkdir(parents=True, exist_ok=True)
+    (out / EVALUATED).unlink(missing_ok=True)       # until this evaluation ends, the folder's scores are not its
     started = time.time()
     items = heldout_games(adapters.values(), small)
     theories = {pref.name: ("economicus" if pref.kappa == 0 else kappa_column(pref.kappa))
@@ -281,10 +299,10 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
     scores = theory_scores(frame, theories, excluded).assign(domain="games")
     scores = pd.concat([scores, applied], ignore_index=True)
     scores.to_csv(out / "scores.csv", index=False)
-    (out / "scores.md").write_text(markdown_table(scores, ["domain", *[c for c in scores.columns if c != "domain"]]))
+    write_text(out / "scores.md", markdown_table(scores, ["domain", *[c for c in scores.columns if c != "domain"]]))
     by_role = theory_scores(frame, theories, excluded, by=("game", "role"))
-    (out / "scores_by_role.md").write_text(markdown_table(by_role))
-    (out / "scores_by_feature.md").write_text(markdown_table(by_feature))
+    write_text(out / "scores_by_role.md", markdown_table(by_role))
+    write_text(out / "scores_by_feature.md", markdown_table(by_feature))
     plot_theory_scores(scores[scores.domain == "games"], out / "scores.png")
     for name, pref in adapters.items():
         target = pref.name
@@ -321,7 +339,15 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
             f"(base {summary['base_share_target']:.0%}), pricing {pricing['share_equal']:.0%} exact / "
             f"{pricing['share_within_step']:.0%} within a grid step (base {pricing['base_share_within_step']:.0%}), "
             f"AV {domains['av']['share_equal']:.0%} (base {domains['av']['base_share_equal']:.0%})")
+    write_json(out / EVALUATED, stamp)
     write_evaluation_records(registry, adapters, out, base, small)
+
+
+def evaluated(out: Path) -> dict | None:
+    """What the scores in `out` were measured on (the battery, each adapter's weights, the base
+    model, device and dtype), from the stamp written when they were complete; None without one."""
+    path = out / EVALUATED
+    return read_json(path, "an evaluation stamp") if path.exists() else None
 
 
 def write_evaluation_records(registry: Path, adapters: dict, out: Path, base, small: bool) -> None:
@@ -375,10 +401,15 @@ def registered_adapters(folder: str | Path, names: list[str], base: str | None =
 
 
 def run_evaluate(args) -> int:
-    """`econalign finetune evaluate`: the base model vs the adapters on every domain's held-out items."""
-    adapters = registered_adapters(args.adapters, args.adapter, args.base)
-    evaluate_adapters(Path(args.adapters), adapters, Path(args.out), base=args.base, small=args.small,
-                      device=args.device, dtype=args.dtype)
+    """`econalign finetune evaluate`: the base model vs the adapters on every domain's held-out
+    items; the registry (whose manifests take the scores) is locked while it runs."""
+    from contextlib import nullcontext
+
+    registry = Path(args.adapters)
+    with folder_lock(registry, other="adapter folder (--adapters)") if registry.is_dir() else nullcontext():
+        adapters = registered_adapters(args.adapters, args.adapter, args.base)
+        evaluate_adapters(registry, adapters, Path(args.out), base=args.base, small=args.small,
+                          device=args.device, dtype=args.dtype)
     print(f"tables: {args.out}/scores.md")
     return 0
 

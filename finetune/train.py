@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from agents.errors import InputError
-from agents.records import file_sha256, write_json, write_text
+from agents.records import file_sha256, folder_lock, write_json, write_text
 
 MAX_RANK = 16  # vLLM's default --max-lora-rank
+RUN_STAMP = "run.json"           # in OUT/checkpoints: the run they belong to; marks the folder as ours
 FROZEN_CACHE_BYTES = 4 * 2**30   # the frozen-layer cache's memory (the main job's adapters: about 130 MB)
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -95,7 +96,15 @@ def library_versions() -> dict:
 
 
 def train(options: TrainOptions, show_progress: bool = True) -> Path:
-    """Train one adapter; returns its folder."""
+    """Train one adapter; returns its folder, locked while it trains (agents.records.folder_lock:
+    another process training into it, or into a folder around it, is refused)."""
+    options.check()
+    with folder_lock(options.out, other="adapter folder"):
+        check_checkpoints(Path(options.out) / "checkpoints")     # before the model loads
+        return _train(options, show_progress)
+
+
+def _train(options: TrainOptions, show_progress: bool) -> Path:
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
@@ -107,7 +116,6 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
     from agents.llm.models import model_hash, resolve
     from finetune.dataset import read_jsonl
 
-    options.check()
     placement = resolve_placement(options.device, options.dtype)
     # PEFT 0.21 and TRL 1.16 read transformers 5's deprecated name on every model they wrap; not ours to fix
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
@@ -180,16 +188,33 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
         "samples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 3),
     }
     write_manifest(out, manifest)
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    shutil.rmtree(checkpoints, ignore_errors=True)        # ours (check_checkpoints), and the folder is locked
     return out
+
+
+def check_checkpoints(checkpoints: Path) -> None:
+    """InputError naming `checkpoints` unless it is missing, empty or this project's (it holds our
+    RUN_STAMP): training deletes a stale run's checkpoints and the Trainer rotates checkpoint-*
+    folders, so another tool's would be lost."""
+    stamp = checkpoints / RUN_STAMP
+    try:
+        record = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        record = None
+    ours = isinstance(record, dict) and "data_sha256" in record
+    if checkpoints.exists() and not ours and not (checkpoints.is_dir() and not any(checkpoints.iterdir())):
+        raise InputError(f"{checkpoints} holds files this project did not write (no {RUN_STAMP} of ours); "
+                         "move them away or choose another --out")
 
 
 def resumable(checkpoints: Path, run: dict) -> bool:
     """Whether `checkpoints` holds a checkpoint of this run (`run`: its data, base model, initial
     adapter and options, kept in checkpoints/run.json). Checkpoints of another run (other data or
     options, the pipeline rerun with other --examples, say) are removed: training starts afresh
-    instead of resuming another run's steps (or failing on another rank's shapes)."""
-    stamp, text = checkpoints / "run.json", json.dumps(run, sort_keys=True, default=str)
+    instead of resuming another run's steps (or failing on another rank's shapes); a folder that
+    is not ours is refused (check_checkpoints), never removed."""
+    check_checkpoints(checkpoints)
+    stamp, text = checkpoints / RUN_STAMP, json.dumps(run, sort_keys=True, default=str)
     found = any(checkpoints.glob("checkpoint-*"))
     if found and not (stamp.exists() and stamp.read_text() == text):
         print(f"{checkpoints}: checkpoints of another run (other data or options); training from the start")
@@ -403,7 +428,8 @@ def run_train(args) -> int:
 
 
 def add_commands(commands) -> None:
-    tr = commands.add("train", run_train, "LoRA SFT of the base model on a data file", group="finetune")
+    tr = commands.add("train", run_train, "LoRA SFT of the base model on a data file", group="finetune",
+                      out="out")
     tr.add_argument("--data", required=True)
     tr.add_argument("--out", required=True, help="adapter folder, e.g. adapters/economicus")
     commands.flags(tr, TrainOptions, TRAIN_FLAGS, {"learning_rate": "lr"})

@@ -123,7 +123,9 @@ def message(err: BaseException) -> str:
 
 
 def run(args) -> int:
-    """The command, with its output folder locked, then its report."""
+    """The command, with its output folder locked, then its report. The lock (agents.records.folder_lock)
+    refuses the folder while another process holds it or a folder around or inside it; the shared
+    folders a command also writes (adapter registry, adapter, model cache) lock themselves."""
     from contextlib import nullcontext
 
     from agents.records import folder_lock

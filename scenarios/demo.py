@@ -160,6 +160,17 @@ class Stopwatch:
 
 
 def run_demo(out: str | Path, finetune: bool = True, adapters: str | Path = "adapters") -> Path:
+    """The main job into `out`; with `finetune`, the adapter registry is locked from the start (a
+    second command training into it is refused before either spends minutes on the theory)."""
+    from contextlib import nullcontext
+
+    from agents.records import folder_lock
+
+    with folder_lock(adapters, other="adapter folder") if finetune else nullcontext():
+        return _run_demo(out, finetune, adapters)
+
+
+def _run_demo(out: str | Path, finetune: bool, adapters: str | Path) -> Path:
     from tqdm import tqdm
 
     out = Path(out)

@@ -49,11 +49,18 @@ def market_rows(arm, markets: pd.DataFrame) -> list[dict]:
 
 def run_transfer(out: str | Path, adapters: str | Path = "adapters", log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Both arms: fine-tuning (cached), held-out evaluation, LLM duopolies; returns the adapter
-    and market tables (also written to `out`)."""
+    and market tables (also written to `out`). The registry (ADAPTERS and ADAPTERS/games-only)
+    is locked throughout."""
+    from agents.records import folder_lock
+
+    with folder_lock(adapters, other="adapter folder (--adapters)"):
+        return _run_transfer(Path(out), Path(adapters), log)
+
+
+def _run_transfer(out: Path, adapters: Path, log) -> tuple[pd.DataFrame, pd.DataFrame]:
     from finetune.pipeline import PipelineOptions, run_pipeline
     from scenarios.demo import DUOPOLIES, market_runs
 
-    out, adapters = Path(out), Path(adapters)
     adapter_table, market_table = [], []
     for arm, situations in ARMS.items():
         registry = adapters if situations == SITUATIONS else adapters / "games-only"

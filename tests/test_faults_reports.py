@@ -274,3 +274,12 @@ def test_the_policy_stops_a_missed_escape(hostile, page, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("name", ["price $\\undefinedcmd{x}$ run", "$x^$", "100$ and 200$"])
+def test_a_name_with_dollar_signs_is_plotted_as_written(name, tmp_path):
+    """Figure titles carry the scenario's name; a `$...$` in it is text, not mathtext (a malformed
+    formula used to stop the run with a traceback after the simulation)."""
+    out = market(tmp_path, name, tmp_path / "o")
+    assert (out / "prices.png").stat().st_size > 0
+    assert name in (out / "report.html").read_text() or html.escape(name) in (out / "report.html").read_text()

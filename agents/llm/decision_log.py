@@ -7,35 +7,18 @@ whether it is valid, and the option probabilities. `agents.llm.replay` plays a l
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from agents.records import read_json_lines
+from agents.records import JsonLinesWriter, read_json_lines
 
 
-class DecisionLog:
-    """Appends records to a JSONL file, flushed per record (a crash loses nothing written)."""
+class DecisionLog(JsonLinesWriter):
+    """Appends decision records to a JSONL file, one whole line each, flushed per record (a crash
+    loses nothing written; a line a kill cut short is removed before the next is appended)."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "a", encoding="utf-8")
-        self.count = 0
-
-    def write(self, record: dict) -> None:
-        self._handle.write(json.dumps(record, ensure_ascii=False, default=_plain) + "\n")
-        self._handle.flush()
-        self.count += 1
-
-    def close(self) -> None:
-        self._handle.close()
-
-    def __enter__(self) -> DecisionLog:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        super().__init__(path, default=_plain, ensure_ascii=False)
 
 
 def _plain(value):
@@ -47,5 +30,5 @@ def _plain(value):
 
 
 def read_decisions(path: str | Path) -> Iterator[dict]:
-    """The records of a decision log, in order."""
-    return iter(read_json_lines(path, "a decision log"))
+    """The records of a decision log, in order (a last line cut short by a kill left out)."""
+    return iter(read_json_lines(path, "a decision log", cut_short_ok=True))

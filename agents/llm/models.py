@@ -58,12 +58,21 @@ def prepared_path(source: Path | None = None) -> Path:
     return cache_dir() / "models" / name
 
 
+PREPARE_WAIT = 600      # seconds a second `models prepare` waits for the first (which takes about half a minute)
+STAMP = "econalign.json"  # in a prepared folder: its source and the source's SHA-256; marks the folder as ours
+
+
 def prepare(source: str | Path | None = None, force: bool = False) -> Path:
     """Turn a GGUF file (default: the embedded SmolLM2) into a safetensors model folder, once.
 
-    Returns the folder. A local HF folder is returned as it is. The folder carries
-    `econalign.json` with the source file's SHA-256, so a changed source is prepared again.
+    Returns the folder. A local HF folder is returned as it is. The folder carries STAMP with the
+    source file's SHA-256, so a changed source is prepared again. Preparing locks the model cache
+    (cache_dir()/models): a second preparer waits for the first, then finds the folder prepared;
+    under the lock, partial copies a killed preparer left are removed, and a folder without STAMP
+    (not ours) is refused, never replaced.
     """
+    from agents.records import folder_lock
+
     source = Path(source) if source else embedded_gguf()
     if source.is_dir():
         if not is_model_folder(source):
@@ -72,11 +81,41 @@ def prepare(source: str | Path | None = None, force: bool = False) -> Path:
     if not source.exists() or source.suffix != ".gguf":
         raise ModelError(f"model source {source} is neither a model folder nor a .gguf file")
     dest = prepared_path(source)
-    stamp = dest / "econalign.json"
     source_hash = file_sha256(source)
-    if not force and stamp.exists() and json.loads(stamp.read_text()).get("source_sha256") == source_hash:
+    if not force and _prepared_from(dest) == source_hash:
         return dest
+    with folder_lock(dest.parent, wait=PREPARE_WAIT, other="model cache (ECONALIGN_CACHE)"):
+        if not force and _prepared_from(dest) == source_hash:     # by the preparer this one waited for
+            return dest
+        if dest.exists() and not (dest / STAMP).is_file() and not (dest.is_dir() and not any(dest.iterdir())):
+            raise ModelError(f"{dest} holds files this project did not prepare (no {STAMP}): move them "
+                             "away, or set ECONALIGN_CACHE to another folder")
+        for partial in dest.parent.glob(".prepare-*"):           # a killed preparer's (mkdtemp below)
+            shutil.rmtree(partial, ignore_errors=True)
+        work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=dest.parent))
+        try:
+            _convert(source, work / "new")
+            (work / "new" / STAMP).write_text(json.dumps(
+                {"source": str(source), "source_sha256": source_hash}, indent=2) + "\n")
+            if dest.exists():
+                dest.rename(work / "old")
+            (work / "new").rename(dest)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return dest
 
+
+def _prepared_from(folder: Path) -> str | None:
+    """The source SHA-256 in a prepared folder's STAMP; None without a readable one."""
+    try:
+        record = json.loads((folder / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    return record.get("source_sha256") if isinstance(record, dict) else None
+
+
+def _convert(source: Path, folder: Path) -> None:
+    """The GGUF file `source` de-quantized into `folder` as a plain float32 safetensors model."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -88,25 +127,13 @@ def prepare(source: str | Path | None = None, force: bool = False) -> Path:
         config.__dict__.pop(key, None)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict())
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=dest.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        config_file = tmp / "config.json"
-        saved = json.loads(config_file.read_text())
-        saved.pop("quantization_config", None)
-        saved.pop("_model_name_or_path", None)
-        config_file.write_text(json.dumps(saved, indent=2) + "\n")
-        (tmp / "econalign.json").write_text(json.dumps(
-            {"source": str(source), "source_sha256": source_hash}, indent=2) + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return dest
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    config_file = folder / "config.json"
+    saved = json.loads(config_file.read_text())
+    saved.pop("quantization_config", None)
+    saved.pop("_model_name_or_path", None)
+    config_file.write_text(json.dumps(saved, indent=2) + "\n")
 
 
 def resolve(model: str | Path | None = None) -> Path:
