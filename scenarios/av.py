@@ -48,6 +48,7 @@ def simulate(s: AVScenario, out: Path, policies: dict, progress: bool = True) ->
     from agents.dilemma import bonnefon_probe, choice_curve
     from finetune.application_eval import plot_choice_curve
     from scenarios.av_plots import plot_casualties, plot_effects
+    from scenarios.market import invalid_by_type
     from simulation.av_metrics import casualties, preference_effects, utilitarian_share
     from simulation.av_traffic import AVTraffic
     from simulation.lockstep import step_together
@@ -77,6 +78,7 @@ def simulate(s: AVScenario, out: Path, policies: dict, progress: bool = True) ->
                "dilemmas": len(dilemmas),
                "backend_calls_per_step": max(c for m in models for c in m.backend_calls or [0]),
                "invalid_decisions": int((~dilemmas.valid).sum()) if len(dilemmas) else 0,
+               "invalid_by_type": invalid_by_type(dilemmas, "decider"),
                **{k: int(sum(m.counts[k] for m in models)) for k in models[0].counts}, "by_type": {}}
     for label, d in (dilemmas.groupby("decider") if len(dilemmas) else []):
         known = d.dropna(subset=["is_utilitarian"])
@@ -89,11 +91,18 @@ def simulate(s: AVScenario, out: Path, policies: dict, progress: bool = True) ->
     if s.run.probe:
         probe = bonnefon_probe(avs, seed=s.seed)
         probe.to_parquet(out / "probe.parquet", index=False)
+        answered = invalid_by_type(probe.assign(valid=probe.action.notna()), "decider")
+        for label, counts in answered.items():      # the probe's LLM decisions count too
+            total = summary["invalid_by_type"].setdefault(label, {"decisions": 0, "invalid": 0})
+            total["decisions"] += counts["decisions"]
+            total["invalid"] += counts["invalid"]
+            summary["invalid_decisions"] += counts["invalid"]
         curve = choice_curve(probe)
         curve.to_csv(out / "choice_curve.csv")
         plot_choice_curve(curve, out / "choice_curve.png", s.name)
         summary["choice_curve"] = {c: [round(float(v), 4) for v in curve[c]] for c in curve.columns
                                    if not c.startswith("human")}
+    summary["decisions"] = sum(v["decisions"] for v in summary["invalid_by_type"].values())
     return summary
 
 
@@ -154,11 +163,13 @@ def run_av_command(args) -> int:
     """`econalign av run`: one AV scenario file; the summary's headline figures."""
     import json
 
+    from scenarios.market import report_invalid
+
     summary = run_av_scenario(args.config, args.out, overrides=placement_overrides(args))
     shown = {k: summary[k] for k in ("scenario", "dilemmas", "backend_calls_per_step", "invalid_decisions", "by_type")}
     print(json.dumps(shown, indent=2, default=float))
     print(f"results: {args.out}/ (summary.json, manifest.json, plots)")
-    return 0
+    return report_invalid(summary, f"{args.out}/decisions.jsonl")
 
 
 def add_commands(commands) -> None:

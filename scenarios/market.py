@@ -8,11 +8,18 @@ Vectorised engine (Q-learning firms only, Calvano's replication):
     sessions.parquet (convergence, limit-cycle prices, profits, Delta per session),
     impulse.parquet (mean impulse response), delta.png, impulse.png, summary.json, manifest.json;
     checkpoint.npz makes an interrupted run resume where it stopped.
+
+Before a Mesa run: its sessions' records must fit simulation.bertrand_market.MAX_RECORD_GIB
+(settings), and its LLM firms' longest prompt the model's context (check_context). After it: the
+summary counts the LLM decisions and the invalid ones by firm type; the command says so in one
+line on stderr, and exits 1 when every decision was invalid (report_invalid).
 """
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -151,6 +158,141 @@ def session_count(s: MarketScenario) -> int:
     return s.run.sessions * session_periods(s)
 
 
+def record_gib(s: MarketScenario) -> float:
+    """GiB of step records the scenario's sessions hold at once (simulation.bertrand_market)."""
+    from simulation.bertrand_market import record_gib as gib
+
+    return gib(s.run.sessions, session_periods(s), len(s.firms))
+
+
+def lockstep_batches(jobs: list) -> list[list]:
+    """(scenario, folder) jobs cut, in order, into batches whose sessions' step records together
+    fit MAX_RECORD_GIB (each scenario fits on its own: settings check it), to run in lock-step."""
+    from simulation.bertrand_market import MAX_RECORD_GIB
+
+    batches: list[list] = []
+    held = 0.0
+    for job in jobs:
+        gib = record_gib(job[0])
+        if not batches or held + gib > MAX_RECORD_GIB:
+            batches.append([])
+            held = 0.0
+        batches[-1].append(job)
+        held += gib
+    return batches
+
+
+# ------------------------------------------------------------------ the model's context
+_DIGITS = "31415926535897932384"
+
+
+def _varied_digits(text: str) -> str:
+    """Every digit replaced by one of pi's: a price string of the same width that a tokenizer
+    cannot merge as it merges 0.00 or 1111 (the worst case for its token count)."""
+    count = iter(range(len(text)))
+    return re.sub(r"\d", lambda _: _DIGITS[next(count) % len(_DIGITS)], text)
+
+
+def longest_prompts(s: MarketScenario, policies: dict) -> list[tuple]:
+    """For each distinct LLM firm (preference, memory, prices, notes): (firm, request with the
+    longest history the run can show it, request with none, tokens its answer and retries may
+    add). Worst case: every price at the highest a firm can see, quantities at the market's
+    scale, profits at their most negative, all with varied digits; a free-price firm's
+    conversation with `max_retries` corrections, its notes as long as an answer."""
+    from agents.llm.parsing import correction
+    from agents.pricing import PeriodRecord, PricingSituation
+
+    market, run, llm = s.bertrand(), s.run, s.llm
+    n = len(s.firms)
+    grid = market.price_grid(s.grid.m, s.grid.xi)
+    ceiling = run.ceiling if run.ceiling is not None else round(2 * float(market.monopoly_prices().max()), 2)
+    price = max([ceiling, float(grid.max()), *(run.initial_prices or [])])
+    quantity = market.quantity_scale
+    loss = -(price + float(np.max(np.abs(market.costs))) * market.price_scale) * quantity
+    periods, seen, out = session_periods(s), set(), []
+    for index, f in enumerate(s.firms):
+        key = (f.type, getattr(f, "preference", None), getattr(f, "memory", 0), getattr(f, "prices", None),
+               getattr(f, "notes", False))
+        if f.type != "llm" or key in seen:
+            continue
+        seen.add(key)
+        policy = policies[f.preference]
+        shown = min(f.memory, periods)
+        record = PeriodRecord(price, (price,) * (n - 1), quantity, loss)
+        requests = []
+        for history in ([record] * shown, []):
+            situation = PricingSituation(market, index, ceiling, history, None,
+                                         tuple(grid[index]) if f.prices == "grid" else None,
+                                         {} if f.notes else None)
+            messages = [{**m, "content": _varied_digits(m["content"])} for m in situation.messages()]
+            if f.prices == "free":
+                error = "the reply has several numbers (-1.23457e+06, -1.23457e+06, -1.23457e+06, -1.23457e+06) " \
+                        "instead of one answer"
+                messages += [{"role": "assistant", "content": ""},
+                             {"role": "user", "content": correction(error, 0.0, ceiling)}] * llm.max_retries
+            requests.append(policy.request(messages, 0))
+        if f.prices == "grid":     # an option's tokens: at most one per character and the end of the turn
+            answer = max(len(situation.answer.form.format(label)) for label in situation.answer.labels) + 1
+        else:                      # the replies in the conversation, the answer, the notes the last one wrote
+            answer = llm.max_tokens * (llm.max_retries + 1 + bool(f.notes))
+        out.append((f, *requests, answer))
+    return out
+
+
+def check_context(jobs: list, backend, policies: list[dict]) -> None:
+    """Refuse, before anything runs, a scenario whose LLM firms' longest prompt (their whole
+    `memory` of history, worst-case numbers; agents.pricing) and answer exceed the model's
+    context (the backend's `context_length`; no check where it does not say). All the prompts
+    are tokenized in one batched call (the backend's `prompt_lengths`)."""
+    context = getattr(backend, "context_length", None)
+    measure = getattr(backend, "prompt_lengths", None)
+    if not context or measure is None:
+        return
+    cases = [(s, *case) for (s, _), used in zip(jobs, policies) if s.uses_llm for case in longest_prompts(s, used)]
+    if not cases:
+        return
+    lengths = measure([r for _, _, longest, empty, _ in cases for r in (longest, empty)])
+    for i, (s, firm, _, _, answer) in enumerate(cases):
+        full, bare = lengths[2 * i], lengths[2 * i + 1]
+        need = full + answer
+        if need <= context:
+            continue
+        shown = min(firm.memory, session_periods(s))
+        per_period = max((full - bare) / shown, 1.0) if shown else 1.0
+        fits = max(int((context - bare - answer) // per_period), 0)
+        raise ConfigError(f"{s.path}: an LLM firm with memory = {firm.memory} can be asked a prompt of {full:,} "
+                          f"tokens plus {answer:,} for its answer{' and retries' if firm.prices == 'free' else ''}, "
+                          f"more than the model's context of {context:,} tokens: use memory <= {fits:,}, or a "
+                          "server with a longer context (econalign serve --max-model-len)")
+
+
+# ------------------------------------------------------------------ invalid decisions
+def invalid_by_type(frame: pd.DataFrame, label: str, valid: str = "valid") -> dict:
+    """{label: {"decisions": n, "invalid": k}} of the LLM decisions (rows whose `label` column
+    starts with "llm:") of a frame with a boolean `valid` column."""
+    llm = frame[frame[label].astype(str).str.startswith("llm:")] if len(frame) else frame
+    return {str(name): {"decisions": int(len(rows)), "invalid": int((~rows[valid].astype(bool)).sum())}
+            for name, rows in (llm.groupby(label) if len(llm) else [])}
+
+
+def report_invalid(summary: dict, where: str) -> int:
+    """The end of a run's command: one line on stderr when some of its LLM decisions were invalid
+    (a broken or unusable reply, after the retries); exit code 1 (the backend failed) when every
+    one was, else 0. `summary`: its decisions, invalid_decisions and invalid_by_type."""
+    decisions, invalid = summary.get("decisions", 0), summary.get("invalid_decisions", 0)
+    if not invalid:
+        return 0
+    kinds = ", ".join(f"{label} {v['invalid']:,}/{v['decisions']:,}"
+                      for label, v in summary.get("invalid_by_type", {}).items() if v["invalid"])
+    if invalid >= decisions:
+        print(f"econalign: error: all {decisions:,} LLM decisions were invalid ({kinds}): the backend gave no "
+              f"usable answer; see {where}", file=sys.stderr)
+        return 1
+    print(f"econalign: warning: {invalid:,} of {decisions:,} LLM decisions were invalid ({kinds}); see {where}",
+          file=sys.stderr)
+    return 0
+
+
 def collect_sessions(s: MarketScenario, out: Path) -> dict:
     """The scenario's summary from its finished sessions; writes steps.parquet,
     regression.csv, impulse.parquet and the plots."""
@@ -175,6 +317,9 @@ def collect_sessions(s: MarketScenario, out: Path) -> dict:
                "nash_price": market.nash_prices().tolist(), "monopoly_price": market.monopoly_prices().tolist(),
                "backend_calls_per_step": max(calls) if calls else 0,
                "invalid_decisions": int(sum(r["invalid"] for r in sessions))}
+    decided = frame[~frame.forced.astype(bool)]         # a forced price (deviation test) is no decision
+    summary["invalid_by_type"] = invalid_by_type(decided, "label")
+    summary["decisions"] = sum(v["decisions"] for v in summary["invalid_by_type"].values())
     if regressions:
         reg = pd.concat(regressions, ignore_index=True)
         reg.to_csv(out / "regression.csv", index=False)
@@ -265,18 +410,25 @@ def run_scenarios(jobs: list[tuple[MarketScenario, Path]], backend=None, progres
 
     from agents.llm.decision_log import DecisionLog
     from agents.llm.replay import ReplayBackend
+    from simulation.bertrand_market import MAX_RECORD_GIB
     from simulation.lockstep import run_plans
 
     started = time.time()
     recorded: list[dict] = []
-    for s, out in jobs:
+    if len(jobs) > 1 and sum(record_gib(s) for s, _ in jobs) > MAX_RECORD_GIB:
+        raise ConfigError(f"{len(jobs)} scenarios in lock-step hold about {sum(record_gib(s) for s, _ in jobs):,.1f} "
+                          f"GiB of step records (at most {MAX_RECORD_GIB:g}): run them in batches (lockstep_batches)")
+    for s, _ in jobs:
         if s.run.engine == "vectorised":
             raise ConfigError(f"{s.name}: a vectorised scenario does not run in lock-step with others")
-        out.mkdir(parents=True, exist_ok=True)
-        recorded += resume_sessions(s, out, restart_if_changed)
     llm = [s for s, _ in jobs if s.uses_llm]
     if llm and backend is None:
         backend = build_backend(llm[0].llm, [p for s in llm for p in llm_preferences(s)], llm[0].seed, None)[0]
+    check_context(jobs, backend, [make_policies(s.llm, llm_preferences(s), s.seed, backend, None) if s.uses_llm
+                                  else {} for s, _ in jobs])
+    for s, out in jobs:
+        out.mkdir(parents=True, exist_ok=True)
+        recorded += resume_sessions(s, out, restart_if_changed)
     asked = ReplayBackend(records=recorded, fallback=backend) if recorded and backend is not None else backend
     policies: list[dict] = []
     with ExitStack() as stack, tqdm(total=sum(session_count(s) for s, _ in jobs), unit="period",
@@ -307,7 +459,7 @@ def run_market_command(args) -> int:
                                                        "backend_calls_per_step", "invalid_decisions")}
     print(json.dumps(shown, indent=2, default=float))
     print(f"results: {args.out}/ (summary.json, manifest.json, plots)")
-    return 0
+    return report_invalid(summary, f"{args.out}/decisions.jsonl")
 
 
 def add_commands(commands) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import math
 import operator
 import os
 import tomllib
@@ -40,6 +41,8 @@ from agents.preferences import from_name
 from agents.qlearning import QLearningSettings, check_q_size
 from markets.bertrand import CALVANO_GRID, LogitBertrand
 from simulation.av_traffic import TrafficSettings
+from simulation.av_traffic import check_record_size as check_av_records
+from simulation.bertrand_market import check_record_size as check_market_records
 
 
 class ConfigError(InputError):
@@ -239,6 +242,9 @@ class MarketScenario(Scenario):
         learners = sum(f.type == "qlearning" for f in self.firms)
         if learners:
             _domain("grid", lambda: check_q_size(learners, n, self.grid.m, self.run.sessions))
+        if self.run.engine == "mesa":
+            periods = self.run.steps + (self.run.deviation_periods + 1 if self.run.deviation else 0)
+            _domain("run", lambda: check_market_records(self.run.sessions, periods, n))
         return self
 
 
@@ -300,6 +306,8 @@ class AVScenario(Scenario):
         if not self.avs:
             raise ValueError("av: an AV scenario needs at least one [[av]] table")
         _domain("traffic", self.traffic_settings)
+        avs = sum(a.count for a in self.avs)
+        _domain("run", lambda: check_av_records(len(self.run.seeds or [self.seed]), self.run.steps, avs))
         return self
 
 
@@ -387,6 +395,9 @@ def one_line(err: ValidationError) -> str:
         wanted = ctx.get("expected", "").replace("'", '"')
     elif kind == "too_short":
         wanted = "a non-empty list"
+    elif kind == "too_long":            # the count, not the whole list
+        most, got = ctx.get("max_length"), ctx.get("actual_length")
+        return f"{where} {key} must have at most {most:,} values, got {got:,}".strip()
     elif kind in _WANTED:
         wanted = _WANTED[kind]
     elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
@@ -441,11 +452,13 @@ def load_av_scenario(path: str | Path, overrides: dict | None = None) -> AVScena
 
 # ------------------------------------------------------------------ studies
 STUDIES = Path(__file__).parent / "studies"
+MAX_CELLS = 10_000    # grid combinations x seeds: each combination is validated (~20 ms) before any cell runs
+MAX_WORKERS = 256     # Ray actors; each loads its own model (checked against free memory when the study runs)
 
 
 class StudySection(Section):
     executor: Literal["local", "ray"] = "local"
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    workers: int = Field(default_factory=lambda: min(os.cpu_count() or 1, MAX_WORKERS), ge=1, le=MAX_WORKERS)
     train_adapters: bool = False
     theory_curve: bool = False
 
@@ -472,9 +485,19 @@ class Study(FileSettings):
     scenario: str
     seeds: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] | None = Field(None, min_length=1, max_length=10_000)
     fixed: dict[StudyKey, Any] = Field(default_factory=dict, alias="set")
-    grid: dict[StudyKey, Annotated[list, Field(min_length=1)]] = Field(min_length=1)
+    grid: dict[StudyKey, Annotated[list, Field(min_length=1, max_length=MAX_CELLS)]] = Field(min_length=1)
     study: StudySection = StudySection()
     _scenario_path: Path = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _bounded(self):
+        """At most MAX_CELLS cells, counted as a product before any is made."""
+        n = math.prod(len(values) for values in self.grid.values()) * len(self.seeds or [None])
+        if n > MAX_CELLS:
+            sizes = " x ".join(str(len(values)) for values in self.grid.values())
+            raise ValueError(f"the grid ({sizes} values) and {len(self.seeds or [None])} seed(s) make {n:,} cells "
+                             f"(at most {MAX_CELLS:,}): use fewer grid values or seeds")
+        return self
 
     @property
     def scenario_path(self) -> Path:
@@ -496,7 +519,7 @@ def load_study(path: str | Path) -> Study:
     study._scenario_path = beside if beside.is_file() else scenario_path(study.scenario, BUNDLED_MARKETS)
     if study.seeds is None:
         study.seeds = [load_scenario(study.scenario_path).seed]
-    for cell in study.cells():
+    for cell in study.cells()[::len(study.seeds)]:    # once per grid combination: the seeds are checked above
         load_scenario(study.scenario_path, cell_overrides({**study.fixed, **cell}))
     return study
 

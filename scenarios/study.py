@@ -13,7 +13,7 @@ A study file (TOML):
     "qlearning.beta" = [2e-6, 8e-6]
     [study]
     executor = "local"                # or "ray": the cells shared among `workers` Ray actors
-    workers = 2
+    workers = 2                       # 1 to 256; refused where the workers' own models outgrow free memory
     train_adapters = false            # true: fine-tune (cached) the adapters the LLM firms name
     theory_curve = false              # true: plot the homo moralis equilibrium Delta beside kappa
 
@@ -22,7 +22,11 @@ or "market.firms" (the [[firm]] tables repeated to that many firms). A cell whos
 exists is not run again (unless an adapter its LLM firms name has other weights since), so an
 interrupted study resumes (an interrupted LLM cell at its last
 logged period); a worker runs its Mesa cells in lock-step on one backend (`run_cells`); `study.csv`, `study.md` and
-`study.png` in the output folder hold one row per cell.
+`study.png` in the output folder hold one row per cell. A study has at most 10,000 cells (grid
+combinations x seeds, counted before any is made: scenarios.settings.MAX_CELLS); a worker's Mesa
+cells step in lock-step in batches whose records fit (scenarios.market.lockstep_batches);
+study.json counts the cells' LLM decisions and invalid ones, and the command exits 1 when every
+one was invalid.
 """
 from __future__ import annotations
 
@@ -84,7 +88,7 @@ def run_cells(jobs: list, backends: dict | None = None, done=lambda n: None, pro
     every LLM firm of every cell and session), one backend per distinct [llm] section, loaded
     once and kept in `backends` for the worker's next cells. `done(n)` reports finished cells.
     Returns `backends`."""
-    from scenarios.market import llm_preferences, run_scenario, run_scenarios
+    from scenarios.market import llm_preferences, lockstep_batches, run_scenario, run_scenarios
     from scenarios.runs import build_backend
 
     backends = {} if backends is None else backends
@@ -106,8 +110,9 @@ def run_cells(jobs: list, backends: dict | None = None, done=lambda n: None, pro
                 first = group[0][0]
                 backends[key] = build_backend(first.llm, wanted, first.seed, None)[0]
             backend = backends[key]
-        run_scenarios(group, backend, progress=progress)
-        done(len(group))
+        for batch in lockstep_batches(group):      # as many cells in lock-step as their records allow
+            run_scenarios(batch, backend, progress=progress)
+            done(len(batch))
     return backends
 
 
@@ -150,6 +155,7 @@ def run_study(path: str | Path, out: str | Path, progress: bool = True, log=prin
               unit="cell", disable=not progress) as bar:
         jobs = [cell_job(s, folders[i], cells[i]) for i in pending]
         if s.study.executor == "ray":
+            check_worker_memory(jobs, s.study.workers)
             _run_on_ray(jobs, s.study.workers, bar)
         else:
             run_cells(jobs, done=bar.update, progress=progress)
@@ -160,13 +166,64 @@ def run_study(path: str | Path, out: str | Path, progress: bool = True, log=prin
     write_json(out / "study.json",
                {"name": s.name, "scenario": str(s.scenario_path), "grid": s.grid, "set": s.fixed, "seeds": s.seeds,
                 "executor": s.study.executor, "workers": s.study.workers, "cells": len(cells), "ran": len(pending),
-                "seconds": round(time.time() - started, 1)})
+                "seconds": round(time.time() - started, 1), **invalid_totals(folders)})
     return table
+
+
+def invalid_totals(folders: list[Path]) -> dict:
+    """The cells' LLM decisions and invalid ones, in all and by LLM firm type (their summaries)."""
+    by_type: dict[str, dict] = {}
+    for folder in folders:
+        for label, counts in json.loads((folder / "summary.json").read_text()).get("invalid_by_type", {}).items():
+            total = by_type.setdefault(label, {"decisions": 0, "invalid": 0})
+            total["decisions"] += counts["decisions"]
+            total["invalid"] += counts["invalid"]
+    return {"decisions": sum(v["decisions"] for v in by_type.values()),
+            "invalid_decisions": sum(v["invalid"] for v in by_type.values()), "invalid_by_type": by_type}
+
+
+def check_worker_memory(jobs: list, workers: int) -> None:
+    """Each Ray worker (CellWorker) loads its own in-process model for every [llm] section its
+    cells name: refuse the study when those weights (their safetensors files' size) exceed the
+    memory available now. Servers (backend = "openai") and a model not found are not counted."""
+    import psutil
+
+    from agents.llm.models import ModelError, resolve
+
+    sections: dict[str, tuple] = {}
+    weights: dict = {}
+    need, loading = 0, 0
+    for share in (jobs[i::workers] for i in range(workers)):
+        loads = set()
+        for scenario, _, settings in share:
+            deciding = json.dumps({k: v for k, v in settings.items() if k.split(".")[0] in ("llm", "firm", "market")},
+                                  sort_keys=True, default=str)
+            if deciding not in sections:        # the [llm] section and firms depend on these keys only
+                s = load_scenario(scenario, cell_overrides(settings))
+                sections[deciding] = (s.llm.model_dump_json(), s.llm.model) \
+                    if s.uses_llm and s.llm.backend == "transformers" else None
+            if sections[deciding]:
+                loads.add(sections[deciding])
+        for _, model in loads:
+            if model not in weights:
+                try:
+                    weights[model] = sum(p.stat().st_size for p in resolve(model).glob("*.safetensors"))
+                except ModelError:
+                    weights[model] = 0       # the worker reports it
+            need += weights[model]
+        loading += bool(loads)
+    free = psutil.virtual_memory().available
+    if need > free:
+        raise ConfigError(f"[study] workers = {workers}: {loading} Ray workers each load their own model, "
+                          f"{need / 2**30:,.1f} GiB of weights in all, but {free / 2**30:,.1f} GiB of memory are "
+                          "free: use fewer workers (or an [llm] server, backend = \"openai\")")
 
 
 def train_named_adapters(s: Study, cells: list[dict], out: Path, log=print) -> None:
     """Fine-tune (finetune pipeline, cached in the scenario's adapter folder) every adapter an
-    LLM firm of the cells names that the folder does not hold yet, or holds from an older recipe."""
+    LLM firm of the cells names that the folder does not hold yet, or holds from an older recipe;
+    each registry is locked while it is looked at and trained."""
+    from agents.records import folder_lock
     from finetune.pipeline import PipelineOptions, follows_recipe, run_pipeline
     from finetune.registry import adapter_name, list_adapters, parse_adapter_name
 
@@ -177,13 +234,14 @@ def train_named_adapters(s: Study, cells: list[dict], out: Path, log=print) -> N
             if firm.type == "llm" and firm.preference != "base":
                 wanted.setdefault(scenario.llm.adapters, set()).add(parse_adapter_name(firm.preference))
     for folder, preferences in wanted.items():
-        found = list_adapters(folder)
-        missing = sorted(p for p in preferences if adapter_name(*p) not in found
-                         or not follows_recipe(found[adapter_name(*p)], adapter_name(*p)))
-        if missing:
-            log(f"{s.name}: training {len(missing)} adapter(s) into {folder}")
-            run_pipeline(PipelineOptions(adapters=str(folder), out=str(out / "finetune"),
-                                         preferences=tuple(missing)), log=log)
+        with folder_lock(folder, other="adapter folder ([llm] adapters)"):   # looked at and trained as one
+            found = list_adapters(folder)
+            missing = sorted(p for p in preferences if adapter_name(*p) not in found
+                             or not follows_recipe(found[adapter_name(*p)], adapter_name(*p)))
+            if missing:
+                log(f"{s.name}: training {len(missing)} adapter(s) into {folder}")
+                run_pipeline(PipelineOptions(adapters=str(folder), out=str(out / "finetune"),
+                                             preferences=tuple(missing)), log=log)
 
 
 def _run_on_ray(jobs: list, workers: int, bar) -> list[int]:
@@ -294,10 +352,13 @@ def plot_study(table: pd.DataFrame, keys: list[str], path: Path, title: str, the
 
 def run_study_command(args) -> int:
     """`econalign study run`: every cell of a study (resumable), then its table."""
+    from scenarios.market import report_invalid
+
     table = run_study(args.study, args.out)
     print(table.drop(columns=["folder"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"results: {args.out}/ (study.csv, study.md, study.png, cells/)")
-    return 0
+    totals = json.loads((Path(args.out) / "study.json").read_text())
+    return report_invalid(totals, f"{args.out}/cells/*/decisions.jsonl")      # 1 when every LLM decision was invalid
 
 
 def add_commands(commands) -> None:

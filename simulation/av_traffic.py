@@ -30,6 +30,19 @@ from agents.qlearning import fresh_seed
 from markets.av import AGES, Dilemma, Person, swerve_threshold
 from simulation.lockstep import Asks, step_together
 
+MAX_RECORD_GIB = 4.0         # step records of the cities a run holds at once, checked before it starts
+BYTES_PER_AV_STEP = 1024     # measured 370-660 B held (DataCollector row, dilemmas, people) + ~350 B for the frames
+
+
+def check_record_size(cities: int, steps: int, avs: int) -> None:
+    """Refuse an AV run whose records (cities x steps x AVs x BYTES_PER_AV_STEP; the cities of
+    several seeds step in lock-step, all in memory) exceed MAX_RECORD_GIB: ValueError naming the
+    estimate."""
+    gib = cities * steps * avs * BYTES_PER_AV_STEP / 2**30
+    if gib > MAX_RECORD_GIB:
+        raise ValueError(f"{cities:,} seed(s) x {steps:,} steps x {avs:,} AVs hold about {gib:,.1f} GiB of records "
+                         f"in memory (at most {MAX_RECORD_GIB:g}): use fewer seeds, steps or AVs")
+
 
 @dataclass(frozen=True)
 class TrafficSettings:
@@ -126,6 +139,8 @@ class AVTraffic(mesa.Model):
             raise ValueError(f"n_steps must be an integer >= 1, got {n_steps}")
         self.n_steps = None if n_steps is None else int(n_steps)
         self.settings = s = settings or TrafficSettings()
+        if self.n_steps is not None:
+            check_record_size(1, self.n_steps, s.avs)
         self.seed_value = int(seed)
         self.grid = MultiGrid(s.width, s.height, torus=True)
         self._ids = itertools.count()

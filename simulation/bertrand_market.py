@@ -30,6 +30,24 @@ from markets.bertrand import CALVANO_GRID, LogitBertrand
 from simulation.firms import DecidingFirm, Firm, QLearningFirm
 from simulation.lockstep import Asks, step_together
 
+MAX_RECORD_GIB = 4.0            # step records of the sessions a run holds at once, checked before it starts
+BYTES_PER_FIRM_PERIOD = 1536    # measured ~900 B held (Mesa DataCollector row, firm history) + ~450 B for step_data
+
+
+def record_gib(sessions: int, periods: int, firms: int) -> float:
+    """GiB of step records that `sessions` Mesa sessions of `periods` periods and `firms` firms
+    hold at once (lock-step keeps every session in memory until it ends)."""
+    return sessions * periods * firms * BYTES_PER_FIRM_PERIOD / 2**30
+
+
+def check_record_size(sessions: int, periods: int, firms: int) -> None:
+    """Refuse a Mesa market run whose step records (sessions x periods x firms x
+    BYTES_PER_FIRM_PERIOD) exceed MAX_RECORD_GIB: ValueError naming the estimate."""
+    gib = record_gib(sessions, periods, firms)
+    if gib > MAX_RECORD_GIB:
+        raise ValueError(f"{sessions:,} session(s) x {periods:,} periods x {firms} firms hold about {gib:,.1f} GiB "
+                         f"of step records in memory (at most {MAX_RECORD_GIB:g}): use fewer sessions or steps")
+
 
 class BertrandMarket(mesa.Model):
     """n firms made by `firms` (makers from simulation.firms: llm_firm, theory_firm,
@@ -67,6 +85,8 @@ class BertrandMarket(mesa.Model):
         if periods is not None and (int(periods) != periods or periods < 1):
             raise ValueError(f"periods must be an integer >= 1, got {periods}")
         self.periods = None if periods is None else int(periods)
+        if self.periods is not None:
+            check_record_size(1, self.periods, market.firms)
         if len(firms) != market.firms:
             raise ValueError(f"the market has {market.firms} firms but {len(firms)} firm types were given")
         self.market, self.seed_value, self.session, self.decimals = market, int(seed), int(session), decimals

@@ -246,8 +246,9 @@ def test_a_reply_that_is_not_json_is_retried_then_names_the_server(fake_server):
 
 
 def test_a_market_against_a_broken_server_counts_every_decision_invalid(fake_server, tmp_path):
-    """A Mesa market run whose server answers NaN log-probabilities: exit 0, every LLM decision
-    counted invalid (the prices stay where they started), the summary is strict JSON."""
+    """A Mesa market run whose server answers NaN log-probabilities: every LLM decision counted
+    invalid (the prices stay where they started), the summary is strict JSON, and the run exits 1
+    (the backend failed: no decision was usable)."""
     fake_server.mode = "nan"
     scenario = tmp_path / "m.toml"
     scenario.write_text(f'name = "nan"\n[llm]\nbackend = "openai"\nurl = "{fake_server.url}"\nretries = 0\n'
@@ -255,7 +256,7 @@ def test_a_market_against_a_broken_server_counts_every_decision_invalid(fake_ser
                         '[[firm]]\ntype = "llm"\n[[firm]]\ntype = "llm"\n')
     proc = subprocess.run([ECONALIGN, "market", "run", str(scenario), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr
     summary = json.loads((tmp_path / "o" / "summary.json").read_text(),
                          parse_constant=lambda c: pytest.fail(f"summary.json holds {c}"))
     assert summary["invalid_decisions"] == 2 * 3

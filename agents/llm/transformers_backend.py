@@ -174,6 +174,20 @@ class TransformersBackend:
                 out[i] = list(ids)
         return out  # type: ignore[return-value]
 
+    def prompt_lengths(self, requests: Sequence[Request]) -> list[int]:
+        """Tokens of each request's prompt (one batched tokenization)."""
+        return [len(ids) for ids in self.prompts_ids(requests)]
+
+    @property
+    def context_length(self) -> int | None:
+        """The most tokens the model takes: the smaller of its config's max_position_embeddings and
+        the tokenizer's model_max_length, each where it is set (transformers writes 1e30 for an
+        unset model_max_length); None when neither is."""
+        known = [getattr(self.model.config, "max_position_embeddings", None),
+                 getattr(self.tokenizer, "model_max_length", None)]
+        known = [int(k) for k in known if isinstance(k, int) and 0 < k < 10**9]
+        return min(known) if known else None
+
     def option_ids(self, request: Request, option: str, prefix: list[int]) -> list[int]:
         """Tokens of the assistant turn `option` up to and including its end-of-turn token, from
         the whole chat rendered with that answer (the reference that the cache below must equal)."""
