@@ -101,10 +101,11 @@ compiler:
 demo: model
 	$(BIN)/econalign demo --out $(OUT)
 
-# ruff first (the rules in pyproject.toml); pytest exit code 5 means "no tests collected": that is a
-# broken run, not a pass.
+# ruff first (the rules in pyproject.toml), then lint-imports (setup.cfg's contracts: the floors, no
+# import circles); pytest exit code 5 means "no tests collected": that is a broken run, not a pass.
 test: model vllm browser compiler
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 	@$(MAKE) --no-print-directory py312

@@ -4,7 +4,7 @@ The prompt states who dies under each action in the Moral Machine's terms (Awad 
 how many, their ages, passengers or pedestrians, crossing on green or on red, and which action is
 an intervention (swerving). It takes no side: the AV's preference type is carried by the adapter.
 The answer is one of two options scored by `choose` (`ANSWER: stay` or `ANSWER: swerve`), so every
-decision comes with its probability. The theory action is agents.preferences.best_response on
+decision comes with its probability. The theory action is agents.equilibria.best_response on
 markets.av.Dilemma (the closed form is markets.av.theory_swerves).
 """
 from __future__ import annotations
@@ -13,8 +13,9 @@ import itertools
 from collections import Counter
 from dataclasses import dataclass
 
+from agents.equilibria import best_response
 from agents.policies import Options, decide
-from agents.preferences import best_response
+from agents.seeds import request_seed
 from markets.av import ACTIONS, BONNEFON_2016, Dilemma, Person
 
 # The dilemma in four wordings: the simulations ask the first; fine-tuning data uses the first
@@ -136,7 +137,7 @@ def bonnefon_probe(deciders, sizes=tuple(range(1, 11)), seed: int = 0):
         for n in sizes:
             pairs.append((policy, DilemmaSituation(bonnefon_dilemma(n))))
             rows.append({"decider": label, "pedestrians": n})
-    decisions = decide(pairs, seeds=[seed * 1_000_003 + i for i in range(len(pairs))],
+    decisions = decide(pairs, seeds=[request_seed(seed, 0, i) for i in range(len(pairs))],
                        tags=[{"probe": "bonnefon", **r} for r in rows])
     for row, d in zip(rows, decisions):
         row["action"] = d.action

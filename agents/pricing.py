@@ -8,7 +8,7 @@ is carried by the adapter. Prices come either from a grid (`Options`, scored by 
 a free number in [0, ceiling] (`Number`, through `generate`).
 
 The theory action is the preference's best response to the rivals' last prices
-(agents.preferences.best_response on markets.bertrand's firm view).
+(agents.equilibria.best_response on markets.bertrand's firm view).
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from agents.equilibria import best_response
 from agents.policies import Number, Options
-from agents.preferences import best_response
 
 SYSTEM = ("You are the pricing manager of a firm that sells one product. Each period, you and "
           "{rivals} set prices at the same time; customers then buy, and each firm earns "

@@ -12,9 +12,8 @@ Calvano, Calzolari, Denicolo & Pastorello (2020), AER 110(10):3267, section II.B
 * Q(s, a) <- (1 - alpha) Q(s, a) + alpha (pi + delta max_a' Q(s', a'));
 * converged when no firm's greedy strategy (over all states) changed for `convergence` periods.
 
-Randomness is counter-based: every draw is SplitMix64 (Steele, Lea & Flood 2014) of (seed,
-session, period, firm, stream), so the draws do not depend on the order in which sessions or
-firms are computed, and the Mesa firms and the vectorised engine see identical numbers.
+Randomness is counter-based (agents.seeds): every draw is SplitMix64 of (seed, session, period,
+firm, stream), so the Mesa firms and the vectorised engine see identical numbers.
 """
 from __future__ import annotations
 
@@ -23,45 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agents.seeds import EXPLORE, RANDOM_PRICE, START, draw, period_key, uniform
 from markets.bertrand import CALVANO_GRID
-
-MASK = (1 << 64) - 1
-GOLDEN = 0x9E3779B97F4A7C15
-MIX1 = 0xBF58476D1CE4E5B9
-MIX2 = 0x94D049BB133111EB
-EXPLORE, RANDOM_PRICE, START, DECISION = 0, 1, 2, 3   # the streams of one firm's draws in one period
-
-
-def splitmix64(z: int) -> int:
-    z = (z + GOLDEN) & MASK
-    z = ((z ^ (z >> 30)) * MIX1) & MASK
-    z = ((z ^ (z >> 27)) * MIX2) & MASK
-    return z ^ (z >> 31)
-
-
-def period_key(seed: int, session: int, t: int) -> int:
-    return splitmix64(splitmix64(splitmix64(seed & MASK) ^ session) ^ t)
-
-
-def draw(key: int, firm: int, stream: int) -> int:
-    """A 64-bit random integer for one firm's `stream` in the period of `key`."""
-    return splitmix64(key ^ (4 * firm + stream))
-
-
-def decision_seed(seed: int, session: int, t: int, firm: int) -> int:
-    """The seed of an LLM firm's decision in period t of a session (63 bits): sessions of one
-    run draw independently, and the same (seed, session, period, firm) always draws alike."""
-    return draw(period_key(seed, session, t), firm, DECISION) >> 1
-
-
-def fresh_seed() -> int:
-    """A new 63-bit seed from the operating system's entropy, for a model not given one (Mesa's
-    default), so that `mesa.batch_run(..., iterations=k)` runs k different draws."""
-    return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-def uniform(bits: int) -> float:
-    return (bits >> 11) * 2.0 ** -53
 
 
 @dataclass(frozen=True)

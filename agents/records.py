@@ -55,9 +55,15 @@ def file_sha256(path: str | Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _plain(value):
-    """numpy numbers as Python numbers, anything else (paths) as text."""
-    return value.item() if hasattr(value, "item") else str(value)
+def json_default(value):
+    """`json.dumps(default=...)` for what JSON has no type for: numpy scalars (and 0-d arrays) as
+    Python numbers (np.bool_ as bool), numpy arrays as lists, sets as lists, anything else
+    (paths) as text."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
 
 
 def read_json(path: str | Path, what: str = "a JSON record"):
@@ -70,7 +76,7 @@ def read_json(path: str | Path, what: str = "a JSON record"):
 
 def write_json(path: str | Path, record) -> Path:
     """`record` as indented JSON in `path`, replaced atomically."""
-    return write_text(path, json.dumps(record, indent=2, default=_plain) + "\n")
+    return write_text(path, json.dumps(record, indent=2, default=json_default) + "\n")
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
+from agents.equilibria import best_response, symmetric_equilibrium
 from agents.policies import Number, Options
-from agents.preferences import best_response, symmetric_equilibrium
 from markets.games import DiscreteGame, PrisonersDilemma, PublicGoods, Trust
 
 SYSTEMS = (

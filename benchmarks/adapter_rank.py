@@ -1,8 +1,8 @@
 """Is the homo moralis adapter short of capacity when it learns the games and the applications
-together? The main job's moralis-0.5 adapter (finetune/pipeline.py RECIPES, both phases, each
+together? The main job's moralis-0.5 adapter (finetune/recipes.py RECIPES, both phases, each
 data seed's draw) trained at several LoRA ranks, alpha = 2 x rank (LoRA's scale alpha / r fixed
 at 2), evaluated as the main job does (`finetune pipeline`), put into the main job's moralis
-self-play duopoly (scenarios.demo.market_runs: 3 sessions of 30 periods from different initial
+self-play duopoly (scenarios.application_runs.market_runs: 3 sessions of 30 periods from different initial
 prices, each with its own random draws) and into its moralis AV city (12 AVs, 100 steps).
 
     python benchmarks/adapter_rank.py [--out runs/adapter_rank] [--ranks 4,8,16] [--seeds 0,1,2]
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     parser.add_argument("--probe-lr", type=positive_floats, default=None,
                         help="the second phase's learning rates (default: the recipe's PROBE_PHASE)")
     args = parser.parse_args(argv)
-    from finetune.pipeline import PROBE_PHASE
+    from finetune.recipes import PROBE_PHASE
     from finetune.train import MAX_RANK
 
     if max(args.ranks) > MAX_RANK:
@@ -51,8 +51,8 @@ def main(argv=None) -> int:
     from agents.llm.transformers_backend import TransformersBackend
     from agents.records import markdown_table
     from finetune.pipeline import PipelineOptions, run_pipeline
+    from scenarios.application_runs import AV_RUNS, DUOPOLIES, market_runs
     from scenarios.av import run_av_scenario
-    from scenarios.demo import AV_RUNS, DUOPOLIES, market_runs
     from scenarios.transfer import adapter_rows, market_rows
 
     out = Path(args.out)

@@ -1,7 +1,7 @@
 """How much of the main job's result is its data draw? The main job's two adapters (economicus,
-moralis-0.5: finetune/pipeline.py RECIPES, both phases) trained and evaluated as the main job
+moralis-0.5: finetune/recipes.py RECIPES, both phases) trained and evaluated as the main job
 does (`finetune pipeline`) for each data seed (the draw of the training data and the training
-seed), then put into the main job's LLM duopolies (scenarios.demo.market_runs: 3 sessions of 30
+seed), then put into the main job's LLM duopolies (scenarios.application_runs.market_runs: 3 sessions of 30
 periods from different initial prices, each session with its own random draws).
 
     python benchmarks/data_seeds.py [--out runs/data_seeds] [--seeds 0,1,2]
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
 
     from agents.records import markdown_table
     from finetune.pipeline import PipelineOptions, run_pipeline
-    from scenarios.demo import DUOPOLIES, market_runs
+    from scenarios.application_runs import DUOPOLIES, market_runs
     from scenarios.transfer import adapter_rows, market_rows
 
     out = Path(args.out)

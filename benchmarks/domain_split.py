@@ -25,8 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from finetune.pipeline import evaluate_adapters, recipe, train_adapter, train_cached  # noqa: E402
-from finetune.train import TrainOptions, read_manifest, write_manifest  # noqa: E402
+from finetune.heldout import evaluate_adapters  # noqa: E402
+from finetune.pipeline import train_adapter, train_cached  # noqa: E402
+from finetune.recipes import recipe  # noqa: E402
+from finetune.registry import read_adapter_manifest, write_adapter_manifest  # noqa: E402
+from finetune.train import TrainOptions  # noqa: E402
 
 CURVE_N = (1, 2, 3, 5, 10)
 
@@ -48,11 +51,11 @@ def merge(games: Path, applications: Path, out: Path, base: Path) -> None:
     model.save_pretrained(str(scratch), selected_adapters=["merged"])
     shutil.copytree(scratch / "merged", out, dirs_exist_ok=True)
     shutil.rmtree(scratch)
-    manifest = read_manifest(games)
+    manifest = read_adapter_manifest(games)
     manifest.pop("evaluation", None)
-    seconds = manifest["train_seconds"] + read_manifest(applications)["train_seconds"]
-    write_manifest(out, {**manifest, "train_seconds": round(seconds, 1),
-                         "merged_from": [str(games), str(applications)]})
+    seconds = manifest["train_seconds"] + read_adapter_manifest(applications)["train_seconds"]
+    write_adapter_manifest(out, {**manifest, "train_seconds": round(seconds, 1),
+                                 "merged_from": [str(games), str(applications)]})
 
 
 def sequential(games_data: Path, applications: Path, out: Path, base: Path, base_hash: str,
@@ -61,15 +64,15 @@ def sequential(games_data: Path, applications: Path, out: Path, base: Path, base
     options = TrainOptions(str(games_data), str(out), str(base), seed=0, **recipe("moralis").options,
                            learning_rate=learning_rate, schedule=schedule, init_adapter=str(applications))
     train_cached(options, base_hash, f"sequential {learning_rate:g} {schedule}", print)
-    manifest = read_manifest(out)
+    manifest = read_adapter_manifest(out)
     if "first_seconds" not in manifest:
-        first = read_manifest(applications)["train_seconds"]
-        write_manifest(out, {**manifest, "first_seconds": first,
-                             "train_seconds": round(first + manifest["train_seconds"], 1)})
+        first = read_adapter_manifest(applications)["train_seconds"]
+        write_adapter_manifest(out, {**manifest, "first_seconds": first,
+                                     "train_seconds": round(first + manifest["train_seconds"], 1)})
 
 
 def row(arm: str, registry: Path, name: str) -> dict:
-    m = read_manifest(registry / name)
+    m = read_adapter_manifest(registry / name)
     e, curve = m["evaluation"], m["evaluation"]["choice_curve"]["adapter"]
     return {"arm": arm, "games": e["domains"]["games"]["share_equal"],
             "pricing within a step": e["domains"]["pricing"]["share_within_step"],

@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pricing_curve import preference_name  # noqa: E402  (benchmarks/ is the script's folder)
 
-from finetune.pipeline import recipe, train_adapter  # noqa: E402
-from finetune.train import read_manifest  # noqa: E402
+from finetune.pipeline import train_adapter  # noqa: E402
+from finetune.recipes import recipe  # noqa: E402
+from finetune.registry import read_adapter_manifest  # noqa: E402
 
 
 def phase_seconds(manifest: dict) -> list[float]:
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
             train_adapter(pref, parts.counts, parts.probe, {**parts.options, "frozen_cache": cache}, folder / pref.name,
                           folder / "data", base, base_hash, 0, "answer", log=lambda text: print(text, flush=True))
             folders[cache] = folder / pref.name
-        plain, cached = (read_manifest(folders[c]) for c in (False, True))
+        plain, cached = (read_adapter_manifest(folders[c]) for c in (False, True))
         rows.append((pref.name, phase_seconds(plain), phase_seconds(cached), plain["loss_curve"][-1][1],
                      cached["loss_curve"][-1][1], weight_difference(folders[False], folders[True])))
     print(f"\n{'adapter':<14}{'phases s, no cache':>22}{'phases s, cache':>20}{'ratio':>7}"

@@ -14,7 +14,7 @@ sampling, memory 3) for S sessions x P periods in lock-step (one backend call pe
 every firm of every session), session-periods per second and the forward passes' share of the
 wall time (timers around every forward pass, the device synchronised); at --sequential-at
 sessions the one-session-at-a-time runner too, its ratio and whether the prices are identical.
-Training: the main job's two adapters (finetune.pipeline's recipes and data, both phases) on the
+Training: the main job's two adapters (finetune.recipes' recipes, finetune.pipeline's data, both phases) on the
 135m shape, and --train-steps steps of the economicus first phase on the 1.7b shape.
 
     python benchmarks/gpu_check.py [--shapes 135m 1.7b 8b] [--sessions 1 4 16 64 256]
@@ -133,11 +133,12 @@ def save_model(model, tokenizer, folder: Path) -> Path:
 
 
 def train_main_adapters(base: Path, placement, work: Path, tiny: bool) -> dict:
-    """The main job's two adapters (finetune.pipeline's recipes, data seed 0, both phases) trained
+    """The main job's two adapters (finetune.recipes' recipes, data seed 0, both phases) trained
     on `base`; tiny: 2 steps of each on a few examples."""
     from agents.preferences import preference
-    from finetune.pipeline import has_second_phase, recipe, train_adapter
-    from finetune.train import read_manifest
+    from finetune.pipeline import train_adapter
+    from finetune.recipes import has_second_phase, recipe
+    from finetune.registry import read_adapter_manifest
 
     found = {}
     for name, kappa in (("economicus", None), ("moralis", 0.5)):
@@ -149,7 +150,7 @@ def train_main_adapters(base: Path, placement, work: Path, tiny: bool) -> dict:
         started = time.perf_counter()
         train_adapter(pref, counts, probe, options, work / "adapters" / pref.name, work / "data", base,
                       "random", 0, "answer", log=lambda *_: None)
-        m = read_manifest(work / "adapters" / pref.name)
+        m = read_adapter_manifest(work / "adapters" / pref.name)
         found[pref.name] = {"seconds": round(time.perf_counter() - started, 1), "train_seconds": m["train_seconds"],
                             "samples_per_second": m["samples_per_second"], "phases": 1 + has_second_phase(
                                 pref, counts, probe), "device": m["device"], "dtype": m["dtype"]}
@@ -160,8 +161,10 @@ def train_main_adapters(base: Path, placement, work: Path, tiny: bool) -> dict:
 def train_steps(base: Path, placement, work: Path, steps: int) -> dict:
     """`steps` steps of the economicus first phase (the recipe's options and data) on `base`."""
     from agents.preferences import preference
-    from finetune.pipeline import make_data, recipe
-    from finetune.train import TrainOptions, read_manifest, train
+    from finetune.pipeline import make_data
+    from finetune.recipes import recipe
+    from finetune.registry import read_adapter_manifest
+    from finetune.train import TrainOptions, train
 
     parts = recipe("economicus")
     data = make_data(preference("economicus"), parts.counts, 0, work / "data")
@@ -169,7 +172,7 @@ def train_steps(base: Path, placement, work: Path, steps: int) -> dict:
     started = time.perf_counter()
     train(TrainOptions(str(data), str(out), str(base), max_steps=steps, device=placement.device,
                        dtype=placement.dtype, **parts.options), show_progress=False)
-    m = read_manifest(out)
+    m = read_adapter_manifest(out)
     return {"steps": steps, "seconds": round(time.perf_counter() - started, 1), "train_seconds": m["train_seconds"],
             "samples_per_second": m["samples_per_second"]}
 

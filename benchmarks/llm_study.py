@@ -29,7 +29,7 @@ def run(backend, sessions: int, periods: int, lockstep: bool):
 
     from scenarios.market import llm_preferences, session_plans
     from scenarios.runs import make_policies
-    from scenarios.settings import load_scenario
+    from scenarios.settings_files import load_scenario
     from simulation.lockstep import run_plan, run_plans
 
     s = load_scenario("llm_base", {"run": {"steps": periods, "sessions": sessions, "window": 1,

@@ -9,7 +9,7 @@ simulations ask them, and free prices through `generate`).
 
 Prints, per preference, number of examples and data seed, the share within one Calvano grid step of the
 preference's best response (and exactly equal to it) on each item set and form, and the training
-seconds. The recipe's mixed adapters train on 64 pricing examples (finetune/pipeline.py RECIPES).
+seconds. The recipe's mixed adapters train on 64 pricing examples (finetune/recipes.py RECIPES).
 Every adapter and answer is cached in --out, so a rerun resumes.
 """
 from __future__ import annotations
@@ -20,8 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from finetune.pipeline import recipe, train_adapter  # noqa: E402
-from finetune.train import read_manifest  # noqa: E402
+from finetune.pipeline import train_adapter  # noqa: E402
+from finetune.recipes import recipe  # noqa: E402
+from finetune.registry import read_adapter_manifest  # noqa: E402
 
 # label: (answers file stem, pricing_data.heldout_items arguments); the held-out set is the evaluation's own
 ITEM_SETS = {"held out": ("heldout", {}), "training ranges": ("training_ranges", {"seed": 777, "heldout": False})}
@@ -56,8 +57,8 @@ def main(argv=None) -> int:
     from agents.llm.transformers_backend import TransformersBackend
     from agents.policies import LLMPolicy
     from finetune import pricing_data
+    from finetune.answers import answer_items
     from finetune.application_eval import pricing_row
-    from finetune.evaluate import run
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/pricing_curve")
@@ -84,8 +85,8 @@ def main(argv=None) -> int:
     policies = {name: LLMPolicy(backend, name) for name in adapters}
     rows = []
     for label, (stem, draw) in ITEM_SETS.items():
-        frame = run(pricing_data.heldout_items(60, **draw), policies, out / "answers",
-                    row=pricing_row({p.name: p for p in prefs}), stem=stem)
+        frame = answer_items(pricing_data.heldout_items(60, **draw), policies, out / "answers",
+                             row=pricing_row({p.name: p for p in prefs}), stem=stem)
         for name, (pref, n, seed) in settings.items():
             answers = frame[frame.policy == name]
             for form, group in [("all", answers), *answers.groupby("form")]:
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
                              "items": label, "form": form, "n": len(group),
                              "within a step": group[f"within_{pref.name}"].mean(),
                              "exact": group[f"equal_{pref.name}"].mean(),
-                             "training s": read_manifest(adapters[name])["train_seconds"]})
+                             "training s": read_adapter_manifest(adapters[name])["train_seconds"]})
     table = pd.DataFrame(rows).pivot_table(index=["preference", "pricing examples", "seed", "training s"],
                                            columns=["items", "form"], values=["within a step", "exact"])
     pd.set_option("display.width", 200)

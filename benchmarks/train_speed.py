@@ -21,8 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.preferences import HomoMoralis  # noqa: E402
 from finetune.dataset import make_mixed_examples, write_jsonl  # noqa: E402
-from finetune.pipeline import recipe  # noqa: E402
-from finetune.train import TrainOptions, read_manifest, train  # noqa: E402
+from finetune.recipes import recipe  # noqa: E402
+from finetune.registry import read_adapter_manifest  # noqa: E402
+from finetune.train import TrainOptions, train  # noqa: E402
 
 SETTINGS = (   # (label, TrainOptions overrides)
     ("TRL fused head, float32, sdpa, all layers", {"answer_only_head": False, "attention": "sdpa", "top_layers": 0}),
@@ -50,7 +51,7 @@ def main() -> None:
         started = time.time()
         train(TrainOptions(str(data), str(folder), max_steps=args.steps, save_steps=10_000, **overrides),
               show_progress=False)
-        manifest = read_manifest(folder)
+        manifest = read_adapter_manifest(folder)
         rows.append((label, manifest["samples_per_second"], manifest["train_seconds"], time.time() - started))
     first = rows[0][1]
     print(f"\n{args.steps} steps of batch 8 on {data} ({sum(counts.values())} examples: "

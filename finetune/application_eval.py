@@ -10,7 +10,7 @@
   N = 1..10 pedestrians, beside each theory's step (homo moralis swerves iff kappa > 1/N) and the
   human 23% (N = 1) and 76% (N = 10).
 
-Runs through finetune.evaluate.run: batched, with progress, resumable.
+Runs through finetune.answers.answer_items: batched, with progress, resumable.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from agents.dilemma import bonnefon_probe, choice_curve
 from agents.policies import TheoryPolicy
 from agents.records import figure, save_figure
 from finetune import av_data, pricing_data
-from finetune.evaluate import run
+from finetune.answers import answer_items
 
 PROBE_SIZES = tuple(range(1, 11))
 
@@ -113,10 +113,10 @@ def evaluate_applications(policies: dict, theories: dict, out: str | Path, prici
     pricing.parquet, av.parquet, choice_curve.csv|png to `out`. Returns (scores, scores by
     held-out feature, choice curve)."""
     out = Path(out)
-    pricing = run(pricing_data.heldout_items(pricing_items), policies, out, row=pricing_row(theories),
-                  stem="pricing", show_progress=show_progress)
-    av = run(av_data.heldout_items(av_items), policies, out, row=_av_row(theories), stem="av",
-             show_progress=show_progress)
+    pricing = answer_items(pricing_data.heldout_items(pricing_items), policies, out, row=pricing_row(theories),
+                           stem="pricing", show_progress=show_progress)
+    av = answer_items(av_data.heldout_items(av_items), policies, out, row=_av_row(theories), stem="av",
+                      show_progress=show_progress)
     scores = pd.concat([domain_scores(pricing, "pricing", theories), domain_scores(av, "av", theories)],
                        ignore_index=True)
     by_feature = pd.concat([domain_scores(pricing, "pricing", theories, by=("form", "feature")),

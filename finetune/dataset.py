@@ -27,11 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from agents.errors import InputError
-from agents.preferences import HomoEconomicus, HomoMoralis
+from agents.preferences import HomoEconomicus, HomoMoralis, preference
 from agents.records import read_json_lines, write_text
-from agents.situations import N_FRAMINGS, GameSituation
+from agents.situations import N_FRAMINGS, GameSituation, _equilibrium
+from finetune.av_data import make_av_examples
 from finetune.battery import HELDOUT_FRAMING, heldout
 from finetune.paraphrases import N_PARAPHRASES, paraphrase_messages
+from finetune.pricing_data import make_pricing_examples
 from markets.games import GAMES, PrisonersDilemma, PublicGoods, Trust
 
 # the battery's framings but the held-out one, then the paraphrases (numbered after the battery's)
@@ -111,8 +113,6 @@ def _on_grid(grid: np.ndarray, value: float) -> float:
 
 def _reference(pref, situation: GameSituation):
     """The others' strategy the reasoning holds fixed: the theory's own equilibrium strategy."""
-    from agents.situations import _equilibrium
-
     game = situation.game
     if isinstance(game, (PrisonersDilemma, PublicGoods)):
         return situation.theory_action(pref)
@@ -274,9 +274,6 @@ def make_mixed_examples(pref, counts: dict[str, int], seed: int = 0, style: str 
     """Examples of every situation in `counts` ({"games": n, "pricing": n, "av": n}: the games
     of make_examples in `style`, the pricing decisions of finetune.pricing_data and the AV
     dilemmas of finetune.av_data), interleaved in a seeded order."""
-    from finetune.av_data import make_av_examples
-    from finetune.pricing_data import make_pricing_examples
-
     makers = {"games": lambda n: make_examples(pref, n, seed, style),
               "pricing": lambda n: make_pricing_examples(pref, n, seed),
               "av": lambda n: make_av_examples(pref, n, seed)}
@@ -308,8 +305,6 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def run_data(args) -> int:
     """`econalign finetune data`: a JSONL file of chat examples (and its OpenAI-format copy)."""
-    from agents.preferences import preference
-
     if not 1 <= args.n <= MAX_EXAMPLES:
         raise InputError(f"--n must be 1 to {MAX_EXAMPLES:,}, got {args.n}")
     pref = preference(args.preference, args.kappa, args.utility)

@@ -63,3 +63,12 @@ def wasserstein_tenths(a: np.ndarray, b: np.ndarray) -> float:
     """W1 between two histograms over the tenths of [0, 1]: sum |CDF_a - CDF_b| x 0.1."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     return float(np.abs(np.cumsum(a / a.sum()) - np.cumsum(b / b.sum())).sum() * 0.1)
+
+
+def under_human_conditions(frame, human: HumanDecision):
+    """The valid answers of `frame` (columns valid and the game parameters) given under the game
+    parameters `human` played."""
+    mask = frame.valid.to_numpy(bool).copy()
+    for name, value in human.conditions.items():
+        mask &= np.isclose(frame[name].to_numpy(float), value)
+    return frame[mask]

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agents.preferences import HomoEconomicus, HomoMoralis, symmetric_equilibrium
+from agents.equilibria import symmetric_equilibrium
+from agents.preferences import HomoEconomicus, HomoMoralis
 from agents.pricing import PeriodRecord, PricingSituation
 from markets.bertrand import LogitBertrand
 

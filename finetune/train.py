@@ -2,14 +2,14 @@
 
 The loss is on the assistant turn only (prompt-completion examples). The adapter is kept
 servable by vLLM: rank at most 16 and no `modules_to_save`. Training is seeded, shows progress,
-saves checkpoints and resumes from the last one when rerun with the same output folder. The
-output folder holds the adapter (adapter_model.safetensors, adapter_config.json) and
-manifest.json: base model and its hash, preference and kappa, data hash and size,
-hyper-parameters, library versions, the training-loss curve and the speed.
+saves checkpoints and resumes from the last one when rerun with the same output folder
+(finetune.checkpoints); the step is finetune.fast_sft's. The output folder holds the adapter
+(adapter_model.safetensors, adapter_config.json) and manifest.json (finetune.registry): base model
+and its hash, preference and kappa, data hash and size, hyper-parameters, library versions, the
+training-loss curve and the speed.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import warnings
@@ -18,11 +18,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from agents.errors import InputError
-from agents.records import file_sha256, folder_lock, write_json, write_text
+from agents.llm.devices import check_names, resolve_placement
+from agents.llm.models import model_hash, resolve
+from agents.records import file_sha256, folder_lock
+from finetune.checkpoints import check_checkpoints, epoch_order_callback, resumable
+from finetune.dataset import SITUATIONS, read_jsonl
+from finetune.fast_sft import FrozenLayerCache, answer_only_trainer, first_trained_layer
+from finetune.registry import adapter_sha256, read_adapter_manifest, write_adapter_manifest
 
 MAX_RANK = 16  # vLLM's default --max-lora-rank
-RUN_STAMP = "run.json"           # in OUT/checkpoints: the run they belong to; marks the folder as ours
-FROZEN_CACHE_BYTES = 4 * 2**30   # the frozen-layer cache's memory (the main job's adapters: about 130 MB)
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -66,8 +70,6 @@ class TrainOptions:
             raise InputError(f"top_layers must be >= 0 (0: every layer), got {self.top_layers}")
         if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0 or self.loraplus_ratio <= 0:
             raise InputError("epochs, batch_size, learning_rate and loraplus_ratio must be positive")
-        from agents.llm.devices import check_names
-
         check_names(self.device, self.dtype)
         if self.init_adapter and not (Path(self.init_adapter) / "adapter_config.json").exists():
             raise InputError(f"init_adapter {self.init_adapter} holds no adapter_config.json")
@@ -75,15 +77,8 @@ class TrainOptions:
 
 def examples_by_situation(examples) -> dict[str, int]:
     """Examples per situation (games, pricing, av) in SITUATIONS order."""
-    from finetune.dataset import SITUATIONS
-
     counts = Counter(e.get("meta", {}).get("domain", "games") for e in examples)
     return {name: counts[name] for name in (*SITUATIONS, *sorted(set(counts) - set(SITUATIONS))) if counts[name]}
-
-
-def adapter_sha256(folder: str | Path) -> str:
-    """SHA-256 of an adapter folder's weights."""
-    return file_sha256(Path(folder) / "adapter_model.safetensors")
 
 
 def library_versions() -> dict:
@@ -111,10 +106,6 @@ def _train(options: TrainOptions, show_progress: bool) -> Path:
     from peft.optimizers import create_loraplus_optimizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
-
-    from agents.llm.devices import resolve_placement
-    from agents.llm.models import model_hash, resolve
-    from finetune.dataset import read_jsonl
 
     placement = resolve_placement(options.device, options.dtype)
     # PEFT 0.21 and TRL 1.16 read transformers 5's deprecated name on every model they wrap; not ours to fix
@@ -150,12 +141,11 @@ def _train(options: TrainOptions, show_progress: bool) -> Path:
         model = PeftModel.from_pretrained(model, options.init_adapter, is_trainable=True)
     else:
         model = get_peft_model(model, lora)
-    # LoRA+ (Hayou, Ghosh & Yu 2024, arXiv 2402.12354): lr_B = ratio x lr_A; on the embedded model
-    # it learnt Bonnefon's count-dependent answer alone in 24 steps, plain LoRA not at all
-    # (docs/finetune_experiments.md)
+    # LoRA+ (Hayou, Ghosh & Yu 2024, arXiv 2402.12354): lr_B = ratio x lr_A; plain LoRA did not learn
+    # Bonnefon's count-dependent answer on the embedded model (docs/finetune_experiments.md)
     optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=options.learning_rate,
                                           loraplus_lr_ratio=options.loraplus_ratio)
-    trainer_class = _answer_only_trainer(SFTTrainer) if options.answer_only_head else SFTTrainer
+    trainer_class = answer_only_trainer(SFTTrainer) if options.answer_only_head else SFTTrainer
     trainer = trainer_class(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                             optimizers=(optimizer, None))
     if options.answer_only_head and options.frozen_cache:
@@ -187,41 +177,9 @@ def _train(options: TrainOptions, show_progress: bool) -> Path:
         "precision": "float32" if placement.dtype == "float32" else f"{placement.dtype} autocast",
         "samples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 3),
     }
-    write_manifest(out, manifest)
+    write_adapter_manifest(out, manifest)
     shutil.rmtree(checkpoints, ignore_errors=True)        # ours (check_checkpoints), and the folder is locked
     return out
-
-
-def check_checkpoints(checkpoints: Path) -> None:
-    """InputError naming `checkpoints` unless it is missing, empty or this project's (it holds our
-    RUN_STAMP): training deletes a stale run's checkpoints and the Trainer rotates checkpoint-*
-    folders, so another tool's would be lost."""
-    stamp = checkpoints / RUN_STAMP
-    try:
-        record = json.loads(stamp.read_text())
-    except (OSError, ValueError):
-        record = None
-    ours = isinstance(record, dict) and "data_sha256" in record
-    if checkpoints.exists() and not ours and not (checkpoints.is_dir() and not any(checkpoints.iterdir())):
-        raise InputError(f"{checkpoints} holds files this project did not write (no {RUN_STAMP} of ours); "
-                         "move them away or choose another --out")
-
-
-def resumable(checkpoints: Path, run: dict) -> bool:
-    """Whether `checkpoints` holds a checkpoint of this run (`run`: its data, base model, initial
-    adapter and options, kept in checkpoints/run.json). Checkpoints of another run (other data or
-    options, the pipeline rerun with other --examples, say) are removed: training starts afresh
-    instead of resuming another run's steps (or failing on another rank's shapes); a folder that
-    is not ours is refused (check_checkpoints), never removed."""
-    check_checkpoints(checkpoints)
-    stamp, text = checkpoints / RUN_STAMP, json.dumps(run, sort_keys=True, default=str)
-    found = any(checkpoints.glob("checkpoint-*"))
-    if found and not (stamp.exists() and stamp.read_text() == text):
-        print(f"{checkpoints}: checkpoints of another run (other data or options); training from the start")
-        shutil.rmtree(checkpoints)
-        found = False
-    write_text(stamp, text)
-    return found
 
 
 def sft_config(options: TrainOptions, checkpoints: Path, show_progress: bool = True, placement=None):
@@ -229,8 +187,6 @@ def sft_config(options: TrainOptions, checkpoints: Path, show_progress: bool = T
     from options): length-grouped batches, no activation checkpointing, a checkpoint every
     `save_steps`; `options.extra` overrides any of these."""
     from trl import SFTConfig
-
-    from agents.llm.devices import resolve_placement
 
     placement = placement or resolve_placement(options.device, options.dtype)
 
@@ -248,167 +204,6 @@ def sft_config(options: TrainOptions, checkpoints: Path, show_progress: bool = T
         disable_tqdm=not show_progress, **{**defaults, **options.extra})
 
 
-def first_trained_layer(model) -> int:
-    """Index of the lowest decoder layer holding a trainable parameter: the layers below it are
-    frozen (0 when every layer, or anything outside the layers, trains)."""
-    import re
-
-    lowest = None
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            found = re.search(r"\.layers\.(\d+)\.", name)
-            if not found:
-                return 0
-            lowest = int(found.group(1)) if lowest is None else min(lowest, int(found.group(1)))
-    return lowest or 0
-
-
-def run_layers(decoder, hidden, attention_mask, layers):
-    """Decoder `layers` of a transformers decoder model (Llama-style: rotary positions from 0,
-    causal mask with padding) applied to `hidden` [batch, tokens, width], as its forward does."""
-    import torch
-    from transformers.masking_utils import create_causal_mask
-
-    positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
-    mask = create_causal_mask(config=decoder.config, inputs_embeds=hidden, attention_mask=attention_mask,
-                              cache=None, position_ids=positions)
-    rotary = decoder.rotary_emb(hidden, position_ids=positions)
-    for layer in layers:
-        hidden = layer(hidden, attention_mask=mask, position_embeddings=rotary, position_ids=positions)
-    return hidden
-
-
-class FrozenLayerCache:
-    """The output of a decoder's frozen layers 0..layers-1 per example, for an adapter that trains
-    the layers above only: computed once, alone and unpadded (so it does not depend on the batch
-    the example comes in), and kept up to `limit` bytes (beyond, computed alone every time); later
-    epochs run the top layers only. The frozen layers' forward was about a quarter of a step (top
-    15 of 30 layers, batch 8 of 362 tokens: 1.9 of 7.2 s; benchmarks/frozen_cache.py)."""
-
-    def __init__(self, layers: int, limit: int | None = None):
-        self.layers, self.limit = layers, FROZEN_CACHE_BYTES if limit is None else limit
-        self.outputs: dict[bytes, object] = {}
-        self.bytes = 0
-
-    def hidden_states(self, decoder, input_ids, attention_mask):
-        """The decoder's last hidden states (as its forward gives them), the frozen layers' part
-        from the cache; the full forward where the batch is not right-padded."""
-        import torch
-
-        k = self.layers
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        lengths = attention_mask.sum(1).tolist()
-        right_padded = all(bool(attention_mask[r, :n].all()) for r, n in enumerate(lengths))
-        if not k or not right_padded:
-            return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        rows = []
-        for r, n in enumerate(lengths):
-            key = input_ids[r, :n].cpu().numpy().tobytes()
-            row = self.outputs.get(key)
-            if row is None:
-                with torch.no_grad():
-                    row = run_layers(decoder, decoder.embed_tokens(input_ids[r:r + 1, :n]), None,
-                                     decoder.layers[:k])[0]
-                if self.bytes + row.nbytes <= self.limit:
-                    self.outputs[key] = row
-                    self.bytes += row.nbytes
-            rows.append(row)
-        start = rows[0].new_zeros(*input_ids.shape, rows[0].shape[-1])
-        for r, row in enumerate(rows):
-            start[r, :len(row)] = row
-        return decoder.norm(run_layers(decoder, start, attention_mask, decoder.layers[k:]))
-
-
-EPOCH_START_RNG = "epoch_start_rng.pt"
-
-
-def epoch_order_callback(checkpoints: Path | None):
-    """A TrainerCallback that makes a resumed run train on the batches of the uninterrupted one.
-    transformers' Trainer draws each epoch's batch order (the length-grouped sampler has no
-    generator) from the global torch RNG at the epoch's start, and a run resumed within an epoch
-    would draw it from a fresh state. The callback keeps the torch RNG state of the epoch's start
-    in every checkpoint and, resuming from the last checkpoint in `checkpoints`, restores it at
-    that epoch's start; the Trainer then restores the checkpoint's own RNG after the skipped batches.
-    A checkpoint at an epoch's end resumes with the checkpoint's RNG, which the next epoch's start
-    records (it recorded the previous epoch's, and a second resume within that epoch drew another
-    order)."""
-    import torch
-    from transformers import TrainerCallback
-    from transformers.trainer_pt_utils import safe_globals
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints else None
-    saved = Path(last) / EPOCH_START_RNG if last else None
-
-    class EpochOrder(TrainerCallback):
-        pending = torch.load(saved) if saved and saved.exists() else None    # {"epoch": k, "rng": state}
-        epoch, epoch_start = 0, None
-
-        def on_epoch_begin(self, args, state, control, **kwargs):
-            self.epoch = int(state.epoch or 0)
-            if self.pending is None:
-                self.epoch_start = torch.get_rng_state()
-            elif self.pending["epoch"] == self.epoch:     # resumed within this epoch: its start's RNG
-                torch.set_rng_state(self.pending["rng"])
-                self.epoch_start = self.pending["rng"]
-            else:       # resumed at this epoch's start: the Trainer restores the checkpoint's RNG next
-                with safe_globals():          # the Trainer's own way of reading its RNG file (numpy states)
-                    self.epoch_start = torch.load(Path(last) / "rng_state.pth", weights_only=True)["cpu"]
-            self.pending = None
-
-        def on_save(self, args, state, control, **kwargs):
-            torch.save({"epoch": self.epoch, "rng": self.epoch_start},
-                       Path(args.output_dir) / f"checkpoint-{state.global_step}" / EPOCH_START_RNG)
-
-    return EpochOrder()
-
-
-def _answer_only_trainer(base):
-    """SFTTrainer whose loss projects only the answer tokens through the LM head: the mean
-    cross-entropy of the completion tokens, -sum log p(y_t | y_<t) / T, as SFTTrainer's
-    completion-only loss. TRL's tiled fused LM head took about half of every step on 2 CPU cores
-    (benchmarks/train_speed.py); the answers are a handful of tokens, so their logits are cheap.
-    With `frozen` (a FrozenLayerCache), the frozen layers' output comes from the cache."""
-    import torch
-
-    class AnswerOnlyTrainer(base):
-        frozen: FrozenLayerCache | None = None
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-            cache = self.frozen or FrozenLayerCache(0)       # no frozen layers: the decoder's own forward
-            hidden = cache.hidden_states(causal_lm.base_model, inputs["input_ids"],
-                                         inputs.get("attention_mask"))[:, :-1]
-            labels = inputs["labels"][:, 1:]
-            mask = labels != -100
-            logits = causal_lm.get_output_embeddings()(hidden[mask]).float()
-            targets = labels[mask]
-            count = mask.sum() if num_items_in_batch is None else num_items_in_batch
-            total = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
-            loss = total / torch.as_tensor(count).clamp(min=1)
-            mode = "train" if model.training else "eval"
-            with torch.no_grad():
-                self._metrics[mode]["mean_token_accuracy"].append(
-                    (logits.argmax(-1) == targets).float().mean().item() if len(targets) else 0.0)
-            return (loss, None) if return_outputs else loss
-
-    return AnswerOnlyTrainer
-
-
-def read_manifest(folder: str | Path) -> dict:
-    """An adapter's manifest.json ({} if it has none)."""
-    path = Path(folder) / "manifest.json"
-    try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except (ValueError, OSError) as err:
-        raise InputError(f"{path} is not a readable JSON manifest ({err})") from None
-
-
-def write_manifest(folder: str | Path, manifest: dict) -> None:
-    write_json(Path(folder) / "manifest.json", manifest)
-
-
 TRAIN_FLAGS = {"base": "base model (default: the embedded model)", "rank": "LoRA rank",
                "epochs": "epochs", "batch_size": "batch size", "learning_rate": "peak learning rate",
                "max_steps": "stop after this many steps (-1: the epochs decide)", "seed": "seed",
@@ -421,7 +216,7 @@ TRAIN_FLAGS = {"base": "base model (default: the embedded model)", "rank": "LoRA
 def run_train(args) -> int:
     """`econalign finetune train`: one adapter from a data file."""
     folder = train(TrainOptions(args.data, args.out, **{name: getattr(args, name) for name in TRAIN_FLAGS}))
-    m = read_manifest(folder)
+    m = read_adapter_manifest(folder)
     print(f"adapter -> {folder} ({m['train_seconds']} s, {m['samples_per_second']} samples/s, "
           f"loss {m['loss_curve'][0][1]:.3f} -> {m['loss_curve'][-1][1]:.3f})")
     return 0

@@ -1,7 +1,7 @@
 """The canonical economic games: dictator, ultimatum, trust, prisoner's dilemma, public goods.
 
 Each game states its roles, a discrete action grid per role and the material payoffs. The
-preference solvers (agents.preferences) see every game through one narrow protocol,
+preference solvers (agents.equilibria) see every game through one narrow protocol,
 `material(own, others)`: the lottery of material payoffs to a player who uses strategy `own`
 while the other players use `others`.
 

@@ -8,30 +8,29 @@ choice_curve.png, casualties.png and effects.png, summary.json and manifest.json
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from agents.records import write_json, write_text
-from scenarios.runs import (
-    build_backend,
-    forget_decisions,
-    loaded_adapters,
-    make_policies,
-    replayed,
-    run_stamp,
-    set_aside_for_replay,
-    write_manifest,
-)
-from scenarios.settings import AVScenario, load_av_scenario, placement_overrides
+from agents.dilemma import bonnefon_probe, choice_curve
+from agents.llm.decision_log import DecisionLog
+from agents.policies import TheoryPolicy
+from agents.preferences import preference
+from finetune.application_eval import plot_choice_curve
+from scenarios.av_plots import plot_casualties, plot_effects
+from scenarios.invalid import add_invalid, invalid_by_type, report_invalid
+from scenarios.runs import build_backend, finish_run, loaded_adapters, make_policies, replaying, resume_log, run_stamp
+from scenarios.settings import AVScenario
+from scenarios.settings_files import load_av_scenario, placement_overrides
+from simulation.av_metrics import casualties, preference_effects, utilitarian_share
+from simulation.av_traffic import AVTraffic
+from simulation.lockstep import step_together
 
 
 def deciders(s: AVScenario, policies: dict) -> list[tuple[str, object]]:
     """One (label, policy) per AV, in the order of the [[av]] tables."""
-    from agents.policies import TheoryPolicy
-    from agents.preferences import preference
-
     out = []
     for a in s.avs:
         if a.type == "llm":
@@ -44,14 +43,6 @@ def deciders(s: AVScenario, policies: dict) -> list[tuple[str, object]]:
 
 def simulate(s: AVScenario, out: Path, policies: dict, progress: bool = True) -> dict:
     from tqdm import tqdm
-
-    from agents.dilemma import bonnefon_probe, choice_curve
-    from finetune.application_eval import plot_choice_curve
-    from scenarios.av_plots import plot_casualties, plot_effects
-    from scenarios.market import invalid_by_type
-    from simulation.av_metrics import casualties, preference_effects, utilitarian_share
-    from simulation.av_traffic import AVTraffic
-    from simulation.lockstep import step_together
 
     avs = deciders(s, policies)
     seeds = s.run.seeds or [s.seed]
@@ -92,11 +83,8 @@ def simulate(s: AVScenario, out: Path, policies: dict, progress: bool = True) ->
         probe = bonnefon_probe(avs, seed=s.seed)
         probe.to_parquet(out / "probe.parquet", index=False)
         answered = invalid_by_type(probe.assign(valid=probe.action.notna()), "decider")
-        for label, counts in answered.items():      # the probe's LLM decisions count too
-            total = summary["invalid_by_type"].setdefault(label, {"decisions": 0, "invalid": 0})
-            total["decisions"] += counts["decisions"]
-            total["invalid"] += counts["invalid"]
-            summary["invalid_decisions"] += counts["invalid"]
+        add_invalid(summary["invalid_by_type"], answered)      # the probe's LLM decisions count too
+        summary["invalid_decisions"] += sum(counts["invalid"] for counts in answered.values())
         curve = choice_curve(probe)
         curve.to_csv(out / "choice_curve.csv")
         plot_choice_curve(curve, out / "choice_curve.png", s.name)
@@ -131,9 +119,6 @@ def run_av_scenario(path: str | Path, out: str | Path, progress: bool = True, ba
     same folder (after a kill, say) answers the decisions its log already holds from the log
     (agents.llm.replay; the simulation is deterministic for a seed), so each decision is asked
     and logged once; not when the scenario or an adapter's weights changed (run.json)."""
-    from agents.llm.decision_log import DecisionLog
-    from agents.llm.replay import ReplayBackend
-
     s = load_av_scenario(path, overrides)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,30 +126,21 @@ def run_av_scenario(path: str | Path, out: str | Path, progress: bool = True, ba
     preferences = [a.preference for a in s.avs if a.type == "llm"]
     log_path, stamp = out / "decisions.jsonl", out / "run.json"
     config = run_stamp(s.raw, s.llm.adapters, preferences)
-    if not (stamp.exists() and stamp.read_text() == config):    # the log's answers are another run's
-        forget_decisions(log_path)
-    recorded = set_aside_for_replay(log_path)     # the log is written again, each decision once
-    write_text(stamp, config)
+    # a log without this run's stamp holds another run's answers; the rest is logged again, each decision once
+    recorded = resume_log(log_path, stamp, config, stamp.exists() and stamp.read_text() == config)
     if s.uses_llm and backend is None:
         backend, _, adapters = build_backend(s.llm, preferences, s.seed, None)
     with DecisionLog(log_path) as log:
         if s.uses_llm:
-            asked = ReplayBackend(records=recorded, fallback=backend) if recorded else backend
-            policies = make_policies(s.llm, preferences, s.seed, asked, log)
+            policies = make_policies(s.llm, preferences, s.seed, replaying(backend, recorded), log)
             adapters = adapters or loaded_adapters(backend, policies)
         summary = {"scenario": s.name, **simulate(s, out, policies, progress)}
-    replayed(log_path)
-    write_json(out / "summary.json", summary)
-    write_manifest(out, "av run", s.path, s.raw, s.seed, backend if s.uses_llm else None, adapters, started)
+    finish_run(out, "av run", s, summary, backend, adapters, started)
     return summary
 
 
 def run_av_command(args) -> int:
     """`econalign av run`: one AV scenario file; the summary's headline figures."""
-    import json
-
-    from scenarios.market import report_invalid
-
     summary = run_av_scenario(args.config, args.out, overrides=placement_overrides(args))
     shown = {k: summary[k] for k in ("scenario", "dilemmas", "backend_calls_per_step", "invalid_decisions", "by_type")}
     print(json.dumps(shown, indent=2, default=float))

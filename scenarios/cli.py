@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from contextlib import nullcontext
 from dataclasses import MISSING, fields
 
 from agents.errors import InputError
+from agents.llm.devices import DEVICES, DTYPES, check_names
+from agents.records import folder_lock
+from scenarios.report import write_report
 
-OWNERS = ("scenarios.theory", "agents.llm.models", "agents.llm.server", "scenarios.evaluation",
+OWNERS = ("scenarios.theory", "agents.llm.models", "scenarios.serve", "scenarios.evaluation",
           "finetune.dataset", "finetune.train", "finetune.pipeline", "scenarios.market", "scenarios.av",
           "scenarios.study", "simulation.viz_server", "scenarios.transfer", "scenarios.demo", "scenarios.report")
 GROUPS = {"models": "prepare the embedded model (or a GGUF file) once",
@@ -67,8 +71,6 @@ class Commands:
     @staticmethod
     def placement(parser, default: str | None = "auto", where: str = "") -> None:
         """--device and --dtype of the in-process model (agents.llm.devices)."""
-        from agents.llm.devices import DEVICES, DTYPES, check_names
-
         def device(value: str) -> str:
             try:
                 check_names(device=value)
@@ -122,19 +124,14 @@ def message(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
-def run(args) -> int:
+def run_command(args) -> int:
     """The command, with its output folder locked, then its report. The lock (agents.records.folder_lock)
     refuses the folder while another process holds it or a folder around or inside it; the shared
     folders a command also writes (adapter registry, adapter, model cache) lock themselves."""
-    from contextlib import nullcontext
-
-    from agents.records import folder_lock
-
     folder = getattr(args, args.out_argument) if args.out_argument else None
     with folder_lock(folder) if folder else nullcontext():
         code = args.run(args)
         if code == 0 and args.report:
-            from scenarios.report import write_report
             print(f"report: {write_report(folder)} (open it in a browser)")
     return code
 
@@ -142,7 +139,7 @@ def run(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        return run_command(args)
     except KeyboardInterrupt:
         print("econalign: interrupted", file=sys.stderr)
         return 130

@@ -15,14 +15,21 @@ import time
 from pathlib import Path
 
 from agents.errors import InputError
+from agents.llm.backend import BackendError
+from agents.llm.decision_log import DecisionLog
+from agents.llm.openai_backend import OpenAIBackend
+from agents.llm.replay import ReplayBackend
+from agents.llm.transformers_backend import TransformersBackend
+from agents.policies import LLMPolicy, TheoryPolicy
+from agents.preferences import HomoMoralis, from_name
 from agents.records import write_json
+from finetune.battery import battery_size, build_battery
+from finetune.evaluate import run, write_games_tables
 
 
 def parse_theory(spec: str):
     """`economicus` or `moralis:K` (also `moralis-K`, the preference's name) as a theory policy's
     preference."""
-    from agents.preferences import from_name
-
     try:
         return from_name(spec.replace(":", "-", 1))
     except ValueError as err:
@@ -35,15 +42,11 @@ def build_policies(backend_name: str, model: str | None = None, url: str | None 
                    dtype: str = "auto") -> dict:
     """Named policies for an evaluation: the base model, each adapter, each theory type
     (`device`, `dtype`: where the transformers backend runs, agents.llm.devices)."""
-    from agents.llm.backend import BackendError
-    from agents.policies import LLMPolicy, TheoryPolicy
-
     policies = {}
     names = []
     if adapters or include_base:
         try:
             if backend_name == "transformers":
-                from agents.llm.transformers_backend import TransformersBackend
                 paths = {}
                 for spec in adapters:
                     name, sep, path = spec.partition("=")
@@ -53,11 +56,9 @@ def build_policies(backend_name: str, model: str | None = None, url: str | None 
                 backend = TransformersBackend(model, adapters=paths, device=device, dtype=dtype)
                 names = list(paths)
             elif backend_name == "openai":
-                from agents.llm.openai_backend import OpenAIBackend
                 backend = OpenAIBackend(url or "http://127.0.0.1:8000", model=model or "base")
                 names = [spec.partition("=")[0] for spec in adapters]
             elif backend_name == "replay":
-                from agents.llm.replay import ReplayBackend
                 if not replay:
                     raise InputError("--backend replay needs --log FILE (a decisions.jsonl)")
                 backend = ReplayBackend(replay)
@@ -72,7 +73,6 @@ def build_policies(backend_name: str, model: str | None = None, url: str | None 
             policies[name] = LLMPolicy(backend, name, log=log)
     for spec in theory:
         pref = parse_theory(spec)
-        from agents.preferences import HomoMoralis
         pref = type(pref)(utility, pref.kappa) if isinstance(pref, HomoMoralis) else type(pref)(utility)
         policies[f"theory:{pref.name}"] = TheoryPolicy(pref)
     if not policies:
@@ -85,9 +85,6 @@ def evaluate_games(policies: dict, out: str | Path, small: bool = False, split: 
     """Build the battery, run it, write the report; returns (summary, overall)."""
     from tqdm import tqdm
 
-    from finetune.battery import battery_size, build_battery
-    from finetune.evaluate import run, write_report
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -96,7 +93,7 @@ def evaluate_games(policies: dict, out: str | Path, small: bool = False, split: 
     if split != "all":
         items = [i for i in items if i.split == split]
     frame = run(items, policies, out, batch_size=batch_size)
-    summary, totals = write_report(frame, out)
+    summary, totals = write_games_tables(frame, out)
     write_json(out / "manifest.json", {
         "job": "games eval", "policies": list(policies), "items": len(items), "small": small,
         "split": split, "utility": utility, "seconds": round(time.time() - started, 1)})
@@ -105,8 +102,6 @@ def evaluate_games(policies: dict, out: str | Path, small: bool = False, split: 
 
 def run_games_eval(args) -> int:
     """`econalign games eval`: the battery through the chosen policies; rerunning resumes."""
-    from agents.llm.decision_log import DecisionLog
-
     if not 1 <= args.batch_size <= 4096:
         raise InputError(f"--batch-size must be 1 to 4096, got {args.batch_size}")
     out = Path(args.out)

@@ -9,35 +9,38 @@ Vectorised engine (Q-learning firms only, Calvano's replication):
     impulse.parquet (mean impulse response), delta.png, impulse.png, summary.json, manifest.json;
     checkpoint.npz makes an interrupted run resume where it stopped.
 
-Before a Mesa run: its sessions' records must fit simulation.bertrand_market.MAX_RECORD_GIB
-(settings), and its LLM firms' longest prompt the model's context (check_context). After it: the
-summary counts the LLM decisions and the invalid ones by firm type; the command says so in one
-line on stderr, and exits 1 when every decision was invalid (report_invalid).
+Before a Mesa run: its sessions' records must fit simulation.record_sizes.MAX_RECORD_GIB
+(settings), and its LLM firms' longest prompt the model's context (scenarios.context_check). After
+it: the summary counts the LLM decisions and the invalid ones by firm type; the command says so in
+one line on stderr, and exits 1 when every decision was invalid (scenarios.invalid).
 """
 from __future__ import annotations
 
 import json
-import re
 import shutil
-import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from agents.records import write_json, write_text
-from scenarios.runs import (
-    build_backend,
-    forget_decisions,
-    loaded_adapters,
-    make_policies,
-    replayed,
-    run_stamp,
-    set_aside_for_replay,
-    write_manifest,
-)
-from scenarios.settings import ConfigError, MarketScenario, load_scenario, placement_overrides
+from agents.llm.decision_log import DecisionLog
+from agents.preferences import preference
+from agents.qlearning import profit_table
+from agents.records import write_json
+from scenarios.context_check import check_context
+from scenarios.invalid import invalid_by_type, report_invalid
+from scenarios.market_plots import plot_delta_histogram, plot_impulse, plot_prices
+from scenarios.runs import build_backend, finish_run, loaded_adapters, make_policies, replaying, resume_log, run_stamp
+from scenarios.settings import MarketScenario
+from scenarios.settings_errors import ConfigError
+from scenarios.settings_files import load_scenario, placement_overrides
+from simulation.bertrand_market import BertrandMarket
+from simulation.firms import llm_firm, qlearning_firm, theory_firm
+from simulation.lockstep import run_plans
+from simulation.metrics import convergence_period, deviation_steps, impulse_summary, reward_punishment, window_means
+from simulation.record_sizes import MAX_RECORD_GIB, market_record_gib
 
 
 def llm_preferences(s: MarketScenario) -> list[str]:
@@ -45,9 +48,6 @@ def llm_preferences(s: MarketScenario) -> list[str]:
 
 
 def firm_makers(s: MarketScenario, policies: dict) -> list:
-    from agents.preferences import preference
-    from simulation.firms import llm_firm, qlearning_firm, theory_firm
-
     makers = []
     for f in s.firms:
         if f.type == "llm":
@@ -66,9 +66,6 @@ def _session_plan(s: MarketScenario, market, session: int, folder: Path, policie
     """One session as a lock-step plan (simulation.lockstep): its steps, window means,
     reward-punishment regression and deviation test, written to `folder` (record.json last, so a
     half-written session is run again)."""
-    from simulation.bertrand_market import BertrandMarket
-    from simulation.metrics import convergence_period, deviation_steps, impulse_summary, reward_punishment, window_means
-
     run = s.run
     model = BertrandMarket(market, firm_makers(s, policies or {}), grid=(s.grid.m, s.grid.xi),
                            ceiling=run.ceiling, seed=s.seed, session=session,
@@ -122,17 +119,16 @@ def resume_sessions(s: MarketScenario, out: Path, restart_if_changed: bool = Fal
     stamp = sessions_stamp(out)
     config = run_stamp(s.raw, s.llm.adapters, llm_preferences(s))
     log = out / "decisions.jsonl"
-    if stamp.exists() and stamp.read_text() != config:
+    current = not stamp.exists() or stamp.read_text() == config
+    if not current:
         # a run that failed before deciding anything (a missing adapter, say) left nothing to keep
         kept = any(sessions.glob("*/record.json")) or (log.exists() and log.stat().st_size > 0)
         if kept and not restart_if_changed:
             raise ConfigError(f"{out} holds sessions of a different scenario: use another --out or delete it")
         shutil.rmtree(sessions)
-        forget_decisions(log)
     sessions.mkdir(parents=True, exist_ok=True)
-    write_text(stamp, config)
     finished = {json.loads(p.read_text())["session"] for p in sessions.glob("*/record.json")}
-    return set_aside_for_replay(log, lambda record: record.get("session") in finished)
+    return resume_log(log, stamp, config, current, lambda record: record.get("session") in finished)
 
 
 def session_plans(s: MarketScenario, out: Path, policies, bar) -> list:
@@ -141,35 +137,25 @@ def session_plans(s: MarketScenario, out: Path, policies, bar) -> list:
     for session in range(s.run.sessions):
         folder = out / "sessions" / f"{session:04d}"
         if (folder / "record.json").exists():
-            bar.update(session_periods(s))
+            bar.update(s.session_periods())
         else:
             plans.append(_session_plan(s, market, session, folder, policies, bar))
     return plans
 
 
-def session_periods(s: MarketScenario) -> int:
-    """Periods one session steps: its steps and, with the deviation test, its periods + 1."""
-    run = s.run
-    return run.steps + (run.deviation_periods + 1 if run.deviation else 0)
-
-
 def session_count(s: MarketScenario) -> int:
     """Periods a scenario's sessions step in all (for progress bars)."""
-    return s.run.sessions * session_periods(s)
+    return s.run.sessions * s.session_periods()
 
 
 def record_gib(s: MarketScenario) -> float:
-    """GiB of step records the scenario's sessions hold at once (simulation.bertrand_market)."""
-    from simulation.bertrand_market import record_gib as gib
-
-    return gib(s.run.sessions, session_periods(s), len(s.firms))
+    """GiB of step records the scenario's sessions hold at once (simulation.record_sizes)."""
+    return market_record_gib(s.run.sessions, s.session_periods(), len(s.firms))
 
 
 def lockstep_batches(jobs: list) -> list[list]:
     """(scenario, folder) jobs cut, in order, into batches whose sessions' step records together
     fit MAX_RECORD_GIB (each scenario fits on its own: settings check it), to run in lock-step."""
-    from simulation.bertrand_market import MAX_RECORD_GIB
-
     batches: list[list] = []
     held = 0.0
     for job in jobs:
@@ -180,117 +166,6 @@ def lockstep_batches(jobs: list) -> list[list]:
         batches[-1].append(job)
         held += gib
     return batches
-
-
-# ------------------------------------------------------------------ the model's context
-_DIGITS = "31415926535897932384"
-
-
-def _varied_digits(text: str) -> str:
-    """Every digit replaced by one of pi's: a price string of the same width that a tokenizer
-    cannot merge as it merges 0.00 or 1111 (the worst case for its token count)."""
-    count = iter(range(len(text)))
-    return re.sub(r"\d", lambda _: _DIGITS[next(count) % len(_DIGITS)], text)
-
-
-def longest_prompts(s: MarketScenario, policies: dict) -> list[tuple]:
-    """For each distinct LLM firm (preference, memory, prices, notes): (firm, request with the
-    longest history the run can show it, request with none, tokens its answer and retries may
-    add). Worst case: every price at the highest a firm can see, quantities at the market's
-    scale, profits at their most negative, all with varied digits; a free-price firm's
-    conversation with `max_retries` corrections, its notes as long as an answer."""
-    from agents.llm.parsing import correction
-    from agents.pricing import PeriodRecord, PricingSituation
-
-    market, run, llm = s.bertrand(), s.run, s.llm
-    n = len(s.firms)
-    grid = market.price_grid(s.grid.m, s.grid.xi)
-    ceiling = run.ceiling if run.ceiling is not None else round(2 * float(market.monopoly_prices().max()), 2)
-    price = max([ceiling, float(grid.max()), *(run.initial_prices or [])])
-    quantity = market.quantity_scale
-    loss = -(price + float(np.max(np.abs(market.costs))) * market.price_scale) * quantity
-    periods, seen, out = session_periods(s), set(), []
-    for index, f in enumerate(s.firms):
-        key = (f.type, getattr(f, "preference", None), getattr(f, "memory", 0), getattr(f, "prices", None),
-               getattr(f, "notes", False))
-        if f.type != "llm" or key in seen:
-            continue
-        seen.add(key)
-        policy = policies[f.preference]
-        shown = min(f.memory, periods)
-        record = PeriodRecord(price, (price,) * (n - 1), quantity, loss)
-        requests = []
-        for history in ([record] * shown, []):
-            situation = PricingSituation(market, index, ceiling, history, None,
-                                         tuple(grid[index]) if f.prices == "grid" else None,
-                                         {} if f.notes else None)
-            messages = [{**m, "content": _varied_digits(m["content"])} for m in situation.messages()]
-            if f.prices == "free":
-                error = "the reply has several numbers (-1.23457e+06, -1.23457e+06, -1.23457e+06, -1.23457e+06) " \
-                        "instead of one answer"
-                messages += [{"role": "assistant", "content": ""},
-                             {"role": "user", "content": correction(error, 0.0, ceiling)}] * llm.max_retries
-            requests.append(policy.request(messages, 0))
-        if f.prices == "grid":     # an option's tokens: at most one per character and the end of the turn
-            answer = max(len(situation.answer.form.format(label)) for label in situation.answer.labels) + 1
-        else:                      # the replies in the conversation, the answer, the notes the last one wrote
-            answer = llm.max_tokens * (llm.max_retries + 1 + bool(f.notes))
-        out.append((f, *requests, answer))
-    return out
-
-
-def check_context(jobs: list, backend, policies: list[dict]) -> None:
-    """Refuse, before anything runs, a scenario whose LLM firms' longest prompt (their whole
-    `memory` of history, worst-case numbers; agents.pricing) and answer exceed the model's
-    context (the backend's `context_length`; no check where it does not say). All the prompts
-    are tokenized in one batched call (the backend's `prompt_lengths`)."""
-    context = getattr(backend, "context_length", None)
-    measure = getattr(backend, "prompt_lengths", None)
-    if not context or measure is None:
-        return
-    cases = [(s, *case) for (s, _), used in zip(jobs, policies) if s.uses_llm for case in longest_prompts(s, used)]
-    if not cases:
-        return
-    lengths = measure([r for _, _, longest, empty, _ in cases for r in (longest, empty)])
-    for i, (s, firm, _, _, answer) in enumerate(cases):
-        full, bare = lengths[2 * i], lengths[2 * i + 1]
-        need = full + answer
-        if need <= context:
-            continue
-        shown = min(firm.memory, session_periods(s))
-        per_period = max((full - bare) / shown, 1.0) if shown else 1.0
-        fits = max(int((context - bare - answer) // per_period), 0)
-        raise ConfigError(f"{s.path}: an LLM firm with memory = {firm.memory} can be asked a prompt of {full:,} "
-                          f"tokens plus {answer:,} for its answer{' and retries' if firm.prices == 'free' else ''}, "
-                          f"more than the model's context of {context:,} tokens: use memory <= {fits:,}, or a "
-                          "server with a longer context (econalign serve --max-model-len)")
-
-
-# ------------------------------------------------------------------ invalid decisions
-def invalid_by_type(frame: pd.DataFrame, label: str, valid: str = "valid") -> dict:
-    """{label: {"decisions": n, "invalid": k}} of the LLM decisions (rows whose `label` column
-    starts with "llm:") of a frame with a boolean `valid` column."""
-    llm = frame[frame[label].astype(str).str.startswith("llm:")] if len(frame) else frame
-    return {str(name): {"decisions": int(len(rows)), "invalid": int((~rows[valid].astype(bool)).sum())}
-            for name, rows in (llm.groupby(label) if len(llm) else [])}
-
-
-def report_invalid(summary: dict, where: str) -> int:
-    """The end of a run's command: one line on stderr when some of its LLM decisions were invalid
-    (a broken or unusable reply, after the retries); exit code 1 (the backend failed) when every
-    one was, else 0. `summary`: its decisions, invalid_decisions and invalid_by_type."""
-    decisions, invalid = summary.get("decisions", 0), summary.get("invalid_decisions", 0)
-    if not invalid:
-        return 0
-    kinds = ", ".join(f"{label} {v['invalid']:,}/{v['decisions']:,}"
-                      for label, v in summary.get("invalid_by_type", {}).items() if v["invalid"])
-    if invalid >= decisions:
-        print(f"econalign: error: all {decisions:,} LLM decisions were invalid ({kinds}): the backend gave no "
-              f"usable answer; see {where}", file=sys.stderr)
-        return 1
-    print(f"econalign: warning: {invalid:,} of {decisions:,} LLM decisions were invalid ({kinds}); see {where}",
-          file=sys.stderr)
-    return 0
 
 
 def collect_sessions(s: MarketScenario, out: Path) -> dict:
@@ -327,7 +202,6 @@ def collect_sessions(s: MarketScenario, out: Path) -> dict:
     impulse = pd.concat(impulses, ignore_index=True) if impulses else None
     if impulse is not None:
         impulse.to_parquet(out / "impulse.parquet", index=False)
-    from scenarios.market_plots import plot_impulse, plot_prices
     plot_prices(frame, market, out / "prices.png", title=s.name)
     if impulse is not None:
         plot_impulse(impulse.groupby("tau").mean(numeric_only=True), market, out / "impulse.png", title=s.name)
@@ -337,9 +211,7 @@ def collect_sessions(s: MarketScenario, out: Path) -> dict:
 def run_vectorised(s: MarketScenario, out: Path, progress: bool = True, restart_if_changed: bool = False) -> dict:
     from tqdm import tqdm
 
-    from agents.qlearning import profit_table
-    from simulation import qlearning_engine as engine
-    from simulation.metrics import impulse_summary
+    from simulation import qlearning_engine  # numba's compiled engine: loaded for a vectorised run only
 
     market, settings, run = s.bertrand(), s.qlearning_settings(), s.run
     grid = market.price_grid(settings.m, settings.xi)
@@ -351,11 +223,11 @@ def run_vectorised(s: MarketScenario, out: Path, progress: bool = True, restart_
             bar.n = done
             bar.set_postfix(period=f"{periods:,}")
             bar.refresh()
-        state = engine.learn(table, settings, run.sessions, s.seed, chunk=run.chunk,
+        state = qlearning_engine.learn(table, settings, run.sessions, s.seed, chunk=run.chunk,
                              checkpoint=out / "checkpoint.npz", progress=report,
                              restart_if_changed=restart_if_changed)
     seconds = time.time() - started
-    records, impulses = engine.summarise(state, table, grid, market.nash_profits(),
+    records, impulses = qlearning_engine.summarise(state, table, grid, market.nash_profits(),
                                          market.monopoly_profits(), settings, run.deviation_periods)
     sessions = pd.DataFrame(records)
     sessions.to_parquet(out / "sessions.parquet", index=False)
@@ -364,7 +236,6 @@ def run_vectorised(s: MarketScenario, out: Path, progress: bool = True, restart_
     impulse = pd.DataFrame(mean_ir, columns=[f"price_{i}" for i in range(n)])
     impulse.insert(0, "tau", np.arange(len(impulse)))
     impulse.to_parquet(out / "impulse.parquet", index=False)
-    from scenarios.market_plots import plot_delta_histogram, plot_impulse
     plot_impulse(impulse.set_index("tau"), market, out / "impulse.png", title=f"{s.name}: mean over sessions")
     plot_delta_histogram(sessions, out / "delta.png", title=s.name)
     return {"engine": "vectorised", "sessions": len(sessions),
@@ -392,8 +263,7 @@ def run_scenario(path: str | Path, out: str | Path, progress: bool = True, backe
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     summary = {"scenario": s.name, **run_vectorised(s, out, progress, restart_if_changed)}
-    write_json(out / "summary.json", summary)
-    write_manifest(out, "market run", s.path, s.raw, s.seed, None, {}, started)
+    finish_run(out, "market run", s, summary, None, {}, started)
     return summary
 
 
@@ -404,14 +274,7 @@ def run_scenarios(jobs: list[tuple[MarketScenario, Path]], backend=None, progres
     firm of every session (the main job's duopolies, a study's LLM cells). The LLM firms share
     `backend`, or one built from the first LLM scenario's [llm] section. Returns the summaries
     (also in each out/summary.json)."""
-    from contextlib import ExitStack
-
     from tqdm import tqdm
-
-    from agents.llm.decision_log import DecisionLog
-    from agents.llm.replay import ReplayBackend
-    from simulation.bertrand_market import MAX_RECORD_GIB
-    from simulation.lockstep import run_plans
 
     started = time.time()
     recorded: list[dict] = []
@@ -429,7 +292,7 @@ def run_scenarios(jobs: list[tuple[MarketScenario, Path]], backend=None, progres
     for s, out in jobs:
         out.mkdir(parents=True, exist_ok=True)
         recorded += resume_sessions(s, out, restart_if_changed)
-    asked = ReplayBackend(records=recorded, fallback=backend) if recorded and backend is not None else backend
+    asked = replaying(backend, recorded)
     policies: list[dict] = []
     with ExitStack() as stack, tqdm(total=sum(session_count(s) for s, _ in jobs), unit="period",
                                     desc=jobs[0][0].name if len(jobs) == 1 else f"{len(jobs)} scenarios",
@@ -442,11 +305,9 @@ def run_scenarios(jobs: list[tuple[MarketScenario, Path]], backend=None, progres
         run_plans(plans)
     summaries = []
     for (s, out), used in zip(jobs, policies):
-        replayed(out / "decisions.jsonl")
         summary = {"scenario": s.name, **collect_sessions(s, out)}
-        write_json(out / "summary.json", summary)
-        write_manifest(out, "market run", s.path, s.raw, s.seed, backend if s.uses_llm else None,
-                       loaded_adapters(backend, used) if s.uses_llm else {}, started)
+        finish_run(out, "market run", s, summary, backend, loaded_adapters(backend, used) if s.uses_llm else {},
+                   started)
         summaries.append(summary)
     return summaries
 

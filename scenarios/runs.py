@@ -1,33 +1,36 @@
 """What every scenario run shares: one LLM backend holding every adapter its agents name, one
-policy per preference type, and the manifest (scenario, seed, model, adapter hashes, versions)."""
+policy per preference type, a decision log that a rerun answers again from the record (its stamp
+says what the answers rest on), and the manifest (scenario, seed, model, adapter hashes, versions)."""
 from __future__ import annotations
 
+import importlib.metadata as md
 import json
 import platform
 import time
 from pathlib import Path
 
+from agents.llm.backend import BackendError
+from agents.llm.openai_backend import OpenAIBackend
+from agents.llm.replay import ReplayBackend
+from agents.llm.transformers_backend import TransformersBackend
+from agents.policies import LLMPolicy
 from agents.records import file_sha256, visible_files, write_json, write_text
-from scenarios.settings import ConfigError, LLMSection
+from finetune.registry import adapter_path
+from scenarios.settings import LLMSection, Scenario
+from scenarios.settings_errors import ConfigError
 
 
 def build_backend(llm: LLMSection, preferences, seed: int, log):
     """(backend, {preference: LLMPolicy}, {adapter: path}) for the LLM preference types named
     (`base` = no adapter), from the validated [llm] section."""
-    from agents.llm.backend import BackendError
-    from finetune.registry import adapter_path
-
     names = sorted({p for p in preferences if p != "base"})
     paths = {name: str(adapter_path(name, llm.adapters)) for name in names}
     try:
         if llm.backend == "transformers":
-            from agents.llm.transformers_backend import TransformersBackend
             backend = TransformersBackend(llm.model or None, adapters=paths, device=llm.device, dtype=llm.dtype)
         elif llm.backend == "openai":
-            from agents.llm.openai_backend import OpenAIBackend
             backend = OpenAIBackend(llm.url, model=llm.model or "base", timeout=llm.timeout, retries=llm.retries)
         else:
-            from agents.llm.replay import ReplayBackend
             backend = ReplayBackend(llm.log)
     except (BackendError, OSError) as err:        # a backend that cannot start on the settings given
         raise ConfigError(str(err)) from None
@@ -82,10 +85,23 @@ def forget_decisions(log: Path) -> None:
     replay_file(log).unlink(missing_ok=True)
 
 
+def resume_log(log: Path, stamp: Path, config: str, current: bool, finished=lambda record: False) -> list[dict]:
+    """A (re)run's decision log made ready: the log of another run (`current` false: its stamp
+    says other settings or adapter weights) is forgotten, `stamp` says `config` (run_stamp), and
+    the decisions the run answers again are set aside and returned (set_aside_for_replay)."""
+    if not current:
+        forget_decisions(log)
+    write_text(stamp, config)
+    return set_aside_for_replay(log, finished)
+
+
+def replaying(backend, recorded: list[dict]):
+    """`backend`, answering the `recorded` decisions from the record first (agents.llm.replay)."""
+    return ReplayBackend(records=recorded, fallback=backend) if recorded and backend is not None else backend
+
+
 def make_policies(llm: LLMSection, preferences, seed: int, backend, log) -> dict:
     """One LLM policy per preference type."""
-    from agents.policies import LLMPolicy
-
     return {p: LLMPolicy(backend, None if p == "base" else p, temperature=llm.temperature,
                          sample=llm.sample, max_tokens=llm.max_tokens,
                          max_retries=llm.max_retries, seed=seed, log=log)
@@ -99,7 +115,6 @@ def loaded_adapters(backend, policies: dict) -> dict:
 
 
 def versions() -> dict:
-    import importlib.metadata as md
     out = {"python": platform.python_version()}
     for name in ("mesa", "numpy", "numba", "torch", "transformers", "peft"):
         try:
@@ -109,8 +124,8 @@ def versions() -> dict:
     return out
 
 
-def write_manifest(out: Path, job: str, path: Path, raw: dict, seed: int, backend, adapters: dict,
-                   started: float) -> None:
+def write_run_manifest(out: Path, job: str, path: Path, raw: dict, seed: int, backend, adapters: dict,
+                       started: float) -> None:
     """out/manifest.json: the scenario and its hash, the model, the adapters and their hashes,
     library versions, run time and the files written."""
     model = str(getattr(backend, "model_path", getattr(backend, "model", ""))) if backend is not None else None
@@ -121,3 +136,11 @@ def write_manifest(out: Path, job: str, path: Path, raw: dict, seed: int, backen
                 "versions": versions(), "seconds": round(time.time() - started, 1),
                 "files": visible_files(out)}
     write_json(out / "manifest.json", manifest)
+
+
+def finish_run(out: Path, job: str, s: Scenario, summary: dict, backend, adapters: dict, started: float) -> None:
+    """The end of a scenario run: the decisions set aside for it are in its log again (replayed),
+    out/summary.json holds `summary` and out/manifest.json what ran (write_run_manifest)."""
+    replayed(out / "decisions.jsonl")
+    write_json(out / "summary.json", summary)
+    write_run_manifest(out, job, s.path, s.raw, s.seed, backend if s.uses_llm else None, adapters, started)

@@ -1,4 +1,4 @@
-"""Typed scenario settings (pydantic v2): one model per scenario kind, read from TOML.
+"""Typed settings of the files a user writes (pydantic v2): one schema per kind of file.
 
     market scenario: name seed [market] [grid] [qlearning] [run] [llm] [[firm]] (type = llm |
                      theory | qlearning)
@@ -7,9 +7,9 @@
 
 Unknown keys are refused, types are strict (TOML's integers count as numbers). Ranges are the
 domain objects' own (markets.bertrand.LogitBertrand, agents.qlearning.QLearningSettings,
-simulation.av_traffic.TrafficSettings check their values), and a section left out takes their
-defaults, so each default and range is written once. The first error is one line naming the file
-and the key (ConfigError; the CLI prints it and exits with code 2).
+simulation.traffic_settings.TrafficSettings check their values), and a section left out takes their
+defaults, so each default and range is written once. scenarios.settings_files reads the files;
+scenarios.settings_errors words their first error in one line.
 """
 from __future__ import annotations
 
@@ -19,34 +19,18 @@ import itertools
 import math
 import operator
 import os
-import tomllib
 import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    create_model,
-    model_validator,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, create_model, model_validator
 
-from agents.errors import InputError
 from agents.llm.devices import DTYPES, check_names
-from agents.preferences import from_name
+from agents.preferences import from_name, preference
 from agents.qlearning import QLearningSettings, check_q_size
 from markets.bertrand import CALVANO_GRID, LogitBertrand
-from simulation.av_traffic import TrafficSettings
-from simulation.av_traffic import check_record_size as check_av_records
-from simulation.bertrand_market import check_record_size as check_market_records
-
-
-class ConfigError(InputError):
-    pass
+from simulation.record_sizes import check_av_records, check_market_records
+from simulation.traffic_settings import TrafficSettings
 
 
 class Section(BaseModel):
@@ -83,8 +67,6 @@ class TheoryAgent(Section):
 
     @model_validator(mode="after")
     def _kappa(self):
-        from agents.preferences import preference
-
         preference(self.preference, self.kappa)
         return self
 
@@ -148,7 +130,7 @@ class MarketRun(Section):
     chunk: int = Field(200_000, ge=1, le=100_000_000)
 
 
-class LLMFirm(Section):
+class LLMFirmSettings(Section):
     type: Literal["llm"]
     preference: LLMPreference = "base"
     prices: Literal["grid", "free"] = "grid"
@@ -162,15 +144,15 @@ class LLMFirm(Section):
         return self
 
 
-class TheoryFirm(TheoryAgent):
+class TheoryFirmSettings(TheoryAgent):
     prices: Literal["grid", "free"] = "free"
 
 
-class QLearningFirm(Section):
+class QLearningFirmSettings(Section):
     type: Literal["qlearning"]
 
 
-Firm = Annotated[LLMFirm | TheoryFirm | QLearningFirm, Field(discriminator="type")]
+FirmSettings = Annotated[LLMFirmSettings | TheoryFirmSettings | QLearningFirmSettings, Field(discriminator="type")]
 
 
 class FileSettings(Section):
@@ -205,7 +187,7 @@ class MarketScenario(Scenario):
     grid: GridSection = GridSection()
     qlearning: QLearningSection = QLearningSection()
     run: MarketRun = MarketRun()
-    firms: list[Firm] = Field(default_factory=list, alias="firm")
+    firms: list[FirmSettings] = Field(default_factory=list, alias="firm")
 
     @property
     def uses_llm(self) -> bool:
@@ -218,6 +200,10 @@ class MarketScenario(Scenario):
     def qlearning_settings(self):
         """The scenario's agents.qlearning.QLearningSettings (its grid included)."""
         return QLearningSettings(m=self.grid.m, xi=self.grid.xi, **self.qlearning.model_dump(exclude_none=True))
+
+    def session_periods(self) -> int:
+        """Periods one session steps: its steps and, with the deviation test, its periods + 1."""
+        return self.run.steps + (self.run.deviation_periods + 1 if self.run.deviation else 0)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -243,8 +229,7 @@ class MarketScenario(Scenario):
         if learners:
             _domain("grid", lambda: check_q_size(learners, n, self.grid.m, self.run.sessions))
         if self.run.engine == "mesa":
-            periods = self.run.steps + (self.run.deviation_periods + 1 if self.run.deviation else 0)
-            _domain("run", lambda: check_market_records(self.run.sessions, periods, n))
+            _domain("run", lambda: check_market_records(self.run.sessions, self.session_periods(), n))
         return self
 
 
@@ -295,7 +280,7 @@ class AVScenario(Scenario):
         return any(a.type == "llm" for a in self.avs)
 
     def traffic_settings(self):
-        """The scenario's simulation.av_traffic.TrafficSettings (one AV per [[av]] count)."""
+        """The scenario's simulation.traffic_settings.TrafficSettings (one AV per [[av]] count)."""
         fields = self.traffic.model_dump(exclude_none=True)
         if "ages" in fields:
             fields["ages"] = tuple(fields["ages"])
@@ -311,148 +296,8 @@ class AVScenario(Scenario):
         return self
 
 
-# ------------------------------------------------------------------ reading files
-BUNDLED_MARKETS = Path(__file__).parent / "markets"
-BUNDLED_AVS = Path(__file__).parent / "avs"
-
-
-def scenario_path(path: str | Path, folder: Path) -> Path:
-    """A scenario file path, or the name of a scenario bundled in `folder`."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    bundled = folder / f"{path.stem}.toml"
-    if path.parent == Path(".") and bundled.exists():
-        return bundled
-    names = ", ".join(sorted(p.stem for p in folder.glob("*.toml")))
-    raise ConfigError(f"scenario file {path} does not exist (bundled scenarios: {names})")
-
-
-def read_toml(path: Path, overrides: dict | None = None) -> dict:
-    """The file's tables, with `overrides` ({section: {key: value}}) merged into them: section ""
-    is the top level, and a section that is an array of tables ([[firm]]) gets the values in
-    every table, or a list's k-th value in its k-th table (one value per table)."""
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not valid TOML ({err})") from None
-    return merge_overrides(path, raw, overrides)
-
-
-def merge_overrides(path: Path, raw: dict, overrides: dict | None) -> dict:
-    """`raw` with `overrides` merged in (read_toml)."""
-    for section, values in (overrides or {}).items():
-        if section == "":
-            raw.update(values)
-        elif isinstance(raw.get(section), list):
-            tables = raw[section]
-            for key, value in values.items():
-                if isinstance(value, list) and len(value) != len(tables):
-                    raise ConfigError(f"{path}: {section}.{key} = {value!r} needs one value for each "
-                                      f"of the {len(tables)} [[{section}]] tables")
-            raw[section] = [{**table, **{k: v[i] if isinstance(v, list) else v for k, v in values.items()}}
-                            for i, table in enumerate(tables)]
-        else:
-            raw[section] = {**raw.get(section, {}), **values}
-    return raw
-
-
-def validate(model: type[FileSettings], path: Path, raw: dict) -> Any:
-    """`raw` as a `model`, or ConfigError with the first error in one line."""
-    try:
-        settings = model.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(f"{path}: {one_line(err)}") from None
-    settings._path, settings._raw = path, raw
-    settings.name = settings.name or path.stem
-    return settings
-
-
-_WANTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
-           "string_type": "a string", "list_type": "a list", "model_type": "a table", "dict_type": "a table"}
-
-
-def one_line(err: ValidationError) -> str:
-    """The first error of a validation as `[section] key must be ..., got value`."""
-    e = err.errors(include_url=False)[0]
-    where, key = _where(list(e["loc"]))
-    kind, ctx, value = e["type"], e.get("ctx", {}), e.get("input")
-    if kind == "extra_forbidden":
-        return f"{where}: unknown key {key!r}".lstrip(": ")
-    if kind == "value_error":
-        text = str(ctx.get("error", e["msg"]))
-        if ": " in text and text.split(": ", 1)[0] in ("market", "grid", "qlearning", "run", "firm", "llm",
-                                                       "traffic", "av"):
-            section, text = text.split(": ", 1)
-            return f"[{section}] {text}"
-        return f"{where} {text}" if where else text
-    if kind == "union_tag_invalid":
-        tags = ctx.get("expected_tags", "").replace("'", "")
-        return f"{where} type must be one of {tags}, got {ctx.get('tag')!r}"
-    if kind == "union_tag_not_found":
-        return f"{where} needs a type"
-    if kind == "literal_error":
-        wanted = ctx.get("expected", "").replace("'", '"')
-    elif kind == "too_short":
-        wanted = "a non-empty list"
-    elif kind == "too_long":            # the count, not the whole list
-        most, got = ctx.get("max_length"), ctx.get("actual_length")
-        return f"{where} {key} must have at most {most:,} values, got {got:,}".strip()
-    elif kind in _WANTED:
-        wanted = _WANTED[kind]
-    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        sign = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
-        wanted = f"{sign} {next(iter(ctx.values()))}"
-    elif kind == "missing":
-        return f"{where} {key} is missing".strip()
-    else:
-        wanted = e["msg"]
-    return f"{where} {key} must be {wanted}, got {value!r}".strip()
-
-
-def _where(loc: list) -> tuple[str, str]:
-    """(table, key) of an error location: `[market]`, `[[firm]] 2` (its type tag skipped) or ``
-    for the top level; the key within it."""
-    if len(loc) >= 2 and loc[0] in ("firm", "av") and isinstance(loc[1], int):
-        return f"[[{loc[0]}]] {loc[1] + 1}", ".".join(map(str, loc[3:]))
-    if len(loc) >= 2 and loc[0] in TABLES:
-        return f"[{loc[0]}]", ".".join(map(str, loc[1:]))
-    return "", ".".join(map(str, loc))
-
-
-TABLES = {"market", "grid", "qlearning", "run", "llm", "traffic", "study", "set"}
-
-
-def _repeat(values: list, n: int) -> list:
-    return [values[i % len(values)] for i in range(max(n, 0))]
-
-
-def load_scenario(path: str | Path, overrides: dict | None = None) -> MarketScenario:
-    """The validated market scenario of a TOML file (or bundled scenario name) with `overrides`
-    ({section: {key: value}}) merged in; an override of [market] firms = N first repeats the
-    file's [[firm]] tables (and [run] initial_prices) in order to N firms."""
-    path = scenario_path(path, BUNDLED_MARKETS)
-    raw = read_toml(path)
-    n = (overrides or {}).get("market", {}).get("firms")
-    if n is not None and isinstance(raw.get("firm"), list) and raw["firm"]:
-        if not isinstance(n, int) or isinstance(n, bool):
-            raise ConfigError(f"{path}: [market] firms must be an integer, got {n!r}")
-        raw["firm"] = _repeat(raw["firm"], n)
-        start = raw.get("run", {}).get("initial_prices")
-        if isinstance(start, list) and start:
-            raw["run"]["initial_prices"] = _repeat(start, n)
-    return validate(MarketScenario, path, merge_overrides(path, raw, overrides))   # per-firm lists: n values
-
-
-def load_av_scenario(path: str | Path, overrides: dict | None = None) -> AVScenario:
-    """The validated AV scenario of a TOML file (or bundled scenario name)."""
-    path = scenario_path(path, BUNDLED_AVS)
-    return validate(AVScenario, path, read_toml(path, overrides))
-
-
 # ------------------------------------------------------------------ studies
-STUDIES = Path(__file__).parent / "studies"
-MAX_CELLS = 10_000    # grid combinations x seeds: each combination is validated (~20 ms) before any cell runs
+MAX_CELLS = 10_000    # grid combinations x seeds: each combination is validated before any cell runs
 MAX_WORKERS = 256     # Ray actors; each loads its own model (checked against free memory when the study runs)
 
 
@@ -469,7 +314,7 @@ def study_key(key: str) -> str:
     sections = {s: f.annotation for s, f in MarketScenario.model_fields.items() if isinstance(f.annotation, type)
                 and issubclass(f.annotation, Section)}
     fields = {**{s: set(model.model_fields) for s, model in sections.items()},
-              "firm": set(LLMFirm.model_fields) | set(TheoryFirm.model_fields)}
+              "firm": set(LLMFirmSettings.model_fields) | set(TheoryFirmSettings.model_fields)}
     if not dot or section not in fields:
         raise ValueError(f"key {key!r} must be section.key with section one of {', '.join(fields)}")
     if name not in fields[section] - {"type"}:
@@ -508,34 +353,3 @@ class Study(FileSettings):
         keys = list(self.grid)
         return [{**dict(zip(keys, values)), "seed": seed}
                 for values in itertools.product(*self.grid.values()) for seed in self.seeds]
-
-
-def load_study(path: str | Path) -> Study:
-    """The validated study of a TOML file (or the name of a study bundled in scenarios/studies);
-    every cell is checked as a scenario before anything runs."""
-    path = scenario_path(path, STUDIES)
-    study = validate(Study, path, read_toml(path))
-    beside = path.parent / study.scenario
-    study._scenario_path = beside if beside.is_file() else scenario_path(study.scenario, BUNDLED_MARKETS)
-    if study.seeds is None:
-        study.seeds = [load_scenario(study.scenario_path).seed]
-    for cell in study.cells()[::len(study.seeds)]:    # once per grid combination: the seeds are checked above
-        load_scenario(study.scenario_path, cell_overrides({**study.fixed, **cell}))
-    return study
-
-
-def cell_overrides(settings: dict) -> dict:
-    """{"section.key": value, "seed": s} as read_toml overrides {section: {key: value}} (the seed
-    is the scenario's top-level seed)."""
-    out: dict = {}
-    for key, value in settings.items():
-        section, _, name = key.rpartition(".")
-        out.setdefault(section, {})[name] = value
-    return out
-
-
-def placement_overrides(args) -> dict:
-    """--device and --dtype given on the command line, as scenario overrides ({"llm": {...}})."""
-    given = {k: getattr(args, k, None) for k in ("device", "dtype")}
-    given = {k: v for k, v in given.items() if v is not None}
-    return {"llm": given} if given else {}

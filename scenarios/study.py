@@ -39,8 +39,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from agents.records import markdown_table, write_json
-from scenarios.settings import STUDIES, ConfigError, Study, cell_overrides, load_scenario, load_study
+from agents.llm.models import ModelError, resolve
+from agents.records import folder_lock, markdown_table, write_json
+from finetune.pipeline import PipelineOptions, run_pipeline
+from finetune.recipes import follows_recipe
+from finetune.registry import adapter_name, list_adapters, parse_adapter_name
+from scenarios.invalid import add_invalid, report_invalid
+from scenarios.market import llm_preferences, lockstep_batches, ran_with_current_adapters, run_scenario, run_scenarios
+from scenarios.ray_local import run_confined
+from scenarios.runs import build_backend
+from scenarios.settings import Study
+from scenarios.settings_errors import ConfigError
+from scenarios.settings_files import STUDIES, cell_overrides, load_scenario, load_study
+from scenarios.study_plots import plot_study
 
 MEASURES = ("mean_delta", "sd_delta", "converged_share", "mean_price", "mean_price_index",
             "mean_periods", "invalid_decisions", "backend_calls_per_step", "seconds")
@@ -65,8 +76,6 @@ def stale_cell(s: Study, folder: Path, cell: dict) -> str | None:
     """Why a finished cell must run again, or None: it ran with other settings than the study
     gives it now (the scenario file and [set] included; its manifest's config), or its LLM firms
     with other adapter weights than those now in their folder."""
-    from scenarios.market import ran_with_current_adapters
-
     scenario = load_scenario(s.scenario_path, cell_overrides({**s.fixed, **cell}))
     manifest = folder / "manifest.json"
     ran = json.loads(manifest.read_text()).get("config") if manifest.exists() else None
@@ -88,9 +97,6 @@ def run_cells(jobs: list, backends: dict | None = None, done=lambda n: None, pro
     every LLM firm of every cell and session), one backend per distinct [llm] section, loaded
     once and kept in `backends` for the worker's next cells. `done(n)` reports finished cells.
     Returns `backends`."""
-    from scenarios.market import llm_preferences, lockstep_batches, run_scenario, run_scenarios
-    from scenarios.runs import build_backend
-
     backends = {} if backends is None else backends
     groups: dict[str, list] = {}
     for scenario, folder, settings in jobs:
@@ -174,10 +180,7 @@ def invalid_totals(folders: list[Path]) -> dict:
     """The cells' LLM decisions and invalid ones, in all and by LLM firm type (their summaries)."""
     by_type: dict[str, dict] = {}
     for folder in folders:
-        for label, counts in json.loads((folder / "summary.json").read_text()).get("invalid_by_type", {}).items():
-            total = by_type.setdefault(label, {"decisions": 0, "invalid": 0})
-            total["decisions"] += counts["decisions"]
-            total["invalid"] += counts["invalid"]
+        add_invalid(by_type, json.loads((folder / "summary.json").read_text()).get("invalid_by_type", {}))
     return {"decisions": sum(v["decisions"] for v in by_type.values()),
             "invalid_decisions": sum(v["invalid"] for v in by_type.values()), "invalid_by_type": by_type}
 
@@ -187,8 +190,6 @@ def check_worker_memory(jobs: list, workers: int) -> None:
     cells name: refuse the study when those weights (their safetensors files' size) exceed the
     memory available now. Servers (backend = "openai") and a model not found are not counted."""
     import psutil
-
-    from agents.llm.models import ModelError, resolve
 
     sections: dict[str, tuple] = {}
     weights: dict = {}
@@ -223,10 +224,6 @@ def train_named_adapters(s: Study, cells: list[dict], out: Path, log=print) -> N
     """Fine-tune (finetune pipeline, cached in the scenario's adapter folder) every adapter an
     LLM firm of the cells names that the folder does not hold yet, or holds from an older recipe;
     each registry is locked while it is looked at and trained."""
-    from agents.records import folder_lock
-    from finetune.pipeline import PipelineOptions, follows_recipe, run_pipeline
-    from finetune.registry import adapter_name, list_adapters, parse_adapter_name
-
     wanted: dict[str, tuple] = {}
     for cell in cells:
         scenario = load_scenario(s.scenario_path, cell_overrides({**s.fixed, **cell}))
@@ -254,7 +251,6 @@ def _run_on_ray(jobs: list, workers: int, bar) -> list[int]:
         raise ConfigError("executor = \"ray\" needs Ray: pip install -e '.[batch]'") from None
     if os.environ.get("RAY_ADDRESS") or ray.is_initialized():
         return _ray_session(jobs, workers, bar.update)
-    from scenarios.ray_local import run_confined
     return run_confined(_ray_session, (jobs, workers), bar.update)
 
 
@@ -294,66 +290,8 @@ def collect(cells: list[dict], folders: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _as_kappa(value):
-    """Preference names (moralis-K, economicus) as their kappa, numbers as they are; None for
-    anything else (a pair of preferences, base)."""
-    from finetune.registry import parse_adapter_name
-
-    if isinstance(value, str):
-        try:
-            return parse_adapter_name(value)[1] or 0.0
-        except ValueError:
-            return None
-    return value
-
-
-def plot_study(table: pd.DataFrame, keys: list[str], path: Path, title: str, theory: bool = False) -> None:
-    """Mean Delta over seeds (and, for multi-session cells, the sessions' spread) against the
-    first grid key, one line per value of the second; with `theory`, the symmetric homo moralis
-    equilibrium Delta of the duopoly (docs/theory.md) against kappa."""
-    from agents.records import figure, save_figure
-
-    fig, ax = figure(figsize=(6, 4))
-    x, lines = keys[0], keys[1:2]
-    categories, xlabel = None, keys[0]
-    if table[x].map(lambda v: isinstance(v, str)).any():
-        kappas = table[x].map(_as_kappa)
-        if kappas.isna().any():          # labels such as adapter pairs: one position each
-            categories = list(dict.fromkeys(table[x]))
-            table = table.assign(**{x: table[x].map(categories.index)})
-        else:
-            table = table.assign(**{x: kappas})
-            xlabel = f"kappa ({x} = moralis-kappa)"
-    if theory:
-        import numpy as np
-
-        from scenarios.theory import bertrand_by_kappa
-        curve = bertrand_by_kappa(np.round(np.linspace(0, 1, 21), 2), (2,))
-        ax.plot(curve.kappa, curve.delta, color="black", lw=1, label="theory: homo moralis duopoly")
-    groups = table.groupby(lines) if lines else [((None,), table)]
-    for value, rows in groups:
-        stats = rows.groupby(x)["mean_delta"].agg(["mean", "std", "size"]).reset_index()
-        if "sd_delta" in rows and (stats["size"] == 1).all():      # one seed: the sessions' spread
-            stats["std"] = rows.groupby(x)["sd_delta"].first().to_numpy()
-        label = "mean Delta (bars: sd)" if not lines else f"{lines[0]} = {value[0]:g}" \
-            if isinstance(value[0], float) else f"{lines[0]} = {value[0]}"
-        ax.errorbar(stats[x], stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=label,
-                    ls="none" if categories is not None else "-")
-    ax.axhline(0, color="grey", ls="--", lw=1)
-    ax.axhline(1, color="black", ls=":", lw=1)
-    if categories is not None:
-        ax.set_xticks(range(len(categories)), categories, rotation=15, fontsize=8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("Delta (0 Nash, 1 monopoly)")
-    ax.set_title(title + (f" (other keys: {', '.join(keys[2:])} pooled)" if len(keys) > 2 else ""))
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
-
-
 def run_study_command(args) -> int:
     """`econalign study run`: every cell of a study (resumable), then its table."""
-    from scenarios.market import report_invalid
-
     table = run_study(args.study, args.out)
     print(table.drop(columns=["folder"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"results: {args.out}/ (study.csv, study.md, study.png, cells/)")

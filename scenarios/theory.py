@@ -11,8 +11,9 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from agents.equilibria import equilibrium, symmetric_equilibrium
 from agents.errors import InputError
-from agents.preferences import HomoEconomicus, equilibrium, preference, symmetric_equilibrium
+from agents.preferences import HomoEconomicus, preference
 from markets.bertrand import LogitBertrand
 from markets.games import GAMES
 

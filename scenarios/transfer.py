@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from agents.records import markdown_table
+from agents.records import folder_lock, markdown_table
 from finetune.dataset import SITUATIONS
+from finetune.pipeline import PipelineOptions, run_pipeline
+from scenarios.application_runs import DUOPOLIES, market_runs
 
 ARMS = {"games only (transfer)": ("games",), "games + applications (in-domain)": SITUATIONS}
 CURVE_POINTS = (1, 2, 5, 10)
@@ -40,7 +42,7 @@ def adapter_rows(arm, manifests: dict, points=CURVE_POINTS) -> list[dict]:
 
 
 def market_rows(arm, markets: pd.DataFrame) -> list[dict]:
-    """The LLM duopolies of a scenarios.demo.market_runs table: Delta's mean, sd and range over
+    """The LLM duopolies of a scenarios.application_runs.market_runs table: Delta's mean, sd and range over
     the sessions, and the mean price, per pair."""
     return [{"arm": arm, "pair": row["pair"], "sessions": row["sessions"], "price": row["price"],
              "delta": row["delta"], "sd_delta": row["sd_delta"], "min_delta": row["min_delta"],
@@ -51,16 +53,11 @@ def run_transfer(out: str | Path, adapters: str | Path = "adapters", log=print) 
     """Both arms: fine-tuning (cached), held-out evaluation, LLM duopolies; returns the adapter
     and market tables (also written to `out`). The registry (ADAPTERS and ADAPTERS/games-only)
     is locked throughout."""
-    from agents.records import folder_lock
-
     with folder_lock(adapters, other="adapter folder (--adapters)"):
         return _run_transfer(Path(out), Path(adapters), log)
 
 
 def _run_transfer(out: Path, adapters: Path, log) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from finetune.pipeline import PipelineOptions, run_pipeline
-    from scenarios.demo import DUOPOLIES, market_runs
-
     adapter_table, market_table = [], []
     for arm, situations in ARMS.items():
         registry = adapters if situations == SITUATIONS else adapters / "games-only"

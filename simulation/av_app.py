@@ -15,7 +15,8 @@ from mesa.visualization import SolaraViz
 from mesa.visualization.utils import update_counter
 
 from simulation.app_policies import LLM, THEORY, policy
-from simulation.av_traffic import AVTraffic, TrafficSettings
+from simulation.av_traffic import AVTraffic
+from simulation.traffic_settings import TrafficSettings
 
 DECIDERS = (*THEORY, *LLM)
 

@@ -26,53 +26,13 @@ import pandas as pd
 from mesa.space import MultiGrid
 
 from agents.dilemma import DilemmaSituation
-from agents.qlearning import fresh_seed
+from agents.policies import TheoryPolicy
+from agents.preferences import preference
+from agents.seeds import fresh_seed, request_seed
 from markets.av import AGES, Dilemma, Person, swerve_threshold
-from simulation.lockstep import Asks, step_together
-
-MAX_RECORD_GIB = 4.0         # step records of the cities a run holds at once, checked before it starts
-BYTES_PER_AV_STEP = 1024     # measured 370-660 B held (DataCollector row, dilemmas, people) + ~350 B for the frames
-
-
-def check_record_size(cities: int, steps: int, avs: int) -> None:
-    """Refuse an AV run whose records (cities x steps x AVs x BYTES_PER_AV_STEP; the cities of
-    several seeds step in lock-step, all in memory) exceed MAX_RECORD_GIB: ValueError naming the
-    estimate."""
-    gib = cities * steps * avs * BYTES_PER_AV_STEP / 2**30
-    if gib > MAX_RECORD_GIB:
-        raise ValueError(f"{cities:,} seed(s) x {steps:,} steps x {avs:,} AVs hold about {gib:,.1f} GiB of records "
-                         f"in memory (at most {MAX_RECORD_GIB:g}): use fewer seeds, steps or AVs")
-
-
-@dataclass(frozen=True)
-class TrafficSettings:
-    width: int = 20
-    height: int = 20
-    spacing: int = 5                 # a road every `spacing` rows and columns
-    avs: int = 12
-    brake_failure: float = 0.2       # per forced stop
-    pedestrian_rate: float = 0.3     # a group arrives at a crosswalk per step with this probability
-    max_group: int = 10              # group sizes 1..max_group, uniform
-    max_passengers: int = 2          # passengers per AV 1..max_passengers, uniform
-    ages: tuple[float, float, float] = (0.2, 0.6, 0.2)   # child, adult, elderly shares
-    jaywalk: float = 0.2             # a waiting group crosses against the light
-    light_period: int = 3            # steps per signal phase
-    barrier_share: float = 0.5       # crosswalks beside a barrier
-    weighting: str = "lives"
-
-    def __post_init__(self):
-        ranges = {"width": (self.spacing, 1000), "height": (self.spacing, 1000), "spacing": (3, 1000),
-                  "avs": (1, 10_000), "brake_failure": (0, 1), "pedestrian_rate": (0, 1), "max_group": (1, 100),
-                  "max_passengers": (1, 10), "jaywalk": (0, 1), "light_period": (1, 1000), "barrier_share": (0, 1)}
-        for name, (low, high) in ranges.items():
-            if not low <= getattr(self, name) <= high:
-                raise ValueError(f"traffic setting {name} must be in [{low}, {high}], got {getattr(self, name)!r}")
-        if not (len(self.ages) == 3 and min(self.ages) >= 0 and abs(sum(self.ages) - 1) < 1e-9):
-            raise ValueError(f"traffic setting ages must be three shares summing to 1, got {self.ages!r}")
-        if self.weighting not in ("lives", "life_years"):
-            raise ValueError(f"traffic setting weighting must be lives or life_years, got {self.weighting!r}")
-        if self.width % self.spacing or self.height % self.spacing:
-            raise ValueError("width and height must be multiples of spacing")
+from simulation.lockstep import Asks, LockStepModel, PendingStep
+from simulation.record_sizes import check_av_records
+from simulation.traffic_settings import TrafficSettings
 
 
 @dataclass
@@ -106,7 +66,14 @@ class AV(mesa.Agent):
         return self.model.grid.torus_adj((self.pos[0] + self.heading[0], self.pos[1] + self.heading[1]))
 
 
-class AVTraffic(mesa.Model):
+@dataclass
+class TrafficStep(PendingStep):
+    """A step begun: the AVs in a dilemma (AV, crosswalk, dilemma) and every AV's move (AV, cell)."""
+    dilemmas: list[tuple[AV, Crosswalk, Dilemma]]
+    moves: list[tuple[AV, tuple[int, int]]]
+
+
+class AVTraffic(LockStepModel):
     """AVs made from `deciders` ((label, policy) per AV, cycled) in the city of `settings`.
 
     As a Mesa model: built from plain keyword parameters too (`preference` and `kappa` of theory
@@ -115,7 +82,7 @@ class AVTraffic(mesa.Model):
     `model.rng`; the data are collected at initialisation (step -1) and after every step (step =
     Mesa's `steps` - 1), with one agent row per AV (position, heading, decision maker,
     passengers); with `n_steps`, `running` turns False after that many steps. `seed` None (Mesa's default) draws
-    one (agents.qlearning.fresh_seed, kept in `seed_value`), so batch_run's iterations differ.
+    one (agents.seeds.fresh_seed, kept in `seed_value`), so batch_run's iterations differ.
     """
 
     def __init__(self, deciders: Sequence[tuple[str, object]] | None = None,
@@ -140,7 +107,7 @@ class AVTraffic(mesa.Model):
         self.n_steps = None if n_steps is None else int(n_steps)
         self.settings = s = settings or TrafficSettings()
         if self.n_steps is not None:
-            check_record_size(1, self.n_steps, s.avs)
+            check_av_records(1, self.n_steps, s.avs)
         self.seed_value = int(seed)
         self.grid = MultiGrid(s.width, s.height, torus=True)
         self._ids = itertools.count()
@@ -176,7 +143,6 @@ class AVTraffic(mesa.Model):
                              "heading": lambda a: "east" if a.heading == (1, 0) else "north",
                              "passengers": lambda a: len(a.passengers)})
         self._step_dilemmas, self._step_killed = 0, {"passenger": 0, "pedestrian": 0, "jaywalker": 0}
-        self._replace: list[AV] = []      # AVs whose passengers died this step
         self.datacollector.collect(self)
 
     @property
@@ -235,16 +201,14 @@ class AVTraffic(mesa.Model):
         return Dilemma("barrier" if c.barrier else "lane", tuple(av.passengers), ahead, other,
                        weighting=self.settings.weighting)
 
-    def step(self) -> None:
-        step_together([self], count_steps=False)
-
-    def decision_requests(self) -> Asks:
-        """Pedestrians move, AVs find their way; the brake-failure dilemmas of this step are the
-        decisions asked (simulation.lockstep)."""
+    def begin_step(self) -> TrafficStep:
+        """The step up to the AVs' decisions: the pedestrians move, the AVs find their way and the
+        brakes fail or hold (model.rng); the brake-failure dilemmas are the decisions asked
+        (simulation.lockstep), each seeded agents.seeds.request_seed(seed, step, AV id)."""
         s = self.settings
         self._step_dilemmas, self._step_killed = 0, {"passenger": 0, "pedestrian": 0, "jaywalker": 0}
         self._move_pedestrians()
-        pending: list[tuple[AV, Crosswalk, Dilemma]] = []
+        dilemmas: list[tuple[AV, Crosswalk, Dilemma]] = []
         moves: list[tuple[AV, tuple[int, int]]] = []
         claimed = {av.pos for av in self.agents_by_type[AV]}     # one AV per cell: the others queue
         for av in sorted(self.agents_by_type[AV], key=lambda a: a.unique_id):
@@ -268,33 +232,33 @@ class AVTraffic(mesa.Model):
             if dilemma is None:
                 self.counts["averted" if c.lane_av else "ran_light"] += 1
             else:
-                pending.append((av, c, dilemma))
+                dilemmas.append((av, c, dilemma))
             moves.append((av, target))
             claimed.add(target)
-        self._pending, self._moves = pending, moves
-        return Asks([(av.policy, DilemmaSituation(d)) for av, _, d in pending],
-                    [self.seed_value * 1_000_003 + self.step_count * 10_007 + av.unique_id
-                     for av, _, _ in pending],
-                    [{"step": self.step_count, "av": av.unique_id, "seed": self.seed_value} for av, _, _ in pending])
+        asks = Asks([(av.policy, DilemmaSituation(d)) for av, _, d in dilemmas],
+                    [request_seed(self.seed_value, self.step_count, av.unique_id) for av, _, _ in dilemmas],
+                    [{"step": self.step_count, "av": av.unique_id, "seed": self.seed_value} for av, _, _ in dilemmas])
+        return TrafficStep(asks, dilemmas, moves)
 
-    def apply_decisions(self, decisions, calls: int) -> None:
+    def finish_step(self, pending: TrafficStep, decisions: list, calls: int) -> None:
         """The dilemmas resolved by the decisions, the AVs moved, dead passengers' AVs replaced,
         the step's data collected. `calls`: backend calls the decisions took."""
         self.backend_calls.append(calls)
-        self._replace = []
-        for (av, c, dilemma), decision in zip(self._pending, decisions):
-            self._resolve(av, c, dilemma, decision)
-        for av, target in self._moves:
+        lost = [av for (av, c, dilemma), decision in zip(pending.dilemmas, decisions)
+                if self._resolve(av, c, dilemma, decision)]
+        for av, target in pending.moves:
             if av.pos is not None:
                 self.grid.move_agent(av, target)
-        for av in self._replace:          # a new AV of the same type, with new passengers
+        for av in lost:                   # a new AV of the same type, with new passengers
             self._spawn(av.label, av.policy)
             self.counts["replaced"] += 1
         self.datacollector.collect(self)
         if self.n_steps is not None and self.steps >= self.n_steps:
             self.running = False
 
-    def _resolve(self, av: AV, c: Crosswalk, dilemma: Dilemma, decision) -> None:
+    def _resolve(self, av: AV, c: Crosswalk, dilemma: Dilemma, decision) -> bool:
+        """Records the dilemma and its people, removes the killed; returns whether the AV's
+        passengers died (the AV is removed, to be replaced)."""
         action = decision.action if decision.valid else "stay"      # an invalid answer: brakes failed, no steering
         killed = dilemma.killed(action)
         dead = {p.id for p in killed}
@@ -331,10 +295,11 @@ class AVTraffic(mesa.Model):
                 if p.role == "pedestrian" and not p.lawful:
                     self._step_killed["jaywalker"] += 1
         self._step_dilemmas += 1
-        if any(p.role == "passenger" for p in killed):
-            self.grid.remove_agent(av)
-            av.remove()
-            self._replace.append(av)
+        if not any(p.role == "passenger" for p in killed):
+            return False
+        self.grid.remove_agent(av)
+        av.remove()
+        return True
 
     # ------------------------------------------------------------------ data
     def dilemma_data(self) -> pd.DataFrame:
@@ -353,9 +318,6 @@ class AVTraffic(mesa.Model):
 
 def _theory_decider(name: str, kappa: float | None) -> tuple[str, object]:
     """(label, policy) of a theory AV of preference `name` (kappa for homo moralis)."""
-    from agents.policies import TheoryPolicy
-    from agents.preferences import preference
-
     if name == "moralis" and kappa is None:
         kappa = 0.5
     pref = preference(name, kappa)

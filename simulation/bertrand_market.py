@@ -10,46 +10,31 @@ records prices, quantities, profits, Delta and the price index per firm (Mesa Da
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import mesa
 import numpy as np
 import pandas as pd
 
-from agents.qlearning import (
-    QLearningSettings,
-    check_q_size,
-    decision_seed,
-    encode,
-    fresh_seed,
-    profit_table,
-    start_actions,
-)
+from agents.preferences import preference
+from agents.pricing import PricingSituation
+from agents.qlearning import QLearningSettings, check_q_size, encode, profit_table, start_actions
+from agents.seeds import decision_seed, fresh_seed
 from markets.bertrand import CALVANO_GRID, LogitBertrand
-from simulation.firms import DecidingFirm, Firm, QLearningFirm
-from simulation.lockstep import Asks, step_together
-
-MAX_RECORD_GIB = 4.0            # step records of the sessions a run holds at once, checked before it starts
-BYTES_PER_FIRM_PERIOD = 1536    # measured ~900 B held (Mesa DataCollector row, firm history) + ~450 B for step_data
+from simulation.firms import DecidingFirm, Firm, QLearningFirm, qlearning_firm, theory_firm
+from simulation.lockstep import Asks, LockStepModel, PendingStep
+from simulation.record_sizes import check_market_records
 
 
-def record_gib(sessions: int, periods: int, firms: int) -> float:
-    """GiB of step records that `sessions` Mesa sessions of `periods` periods and `firms` firms
-    hold at once (lock-step keeps every session in memory until it ends)."""
-    return sessions * periods * firms * BYTES_PER_FIRM_PERIOD / 2**30
+@dataclass
+class PricingStep(PendingStep):
+    """A period begun: the LLM and theory firms that decide it and the situations they answer."""
+    firms: list[DecidingFirm]
+    situations: list[PricingSituation]
 
 
-def check_record_size(sessions: int, periods: int, firms: int) -> None:
-    """Refuse a Mesa market run whose step records (sessions x periods x firms x
-    BYTES_PER_FIRM_PERIOD) exceed MAX_RECORD_GIB: ValueError naming the estimate."""
-    gib = record_gib(sessions, periods, firms)
-    if gib > MAX_RECORD_GIB:
-        raise ValueError(f"{sessions:,} session(s) x {periods:,} periods x {firms} firms hold about {gib:,.1f} GiB "
-                         f"of step records in memory (at most {MAX_RECORD_GIB:g}): use fewer sessions or steps")
-
-
-class BertrandMarket(mesa.Model):
+class BertrandMarket(LockStepModel):
     """n firms made by `firms` (makers from simulation.firms: llm_firm, theory_firm,
     qlearning_firm) on `market`.
 
@@ -66,7 +51,7 @@ class BertrandMarket(mesa.Model):
     them; the data are collected at initialisation (period -1: the initial prices) and after every
     step, so model and agent rows line up by Mesa's `steps` (period = steps - 1); with `periods`,
     `running` turns False once that many periods are played. `seed` None (Mesa's default) draws
-    one (agents.qlearning.fresh_seed, kept in `seed_value`), so batch_run's iterations differ.
+    one (agents.seeds.fresh_seed, kept in `seed_value`), so batch_run's iterations differ.
     """
 
     def __init__(self, market: LogitBertrand | None = None, firms: Sequence[Callable] | None = None,
@@ -86,7 +71,7 @@ class BertrandMarket(mesa.Model):
             raise ValueError(f"periods must be an integer >= 1, got {periods}")
         self.periods = None if periods is None else int(periods)
         if self.periods is not None:
-            check_record_size(1, self.periods, market.firms)
+            check_market_records(1, self.periods, market.firms)
         if len(firms) != market.firms:
             raise ValueError(f"the market has {market.firms} firms but {len(firms)} firm types were given")
         self.market, self.seed_value, self.session, self.decimals = market, int(seed), int(session), decimals
@@ -157,28 +142,24 @@ class BertrandMarket(mesa.Model):
         return float(self.market.best_response(firm, self.last_prices))
 
     # ------------------------------------------------------------------ one period
-    def step(self) -> None:
-        step_together([self], count_steps=False)
-
-    def decision_requests(self) -> Asks:
+    def begin_step(self) -> PricingStep:
         """The LLM and theory firms' decisions this period asks for (simulation.lockstep), each
-        with its own seed (agents.qlearning.decision_seed)."""
-        self._deciding = [f for f in self.firms if isinstance(f, DecidingFirm) and f.index not in self.forced]
-        self._situations = [f.situation() for f in self._deciding]
-        return Asks([(f.policy, s) for f, s in zip(self._deciding, self._situations)],
-                    [decision_seed(self.seed_value, self.session, self.period, f.index)
-                     for f in self._deciding],
-                    [{"period": self.period, "firm": f.index, "session": self.session}
-                     for f in self._deciding])
+        with its own seed (agents.seeds.decision_seed)."""
+        deciding = [f for f in self.firms if isinstance(f, DecidingFirm) and f.index not in self.forced]
+        situations = [f.situation() for f in deciding]
+        asks = Asks([(f.policy, s) for f, s in zip(deciding, situations)],
+                    [decision_seed(self.seed_value, self.session, self.period, f.index) for f in deciding],
+                    [{"period": self.period, "firm": f.index, "session": self.session} for f in deciding])
+        return PricingStep(asks, deciding, situations)
 
-    def apply_decisions(self, decisions, calls: int) -> None:
+    def finish_step(self, pending: PricingStep, decisions: list, calls: int) -> None:
         """The rest of the period: the decided prices, the Q-learners' actions, the market's
         clearing, learning and the data collection. `calls`: backend calls the decisions took."""
         n = self.market.firms
         prices = np.full(n, np.nan)
         state = self.state() if self.grid is not None else None
         self.backend_calls.append(calls)
-        for f, s, d in zip(self._deciding, self._situations, decisions):
+        for f, s, d in zip(pending.firms, pending.situations, decisions):
             price = f.adopt(d, s)
             if price is None:                 # still invalid after the retries: counted, price kept
                 self.invalid += 1
@@ -251,9 +232,6 @@ def _keyword_market(market: LogitBertrand | None, keys: dict) -> LogitBertrand:
 def _keyword_firms(firms, keys: dict, n: int) -> list:
     """`firms` (makers), or n firms of the keyword kind: theory best responses of `preference`
     (kappa for homo moralis) or Calvano's Q-learners."""
-    from agents.preferences import preference
-    from simulation.firms import qlearning_firm, theory_firm
-
     given = {k: v for k, v in keys.items() if v is not None}
     if firms is not None:
         if given:

@@ -1,10 +1,10 @@
 """Vectorised Q-learning for batch studies: many Calvano sessions advanced in lock-step.
 
-The algorithm, the profit table (markets.bertrand through agents.qlearning.profit_table) and the
-counter-based random draws are those of agents.qlearning, so a session here follows exactly the
-path of the Mesa firms with the same seed. One numba kernel advances every unconverged session
-by a chunk of periods (sessions in parallel over the cores); between chunks the state can be
-saved, so a long study shows progress and resumes after an interruption.
+The algorithm and the profit table (markets.bertrand through agents.qlearning.profit_table) are
+those of agents.qlearning and the counter-based random draws those of agents.seeds, so a session
+here follows exactly the path of the Mesa firms with the same seed. One numba kernel advances
+every unconverged session by a chunk of periods (sessions in parallel over the cores); between
+chunks the state can be saved, so a long study shows progress and resumes after an interruption.
 
 After convergence each session is summarised the way Calvano et al. (2020, section III) do: the
 limit cycle of greedy play, its average profits and Delta, and the impulse response to a
@@ -12,6 +12,7 @@ one-period deviation to the static best response.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,18 +21,8 @@ import numba
 import numpy as np
 
 from agents.errors import InputError
-from agents.qlearning import (
-    EXPLORE,
-    GOLDEN,
-    MIX1,
-    MIX2,
-    RANDOM_PRICE,
-    QLearningSettings,
-    decode,
-    encode,
-    initial_q,
-    start_actions,
-)
+from agents.qlearning import QLearningSettings, decode, encode, initial_q, start_actions
+from agents.seeds import EXPLORE, GOLDEN, MIX1, MIX2, RANDOM_PRICE
 from markets.bertrand import collusion_index, firm_delta
 
 _U = np.uint64
@@ -155,7 +146,6 @@ def advance(sessions: Sessions, table: np.ndarray, settings: QLearningSettings, 
 
 
 def fingerprint(table: np.ndarray, settings: QLearningSettings, sessions: int, seed: int) -> str:
-    import hashlib
     text = repr((asdict(settings), sessions, seed)).encode() + np.ascontiguousarray(table).tobytes()
     return hashlib.sha256(text).hexdigest()
 

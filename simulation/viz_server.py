@@ -12,13 +12,12 @@ from pathlib import Path
 
 from agents.errors import InputError
 from agents.llm.server import check_exposure, http_url, sigterm_unwinds
+from simulation.viz_assets import cache_folder, missing_assets
 
 APPS = Path(__file__).parent
 
 
 def run_viz(args) -> int:
-    from simulation.viz_assets import cache_folder, missing_assets
-
     if check_exposure(args.host, args.allow_remote, "econalign viz"):
         print(f"econalign: warning: the visual server at {http_url(args.host, args.port)} has no password "
               "and runs the model for anyone who reaches it, in plain HTTP", file=sys.stderr)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.llm.server import AdapterError, discover_adapters, inspect_adapter, server_command
+from agents.llm.adapters import AdapterError, discover_adapters, inspect_adapter
+from agents.llm.server import server_command
 from conftest import make_adapter
 
 pytestmark = pytest.mark.slow

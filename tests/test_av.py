@@ -8,14 +8,16 @@ import pandas as pd
 import pytest
 
 from agents.dilemma import DilemmaSituation, bonnefon_probe, choice_curve
+from agents.equilibria import best_response
 from agents.llm.decision_log import DecisionLog, read_decisions
 from agents.policies import LLMPolicy, TheoryPolicy
-from agents.preferences import best_response, preference
+from agents.preferences import preference
 from conftest import CountingBackend
 from markets.av import AGES, BONNEFON_2016, KINDS, WEIGHTINGS, Dilemma, Person, swerve_threshold, theory_swerves
 from scenarios.cli import main
 from simulation.av_metrics import preference_effects
-from simulation.av_traffic import AVTraffic, TrafficSettings
+from simulation.av_traffic import AVTraffic
+from simulation.traffic_settings import TrafficSettings
 
 
 def bonnefon(passengers: int, pedestrians: int, age: str = "adult") -> Dilemma:
@@ -35,7 +37,7 @@ def random_dilemma(rng) -> Dilemma:
 
 def test_closed_form_equals_the_generic_solver_on_random_dilemmas():
     """docs/theory.md: swerve iff (W^pass_stay - W^pass_swerve) + k (W^ped_stay - W^ped_swerve) > 0,
-    checked against agents.preferences.best_response on the owner's material payoff, at any belief."""
+    checked against agents.equilibria.best_response on the owner's material payoff, at any belief."""
     rng = np.random.default_rng(7)
     for _ in range(300):
         d = random_dilemma(rng)

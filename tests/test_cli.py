@@ -159,7 +159,7 @@ def test_each_command_comes_from_the_module_that_owns_it():
 
     found = dict(commands(build_parser()))
     assert found == {"theory": "scenarios.theory", "models prepare": "agents.llm.models",
-                     "serve": "agents.llm.server", "games eval": "scenarios.evaluation",
+                     "serve": "scenarios.serve", "games eval": "scenarios.evaluation",
                      "finetune data": "finetune.dataset", "finetune train": "finetune.train",
                      "finetune evaluate": "finetune.pipeline", "finetune pipeline": "finetune.pipeline",
                      "market run": "scenarios.market", "av run": "scenarios.av", "study run": "scenarios.study",
@@ -171,11 +171,12 @@ def test_each_command_comes_from_the_module_that_owns_it():
 def test_errors_map_to_exit_codes_in_one_place():
     """User input (a value, file, model or adapter that is wrong) exits 2; a backend, server or
     solver that fails exits 1; anything else is a bug and keeps its traceback."""
+    from agents.llm.adapters import AdapterError
     from agents.llm.backend import BackendError
     from agents.llm.models import ModelError
-    from agents.llm.server import AdapterError, ServerError
+    from agents.llm.server import ServerError
     from scenarios.cli import exit_code
-    from scenarios.settings import ConfigError
+    from scenarios.settings_errors import ConfigError
     from scenarios.theory import InputError
 
     errors = {InputError("x"): 2, ConfigError("x"): 2, ModelError("x"): 2, AdapterError("x"): 2,

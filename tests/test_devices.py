@@ -82,7 +82,7 @@ def test_a_gpu_named_on_a_machine_without_one_is_one_line_exit_2(tmp_path, capsy
 
 
 def test_the_command_line_overrides_the_scenario(tmp_path):
-    from scenarios.settings import load_scenario, placement_overrides
+    from scenarios.settings_files import load_scenario, placement_overrides
 
     class Args:
         device, dtype = "cpu", None

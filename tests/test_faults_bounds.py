@@ -57,7 +57,8 @@ def test_ray_workers_that_would_load_more_model_than_memory_are_refused(workers,
     free fit one worker, not two or four (cells on a server or without LLM firms load nothing)."""
     import psutil
 
-    from scenarios.settings import ConfigError, load_study
+    from scenarios.settings_errors import ConfigError
+    from scenarios.settings_files import load_study
     from scenarios.study import cell_folder, cell_job, check_worker_memory
 
     model = tmp_path / "model"
@@ -117,7 +118,8 @@ def test_study_cells_step_in_lock_step_only_as_far_as_their_records_fit(tmp_path
     """Three cells of 2.9 GiB each: one lock-step batch each (a worker used to run all its Mesa
     cells together, whatever they held), and run_scenarios refuses them together."""
     from scenarios.market import lockstep_batches, run_scenarios
-    from scenarios.settings import ConfigError, load_scenario
+    from scenarios.settings_errors import ConfigError
+    from scenarios.settings_files import load_scenario
 
     (tmp_path / "m.toml").write_text('name = "m"\n[run]\nsessions = 1000\nsteps = 1000\n' + THEORY_FIRM * 2)
     small = load_scenario(tmp_path / "m.toml", {"run": {"sessions": 1}})

@@ -191,11 +191,11 @@ class Evaluated(Exception):
 def evaluation(tmp_path, monkeypatch):
     """A registry with one adapter whose manifest says it was evaluated, and a function that
     runs `finetune evaluate` into a folder: True if it evaluated, False if up to date."""
-    import agents.llm.transformers_backend as transformers_backend
+    import finetune.heldout as heldout
     from agents.preferences import HomoEconomicus
     from finetune.dataset import SITUATIONS
-    from finetune.pipeline import evaluate_adapters
-    from finetune.train import adapter_sha256, write_manifest
+    from finetune.heldout import evaluate_adapters
+    from finetune.registry import adapter_sha256, write_adapter_manifest
 
     registry = tmp_path / "adapters"
     (registry / "economicus").mkdir(parents=True)
@@ -203,13 +203,13 @@ def evaluation(tmp_path, monkeypatch):
     def weights(content: bytes) -> None:
         (registry / "economicus" / "adapter_model.safetensors").write_bytes(content)
         key = {"items": "small", "style": "answer", "domains": list(SITUATIONS), "application_items": 9}
-        write_manifest(registry / "economicus", {"preference": "economicus", "style": "answer", "evaluation": {
+        write_adapter_manifest(registry / "economicus", {"preference": "economicus", "style": "answer", "evaluation": {
             "battery": key, "adapter_sha256": adapter_sha256(registry / "economicus")}})
 
     def not_loaded(*args, **kwargs):
         raise Evaluated
 
-    monkeypatch.setattr(transformers_backend, "TransformersBackend", not_loaded)
+    monkeypatch.setattr(heldout, "TransformersBackend", not_loaded)
 
     def evaluate(out) -> bool:
         try:
@@ -227,7 +227,7 @@ def test_an_evaluation_folder_is_up_to_date_only_for_what_it_measured(evaluation
     B (its manifest now matches the new weights); rerunning into A evaluates again instead of
     keeping A's old scores under the new adapter's name. A folder whose stamp matches is reused."""
     from agents.records import write_json
-    from finetune.pipeline import EVALUATED, evaluated
+    from finetune.heldout import EVALUATED, evaluated
 
     weights, evaluate = evaluation
     folder = tmp_path / "A"

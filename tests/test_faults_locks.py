@@ -234,7 +234,7 @@ def test_a_checkpoints_folder_the_project_did_not_make_is_refused_and_kept(conte
 
 
 def test_stale_checkpoints_of_ours_are_still_removed_and_foreign_ones_never(tmp_path, capsys):
-    from finetune.train import resumable
+    from finetune.checkpoints import resumable
 
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
     for folder in (ours, theirs):

@@ -59,8 +59,8 @@ def finetune_records(out: Path, registry: Path, names: tuple[str, ...]) -> Path:
     import pandas as pd
 
     from finetune.application_eval import plot_choice_curve
-    from finetune.evaluate import plot_theory_scores
-    from finetune.pipeline import write_evaluation_records
+    from finetune.eval_plots import plot_theory_scores
+    from finetune.heldout import write_evaluation_records
 
     out.mkdir(parents=True)
     for i, name in enumerate(names):

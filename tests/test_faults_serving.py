@@ -11,8 +11,9 @@ import pytest
 
 import agents.llm.server as server_module
 from agents.errors import InputError
+from agents.llm.key_guard import KeyGuard
 from agents.llm.openai_backend import OpenAIBackend
-from agents.llm.server import GUARD, KeyGuard, VLLMServer
+from agents.llm.server import GUARD, VLLMServer
 from scenarios.cli import main
 
 REMOTE = ["0.0.0.0", "::", "192.168.1.20"]

@@ -182,7 +182,7 @@ def test_training_interrupted_within_an_epoch_resumes_to_the_uninterrupted_adapt
                                                                                    monkeypatch):
     """Killed after its step-6 checkpoint (two steps into the second epoch of four steps) and
     rerun, a training run resumes and ends with the uninterrupted run's adapter to the bit: the
-    resumed epoch keeps its batch order (finetune.train.epoch_order_callback; without it the
+    resumed epoch keeps its batch order (finetune.checkpoints.epoch_order_callback; without it the
     length-grouped sampler drew another order and the weights differed)."""
     import torch
     from safetensors.torch import load_file
@@ -291,8 +291,8 @@ def test_evaluation_reports_every_domain(tiny_adapter, tmp_path, browser):
 
     import pandas as pd
 
-    from finetune.pipeline import evaluate_adapters
-    from finetune.train import read_manifest
+    from finetune.heldout import evaluate_adapters
+    from finetune.registry import read_adapter_manifest
 
     folder, _ = tiny_adapter
     registry = tmp_path / "adapters"
@@ -309,7 +309,7 @@ def test_evaluation_reports_every_domain(tiny_adapter, tmp_path, browser):
     assert curve["theory economicus"].eq(0).all()            # homo economicus never swerves into a barrier
     assert curve.loc[[1, 10], "human (Bonnefon et al. 2016)"].tolist() == [0.23, 0.76]
     assert curve["economicus"].between(0, 1).all()
-    evaluation = read_manifest(registry / "economicus")["evaluation"]
+    evaluation = read_adapter_manifest(registry / "economicus")["evaluation"]
     assert set(evaluation["domains"]) == {"games", "pricing", "av"}
     assert len(evaluation["choice_curve"]["adapter"]) == 10
     assert (out / "choice_curve.png").stat().st_size > 0 and (out / "scores_by_feature.md").exists()
@@ -319,7 +319,7 @@ def test_evaluation_reports_every_domain(tiny_adapter, tmp_path, browser):
 
     curve = pd.read_csv(out / "learning_curve.csv")
     assert set(curve.adapter) == {"economicus"}
-    assert len(curve) == len(read_manifest(registry / "economicus")["loss_curve"])
+    assert len(curve) == len(read_adapter_manifest(registry / "economicus")["loss_curve"])
     assert json.loads((out / "manifest.json").read_text())["job"] == "finetune evaluate"
     seen = open_report(browser(), write_report(out), tmp_path / "report-finetune.png")
     assert seen["titles"] == ["Before and after fine-tuning", "Learning curves", "AV choice curve after fine-tuning",
@@ -330,13 +330,14 @@ def test_evaluation_reports_every_domain(tiny_adapter, tmp_path, browser):
 @pytest.mark.slow
 def test_probe_phase_continues_the_first_phase_and_is_cached(tmp_path, model_folder):
     """Homo moralis trains in two phases: the mixed data, then Bonnefon et al.'s question from
-    the first phase's adapter (finetune.pipeline.PROBE_PHASE); the manifest records both phases
+    the first phase's adapter (finetune.recipes.PROBE_PHASE); the manifest records both phases
     and their summed time, and a rerun trains neither again (nor with the first phase moved to
     another folder: it is known by its weights)."""
     from agents.llm.models import model_hash
     from agents.records import file_sha256
-    from finetune.pipeline import PROBE_PHASE, train_adapter
-    from finetune.train import read_manifest
+    from finetune.pipeline import train_adapter
+    from finetune.recipes import PROBE_PHASE
+    from finetune.registry import read_adapter_manifest
 
     messages = []
     args = (HomoMoralis(kappa=0.5), {"games": 4, "pricing": 2, "av": 2}, 8,
@@ -351,7 +352,7 @@ def test_probe_phase_continues_the_first_phase_and_is_cached(tmp_path, model_fol
     phases = manifest["phases"]
     assert [p["data"]["examples"] for p in phases] == [8, 8]
     assert manifest["train_seconds"] == pytest.approx(sum(p["train_seconds"] for p in phases), abs=0.2)
-    assert read_manifest(tmp_path / "adapters" / "moralis-0.5") == manifest
+    assert read_adapter_manifest(tmp_path / "adapters" / "moralis-0.5") == manifest
     messages.clear()
     train_adapter(*args)
     assert len(messages) == 2 and all("up to date" in m for m in messages)
@@ -368,20 +369,20 @@ def test_an_adapter_of_an_older_recipe_is_told_apart_and_a_foreign_one_is_kept(t
     another recipe is retrained (the llm_kappa study once kept rank-8 kappa adapters beside the
     rank-16 main-job one), also one whose second phase ran with other settings; one without the
     pipeline's manifest (someone's own) is left alone."""
-    from finetune.pipeline import PROBE_PHASE, follows_recipe, recipe
-    from finetune.train import write_manifest
+    from finetune.recipes import PROBE_PHASE, follows_recipe, recipe
+    from finetune.registry import write_adapter_manifest
 
     parts = recipe("moralis-0.25")
     current = {"situations": {**parts.counts, "probe": parts.probe},
                "hyperparameters": {**parts.options, **PROBE_PHASE}}
-    write_manifest(tmp_path, current)
+    write_adapter_manifest(tmp_path, current)
     assert parts.options["rank"] == 16 and follows_recipe(tmp_path, "moralis-0.25")
-    write_manifest(tmp_path, {**current, "hyperparameters": {**current["hyperparameters"], "rank": 8}})
+    write_adapter_manifest(tmp_path, {**current, "hyperparameters": {**current["hyperparameters"], "rank": 8}})
     assert not follows_recipe(tmp_path, "moralis-0.25")
     older_phase = {**current["hyperparameters"], "learning_rate": PROBE_PHASE["learning_rate"] / 2}
-    write_manifest(tmp_path, {**current, "hyperparameters": older_phase})   # another second phase
+    write_adapter_manifest(tmp_path, {**current, "hyperparameters": older_phase})   # another second phase
     assert not follows_recipe(tmp_path, "moralis-0.25")
-    write_manifest(tmp_path, {**current, "situations": {"games": 160}})
+    write_adapter_manifest(tmp_path, {**current, "situations": {"games": 160}})
     assert not follows_recipe(tmp_path, "moralis-0.25")
     (tmp_path / "manifest.json").unlink()
     assert follows_recipe(tmp_path, "moralis-0.25")
@@ -392,14 +393,14 @@ def test_one_decision_says_which_adapters_get_the_second_phase(tmp_path):
     gives it one phase; follows_recipe must then accept that one-phase adapter (it used to expect
     a second phase for every moralis kappa, so a study retrained such an adapter on every run)."""
     from agents.preferences import HomoEconomicus, HomoMoralis
-    from finetune.pipeline import follows_recipe, has_second_phase, recipe
-    from finetune.train import write_manifest
+    from finetune.recipes import follows_recipe, has_second_phase, recipe
+    from finetune.registry import write_adapter_manifest
 
     parts = recipe("moralis-0.1")
     assert [has_second_phase(p, parts.counts, parts.probe)
             for p in (HomoMoralis(kappa=0.5), HomoMoralis(kappa=0.1), HomoEconomicus())] == [True, False, False]
     assert not has_second_phase(HomoMoralis(kappa=0.5), {**parts.counts, "av": 0}, parts.probe)
-    write_manifest(tmp_path, {"situations": dict(parts.counts), "hyperparameters": dict(parts.options)})
+    write_adapter_manifest(tmp_path, {"situations": dict(parts.counts), "hyperparameters": dict(parts.options)})
     assert follows_recipe(tmp_path, "moralis-0.1")
     assert not follows_recipe(tmp_path, "moralis-0.5")     # the same one-phase manifest lacks its second phase
 
@@ -424,7 +425,7 @@ def test_heldout_games_carry_the_theory_of_any_kappa():
     cooperates when kappa > (T - R) / (T - P) (Alger & Weibull 2013, from the payoffs of C and D
     against C and against D weighted by 1 - kappa and kappa)."""
     from finetune.battery import KAPPAS
-    from finetune.pipeline import heldout_games
+    from finetune.heldout import heldout_games
 
     assert 0.25 not in KAPPAS and 0.75 not in KAPPAS
     items = heldout_games([HomoEconomicus(), HomoMoralis(kappa=0.25), HomoMoralis(kappa=0.75)], small=True)
@@ -444,14 +445,14 @@ def test_heldout_games_carry_the_theory_of_any_kappa():
 @pytest.mark.slow
 def test_frozen_layer_cache_matches_the_full_forward_and_does_not_depend_on_the_batch(model_folder):
     """With the top k layers adapted, the trainer keeps each example's output of the frozen layers
-    (computed alone, unpadded; finetune.train.FrozenLayerCache): the last hidden states equal the
+    (computed alone, unpadded; finetune.fast_sft.FrozenLayerCache): the last hidden states equal the
     decoder's own forward on every real token (to float rounding), an example gets the same bits
     in any batch, and over the cache's memory limit nothing is kept."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune.train import FrozenLayerCache, first_trained_layer
+    from finetune.fast_sft import FrozenLayerCache, first_trained_layer
 
     tokenizer = AutoTokenizer.from_pretrained(model_folder)
     model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.float32, attn_implementation="eager")
@@ -495,7 +496,8 @@ def test_an_adapter_is_up_to_date_only_in_the_dtype_it_was_trained_in(tmp_path):
 
     from agents.records import file_sha256
     from finetune.pipeline import _up_to_date
-    from finetune.train import TrainOptions, write_manifest
+    from finetune.registry import write_adapter_manifest
+    from finetune.train import TrainOptions
 
     data, folder = tmp_path / "d.jsonl", tmp_path / "a"
     data.write_text("{}\n")
@@ -505,8 +507,8 @@ def test_an_adapter_is_up_to_date_only_in_the_dtype_it_was_trained_in(tmp_path):
     hyper = {k: v for k, v in asdict(auto).items() if k not in ("data", "out", "base", "device", "dtype")}
 
     def recorded(**extra):
-        write_manifest(folder, {"data": {"sha256": file_sha256(data)}, "base_model_sha256": "h",
-                                "init_adapter_sha256": None, "hyperparameters": hyper, **extra})
+        write_adapter_manifest(folder, {"data": {"sha256": file_sha256(data)}, "base_model_sha256": "h",
+                                        "init_adapter_sha256": None, "hyperparameters": hyper, **extra})
 
     recorded(device="cpu", dtype="float32")
     assert _up_to_date(folder, data, auto, "h") and not _up_to_date(folder, data, bf16, "h")

@@ -10,7 +10,7 @@ import pytest
 from agents.policies import TheoryPolicy
 from agents.preferences import HomoEconomicus, HomoMoralis
 from finetune.battery import INCENTIVES, build_battery
-from finetune.evaluate import kappa_column, overall, run, summarize, theory_scores, write_report
+from finetune.evaluate import kappa_column, overall, run, summarize, theory_scores, write_games_tables
 from finetune.human import load_moblab, tenths, wasserstein_tenths
 from scenarios.cli import main
 
@@ -107,7 +107,7 @@ def test_theory_scores_per_game_and_role(theory_run):
 
 def test_report_files(theory_run):
     out, frame, _, _ = theory_run
-    write_report(frame, out)
+    write_games_tables(frame, out)
     for name in ("items.parquet", "summary.csv", "summary.md", "overall.csv", "actions.png",
                  "theory_match.png", "human.png"):
         assert (out / name).stat().st_size > 0
@@ -195,13 +195,13 @@ def test_an_interrupted_rerun_with_another_policy_keeps_no_old_answer(tmp_path, 
     """Policy "p" answers as homo economicus; rerun as homo moralis 1 into the same folder, it is
     interrupted after its first batch and resumed: every answer is the new policy's (the stamp of
     the new policy used to be written before any answer, so the resume kept the old ones)."""
-    import finetune.evaluate as evaluate
+    import finetune.answers as answers
 
     items = build_battery("linear", small=True)
     out = tmp_path / "eval"
     run(items, {"p": TheoryPolicy(HomoEconomicus())}, out, batch_size=4, show_progress=False)
     moralis = TheoryPolicy(HomoMoralis(kappa=1.0))
-    decide, calls = evaluate.decide, []
+    decide, calls = answers.decide, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -209,10 +209,10 @@ def test_an_interrupted_rerun_with_another_policy_keeps_no_old_answer(tmp_path, 
             raise KeyboardInterrupt
         return decide(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "decide", interrupted)
+    monkeypatch.setattr(answers, "decide", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(items, {"p": moralis}, out, batch_size=4, show_progress=False)
-    monkeypatch.setattr(evaluate, "decide", decide)
+    monkeypatch.setattr(answers, "decide", decide)
     resumed = run(items, {"p": moralis}, out, batch_size=4, show_progress=False)
     fresh = run(items, {"p": moralis}, tmp_path / "fresh", batch_size=4, show_progress=False)
     assert resumed.sort_values("item_id").action.tolist() == fresh.sort_values("item_id").action.tolist()
@@ -220,7 +220,7 @@ def test_an_interrupted_rerun_with_another_policy_keeps_no_old_answer(tmp_path, 
 
 def test_an_llm_policys_resume_key_holds_how_it_is_asked():
     from agents.policies import LLMPolicy
-    from finetune.evaluate import policy_identity
+    from finetune.answers import policy_identity
 
     class Backend:
         model_path, adapters = "/models/m", {}

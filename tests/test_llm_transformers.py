@@ -69,9 +69,9 @@ def test_choice_scores_are_full_answer_log_likelihoods(backend):
 
 
 def test_option_trie_feeds_a_shared_prefix_once():
-    from agents.llm.transformers_backend import _option_trie
+    from agents.llm.option_trie import trie_nodes
 
-    nodes, paths = _option_trie([[5, 6, 7, 9], [5, 6, 8, 9], [5, 4, 9]])
+    nodes, paths = trie_nodes([[5, 6, 7, 9], [5, 6, 8, 9], [5, 4, 9]])
     assert len(nodes) == 5                                     # 5, 6, 7, 8, 4 (last tokens never fed)
     assert [nodes[q][1] for q in paths[0]] == [5, 6, 7] and [nodes[q][1] for q in paths[2]] == [5, 4]
     assert paths[0][:2] == paths[1][:2] and paths[0][0] == paths[2][0]
@@ -155,7 +155,7 @@ def _bundled_requests(tmp_path) -> list:
     from conftest import HashBackend
     from scenarios.av import run_av_scenario
     from scenarios.market import run_scenario
-    from scenarios.settings import BUNDLED_AVS, BUNDLED_MARKETS
+    from scenarios.settings_files import BUNDLED_AVS, BUNDLED_MARKETS
 
     asked = []
 

@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from agents.equilibria import symmetric_equilibrium
 from agents.llm.decision_log import DecisionLog, read_decisions
 from agents.policies import LLMPolicy
-from agents.preferences import preference, symmetric_equilibrium
+from agents.preferences import preference
 from conftest import CountingBackend
 from markets.bertrand import LogitBertrand
 from scenarios.cli import main
@@ -252,7 +253,7 @@ def test_missing_adapter_and_wrong_engine_are_refused(tmp_path, capsys):
 
 
 def test_every_shipped_scenario_file_is_valid():
-    from scenarios.settings import load_scenario
+    from scenarios.settings_files import load_scenario
 
     files = sorted(SCENARIOS.glob("*.toml"))
     assert len(files) >= 8
@@ -265,7 +266,7 @@ def test_interrupted_llm_run_resumes_at_its_session_and_keeps_one_log(backend, t
     """A run stopped inside session 1 reruns only session 1; the decision log ends up with each
     decision once; a different scenario in the same folder is refused in one line."""
     from scenarios.market import run_scenario
-    from scenarios.settings import ConfigError
+    from scenarios.settings_errors import ConfigError
 
     short = {"run": {"steps": 3, "sessions": 2, "window": 2, "deviation": False}}
     first = run_scenario("llm_base", tmp_path, progress=False, backend=backend, overrides=short)

@@ -10,14 +10,8 @@ import numpy as np
 import pytest
 from scipy.optimize import brentq
 
-from agents.preferences import (
-    HomoEconomicus,
-    HomoMoralis,
-    best_response,
-    equilibrium,
-    preference,
-    symmetric_equilibrium,
-)
+from agents.equilibria import best_response, equilibrium, symmetric_equilibrium
+from agents.preferences import HomoEconomicus, HomoMoralis, preference
 from markets.bertrand import LogitBertrand
 from markets.games import Dictator, PrisonersDilemma, PublicGoods, Trust, Ultimatum
 

@@ -4,8 +4,6 @@ import numpy as np
 import pytest
 
 from agents.qlearning import (
-    GOLDEN,
-    MASK,
     QLearner,
     QLearningSettings,
     decode,
@@ -13,8 +11,8 @@ from agents.qlearning import (
     initial_q,
     profit_table,
     run_session,
-    splitmix64,
 )
+from agents.seeds import GOLDEN, MASK, splitmix64
 from markets.bertrand import LogitBertrand
 from simulation import qlearning_engine as engine
 from simulation.bertrand_market import BertrandMarket

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.preferences import preference, symmetric_equilibrium
+from agents.equilibria import symmetric_equilibrium
+from agents.preferences import preference
 from markets.bertrand import LogitBertrand
-from scenarios.study import load_study, run_study
+from scenarios.settings_files import load_study
+from scenarios.study import run_study
 
 STUDY = """
 name = "t"
@@ -151,7 +153,7 @@ def test_a_workers_llm_cells_run_in_lock_step_on_one_backend(tmp_path):
     import json
 
     from conftest import HashBackend
-    from scenarios.settings import cell_overrides, load_scenario
+    from scenarios.settings_files import cell_overrides, load_scenario
     from scenarios.study import cell_folder, cell_job, run_cells
 
     path = tmp_path / "llm.toml"
@@ -173,8 +175,9 @@ def test_adapter_pairs_study_gives_each_firm_its_preference(tmp_path):
     import json
 
     from conftest import HashBackend
-    from scenarios.settings import cell_overrides, load_scenario
-    from scenarios.study import cell_folder, cell_job, collect, plot_study, run_cells
+    from scenarios.settings_files import cell_overrides, load_scenario
+    from scenarios.study import cell_folder, cell_job, collect, run_cells
+    from scenarios.study_plots import plot_study
 
     study = load_study("llm_pairs")
     assert [c["firm.preference"] for c in study.cells()][2] == ["economicus", "moralis-0.5"]
@@ -230,7 +233,8 @@ def test_a_finished_llm_cell_runs_again_when_its_adapter_was_retrained(tmp_path,
 
 
 def test_a_per_firm_value_needs_one_value_per_firm():
-    from scenarios.settings import ConfigError, load_scenario
+    from scenarios.settings_errors import ConfigError
+    from scenarios.settings_files import load_scenario
 
     with pytest.raises(ConfigError, match="needs one value for each of the 2"):
         load_scenario("llm_economicus", {"firm": {"preference": ["economicus"] * 3}})

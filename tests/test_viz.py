@@ -11,7 +11,8 @@ import pytest
 
 solara = pytest.importorskip("solara", reason="the viz extra is installed by `make test`")
 
-from agents.preferences import preference, symmetric_equilibrium  # noqa: E402
+from agents.equilibria import symmetric_equilibrium  # noqa: E402
+from agents.preferences import preference  # noqa: E402
 from browser import free_port  # noqa: E402
 from markets.bertrand import LogitBertrand  # noqa: E402
 from simulation import av_app, market_app  # noqa: E402

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from agents.records import JsonLinesWriter, read_json_lines
+from agents.records import JsonLinesWriter, json_default, read_json_lines
 
 
 class DecisionLog(JsonLinesWriter):
@@ -18,15 +18,7 @@ class DecisionLog(JsonLinesWriter):
     loses nothing written; a line a kill cut short is removed before the next is appended)."""
 
     def __init__(self, path: str | Path):
-        super().__init__(path, default=_plain, ensure_ascii=False)
-
-
-def _plain(value):
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    return str(value)
+        super().__init__(path, default=json_default, ensure_ascii=False)
 
 
 def read_decisions(path: str | Path) -> Iterator[dict]:

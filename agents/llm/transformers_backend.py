@@ -7,8 +7,8 @@ simulation step costs one prefill per adapter group:
 * `generate`: a KV-cached decoding loop with per-request greedy or seeded sampling, so a
   request's output does not depend on the batch it is in.
 * `choose`: the prompts are prefilled once; the options' tokens are then scored in one more
-  forward pass as a token trie (see agents.llm.backend for the rule), and every option's score
-  is gathered on the device and moved to the host once per call.
+  forward pass as a token trie (agents.llm.option_trie; see agents.llm.backend for the rule),
+  and every option's score is gathered on the device and moved to the host once per call.
 
 The model is placed by `device` and `dtype` (agents.llm.devices: "auto" is the GPU in bfloat16
 where there is one, else the CPU in float32). Host work per request is one chat-template render
@@ -20,14 +20,15 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from agents.llm.adapters import AdapterError, inspect_adapter
 from agents.llm.backend import BackendError, CallCounter, Request, check_choice_requests, softmax
-from agents.llm.devices import resolve_placement
-from agents.llm.models import resolve
+from agents.llm.devices import Placement, resolve_placement
+from agents.llm.models import model_hash, resolve
+from agents.llm.option_trie import OptionTrie, TrieBatch
 
 
 def _peft_name(name: str) -> str:
@@ -64,8 +65,6 @@ class TransformersBackend:
     def from_model(cls, model, tokenizer, max_batch: int | None = None) -> TransformersBackend:
         """A backend around a model already built and placed (benchmarks time random-weight models
         of any shape this way); adapters cannot be loaded into it (no base-model folder to check)."""
-        from agents.llm.devices import Placement
-
         backend = cls.__new__(cls)
         backend.model_path = None
         parameter = next(model.parameters())
@@ -102,11 +101,8 @@ class TransformersBackend:
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Attach a PEFT LoRA adapter under `name` (safetensors weights only), checked first as
         the vLLM server checks it: one that another base model trained (its manifest's base
-        model hash, its shapes) is refused in one line (agents.llm.server.inspect_adapter)."""
+        model hash, its shapes) is refused in one line (agents.llm.adapters.inspect_adapter)."""
         from peft import PeftModel
-
-        from agents.llm.models import model_hash
-        from agents.llm.server import AdapterError, inspect_adapter
 
         if self.model_path is None:
             raise BackendError("this backend wraps a model built in memory; adapters need a model folder")
@@ -271,9 +267,7 @@ class TransformersBackend:
     def _prefill(self, sequences: list[list[int]], min_shared: int = 8):
         """Run the prompts; returns the last position's logits, the KV cache, the attention mask
         and the position ids. The prefix that all prompts share (system prompt, rules) is run
-        once and its cache repeated for every row; only the rest is run per row, left-padded.
-        (Packing the rests into one row without padding was measured slower on the CPU: dense
-        attention over the packed row costs more than the padding it saves.)"""
+        once and its cache repeated for every row; only the rest is run per row, left-padded."""
         import torch
 
         shared = self._shared_length(sequences)
@@ -401,94 +395,3 @@ class TransformersBackend:
                 scores = scores + torch.where(t["step_used"], steps, 0.0).sum(-1)
             host = scores.cpu().numpy()                                     # the one transfer to the host
         return [host[r, :len(request.options)].copy() for r, request in enumerate(requests)]
-
-
-@dataclass(frozen=True)
-class OptionTrie:
-    """One option set's tokens but each option's last, as a trie (numpy arrays):
-    tokens[n], depth[n] of its nodes (parents before children); sees[n, n], a node's ancestors
-    and itself; first[K], each option's token 0; step_node/step_token[K, S], for each option
-    the node whose logits predict its token j + 1 and that token (step_used marks real steps)."""
-
-    tokens: np.ndarray
-    depth: np.ndarray
-    sees: np.ndarray
-    first: np.ndarray
-    step_node: np.ndarray
-    step_token: np.ndarray
-    step_used: np.ndarray
-
-    @classmethod
-    def of(cls, options: Sequence[Sequence[int]]) -> OptionTrie:
-        nodes, paths = _option_trie([list(o) for o in options])
-        n, longest = len(nodes), max((len(p) for p in paths), default=0)
-        parent = np.array([p for p, _, _ in nodes], dtype=np.int64)
-        sees = np.zeros((n, n), dtype=bool)
-        for q in range(n):                                           # parents come first
-            if parent[q] >= 0:
-                sees[q] = sees[parent[q]]
-            sees[q, q] = True
-        step_node = np.zeros((len(options), longest), dtype=np.int64)
-        step_token = np.zeros((len(options), longest), dtype=np.int64)
-        step_used = np.zeros((len(options), longest), dtype=bool)
-        for k, (seq, path) in enumerate(zip(options, paths)):
-            step_node[k, :len(path)] = path
-            step_token[k, :len(path)] = seq[1:len(path) + 1]
-            step_used[k, :len(path)] = True
-        return cls(np.array([t for _, t, _ in nodes], dtype=np.int64),
-                   np.array([d for _, _, d in nodes], dtype=np.int64), sees,
-                   np.array([o[0] for o in options], dtype=np.int64), step_node, step_token, step_used)
-
-
-@dataclass
-class TrieBatch:
-    """The tries of a batch's rows padded to one width (nodes), option count and step count; rows
-    with the same trie (the usual case: every firm has the same price grid) are filled at once."""
-
-    tries: list[OptionTrie]
-    width: int
-    options: int
-    steps: int
-
-    @classmethod
-    def of(cls, tries: list[OptionTrie]) -> TrieBatch:
-        return cls(tries, max(len(t.tokens) for t in tries), max(len(t.first) for t in tries),
-                   max(t.step_node.shape[1] for t in tries))
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        rows, w, k, s = len(self.tries), self.width, self.options, self.steps
-        out = {"tokens": np.zeros((rows, w), np.int64), "depth": np.zeros((rows, w), np.int64),
-               "sees": np.zeros((rows, w, w), bool), "first": np.zeros((rows, k), np.int64),
-               "step_node": np.zeros((rows, k, s), np.int64), "step_token": np.zeros((rows, k, s), np.int64),
-               "step_used": np.zeros((rows, k, s), bool)}
-        same: dict[int, list[int]] = {}
-        for row, trie in enumerate(self.tries):
-            same.setdefault(id(trie), []).append(row)
-        for rows_of in same.values():
-            t, at = self.tries[rows_of[0]], np.array(rows_of)
-            n, kk, ss = len(t.tokens), len(t.first), t.step_node.shape[1]
-            out["tokens"][at, :n], out["depth"][at, :n], out["sees"][at, :n, :n] = t.tokens, t.depth, t.sees
-            out["first"][at, :kk] = t.first
-            for name in ("step_node", "step_token", "step_used"):
-                out[name][at, :kk, :ss] = getattr(t, name)
-        return out
-
-
-def _option_trie(options: list[list[int]]) -> tuple[list[tuple[int, int, int]], list[list[int]]]:
-    """The options' tokens but each one's last, as a trie: nodes (parent node or -1, token,
-    depth), parents before children, and per option the nodes of its tokens 0..len-2 (node j's
-    logits predict the option's token j + 1)."""
-    nodes: list[tuple[int, int, int]] = []
-    index: dict[tuple[int, ...], int] = {}
-    paths = []
-    for seq in options:
-        path, parent = [], -1
-        for j, token in enumerate(seq[:-1]):
-            key = tuple(seq[:j + 1])
-            if key not in index:
-                index[key] = len(nodes)
-                nodes.append((parent, token, j))
-            parent = index[key]
-            path.append(parent)
-        paths.append(path)
-    return nodes, paths
