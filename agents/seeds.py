@@ -8,7 +8,8 @@ firm, stream), so a draw does not depend on the order in which sessions or firms
     draw(key, firm, stream) = f(key ^ (4 firm + stream))
 
 A model's decision requests each carry their own seed (decision_seed, request_seed), so lock-step
-and one-by-one runs decide alike; fresh_seed seeds a model given none.
+and one-by-one runs decide alike; fresh_seed seeds a model given none. Synthetic training data and
+held-out items draw from data_rng(seed, stream): one NumPy generator per (seed, named stream).
 """
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ GOLDEN = 0x9E3779B97F4A7C15
 MIX1 = 0xBF58476D1CE4E5B9
 MIX2 = 0x94D049BB133111EB
 EXPLORE, RANDOM_PRICE, START, DECISION = 0, 1, 2, 3   # the streams of one firm's draws in one period
+# the streams of the fine-tuning data drawn from one data seed (None: the seed alone)
+GAMES_DATA, PRICING_DATA, AV_DATA, SHUFFLE, AV_CURVE_DATA = None, 1, 2, 3, 4
+HELDOUT_ITEMS = None
 
 
 def splitmix64(z: int) -> int:
@@ -61,3 +65,9 @@ def fresh_seed() -> int:
     """A new 63-bit seed from the operating system's entropy, for a model not given one (Mesa's
     default), so that `mesa.batch_run(..., iterations=k)` runs k different draws."""
     return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def data_rng(seed: int, stream: int | None) -> np.random.Generator:
+    """NumPy's generator of one stream of a data seed: default_rng([seed, stream]), or
+    default_rng(seed) for stream None, so that the streams of one seed draw independently."""
+    return np.random.default_rng(seed if stream is None else [seed, stream])

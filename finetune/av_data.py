@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agents.dilemma import WORDINGS, DilemmaSituation, bonnefon_dilemma
+from agents.seeds import AV_CURVE_DATA, AV_DATA, HELDOUT_ITEMS, data_rng
 from markets.av import Dilemma, Person
 
 PASSENGERS = (1, 2, 3, 4, 5)
@@ -110,7 +111,7 @@ def draw_situation(rng: np.random.Generator, heldout: str | None = None) -> Dile
 def make_av_examples(pref, n: int, seed: int = 0) -> list[dict]:
     """`n` chat examples of an AV's dilemma answered by `pref`'s action; within each kind of
     dilemma neither answer takes more than half of the examples once the other has been drawn."""
-    rng = np.random.default_rng([seed, 2])
+    rng = data_rng(seed, AV_DATA)
     examples, counts = [], {}
     while len(examples) < n:
         situation = draw_situation(rng)
@@ -147,7 +148,7 @@ def make_probe_examples(pref, n: int, seed: int = 0) -> list[dict]:
         sides.setdefault(DilemmaSituation(bonnefon_dilemma(size)).theory_action(pref), []).append(size)
     if len(sides) < 2:
         return []
-    rng = np.random.default_rng([seed, 4])
+    rng = data_rng(seed, AV_CURVE_DATA)
     actions = sorted(sides)
     examples = []
     for i in range(n):
@@ -172,7 +173,7 @@ class AVItem:
 def heldout_items(n: int = 60, seed: int = 54321) -> list[AVItem]:
     """`n` held-out dilemmas, a third each with 4 passengers, children and elderly people in the
     group ahead, or the held-out wording."""
-    rng = np.random.default_rng(seed)
+    rng = data_rng(seed, HELDOUT_ITEMS)
     items = []
     for i in range(n):
         situation = draw_situation(rng, HELDOUT_FEATURES[i % len(HELDOUT_FEATURES)])

@@ -29,6 +29,7 @@ import numpy as np
 from agents.errors import InputError
 from agents.preferences import HomoEconomicus, HomoMoralis, preference
 from agents.records import read_json_lines, write_text
+from agents.seeds import GAMES_DATA, SHUFFLE, data_rng
 from agents.situations import N_FRAMINGS, GameSituation, _equilibrium
 from finetune.av_data import make_av_examples
 from finetune.battery import HELDOUT_FRAMING, heldout
@@ -203,7 +204,7 @@ def make_examples(pref, n: int, seed: int = 0, style: str = "reasoning") -> list
     (`role`) or the answer alone (`answer`)."""
     if style not in STYLES:
         raise InputError(f"style must be one of {STYLES}, got {style!r}")
-    rng = np.random.default_rng(seed)
+    rng = data_rng(seed, GAMES_DATA)
     schedule = role_schedule(pref, rng)
     examples, attempts, answer_counts = [], 0, {}
     while len(examples) < n:
@@ -281,7 +282,7 @@ def make_mixed_examples(pref, counts: dict[str, int], seed: int = 0, style: str 
     if unknown:
         raise InputError(f"unknown situations {sorted(unknown)} (expected some of {', '.join(SITUATIONS)})")
     examples = [e for name in SITUATIONS if counts.get(name) for e in makers[name](counts[name])]
-    order = np.random.default_rng([seed, 3]).permutation(len(examples))
+    order = data_rng(seed, SHUFFLE).permutation(len(examples))
     return [examples[i] for i in order]
 
 

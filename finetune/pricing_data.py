@@ -31,6 +31,7 @@ import numpy as np
 from agents.equilibria import symmetric_equilibrium
 from agents.preferences import HomoEconomicus, HomoMoralis
 from agents.pricing import PeriodRecord, PricingSituation
+from agents.seeds import HELDOUT_ITEMS, PRICING_DATA, data_rng
 from markets.bertrand import LogitBertrand
 
 PRICE_SCALES = (1.0, 3.2, 10.0)
@@ -123,7 +124,7 @@ def answer_text(situation: PricingSituation, action) -> str:
 
 def make_pricing_examples(pref, n: int, seed: int = 0) -> list[dict]:
     """`n` chat examples of firm 0's pricing decision answered by `pref`'s best response."""
-    rng = np.random.default_rng([seed, 1])
+    rng = data_rng(seed, PRICING_DATA)
     examples = []
     for _ in range(n):
         params = draw_parameters(rng)
@@ -169,7 +170,7 @@ def heldout_items(n: int = 60, seed: int = 12345, heldout: bool = True) -> list[
     learning from carrying over). Histories are drawn for homo economicus (they do not depend on
     the preference but for the first period, whose last prices the theory of each preference
     fills in at scoring)."""
-    rng = np.random.default_rng(seed)
+    rng = data_rng(seed, HELDOUT_ITEMS)
     items = []
     for _ in range(n):
         params = draw_parameters(rng, heldout=heldout)

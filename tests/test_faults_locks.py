@@ -63,8 +63,12 @@ def no_work(monkeypatch):
     def started(*args, **kwargs):
         raise AssertionError("the command started its work without being refused")
 
-    monkeypatch.setattr("agents.llm.models.resolve", started)
-    monkeypatch.setattr("agents.llm.devices.resolve_placement", started)
+    # every name under which a command reaches the model or the theory (modules import them by name)
+    for module in ("agents.llm.models", "agents.llm.transformers_backend", "finetune.registry",
+                   "finetune.pipeline", "finetune.train", "scenarios.study"):
+        monkeypatch.setattr(f"{module}.resolve", started)
+    for module in ("agents.llm.devices", "agents.llm.transformers_backend", "finetune.pipeline", "finetune.train"):
+        monkeypatch.setattr(f"{module}.resolve_placement", started)
     monkeypatch.setattr("scenarios.demo.theory_table", started)
 
 
