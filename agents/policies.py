@@ -102,6 +102,17 @@ class LLMPolicy:
                             prefix=prefix)
 
 
+def adapter_policy(backend, name: str | None) -> LLMPolicy:
+    """The LLM policy of preference type `name`, the name of its adapter (None or "base": the
+    base model), checked against the adapters the backend holds where it says
+    (TransformersBackend.adapters); ValueError naming the adapter otherwise."""
+    adapter = None if name in (None, "base") else str(name)
+    loaded = getattr(backend, "adapters", None)
+    if adapter is not None and isinstance(loaded, dict) and adapter not in loaded:
+        raise ValueError(f"the backend holds no adapter {adapter!r} (loaded: {sorted(loaded) or 'none'})")
+    return LLMPolicy(backend, adapter)
+
+
 def _reasoning_prefix(text: str) -> str:
     """The model's reasoning up to its last answer marker (added when it wrote none)."""
     cut = text.rfind(ANSWER_MARKER)

@@ -18,7 +18,8 @@ firm, stream), so the Mesa firms and the vectorised engine see identical numbers
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import operator
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -31,25 +32,43 @@ class QLearningSettings:
     """Calvano et al.'s baseline: 15 prices, xi 0.1, alpha 0.15, beta 4e-6, delta 0.95, converged
     after 100,000 periods without a change of greedy strategy (memory is one period)."""
 
-    m: int = CALVANO_GRID[0]
-    xi: float = CALVANO_GRID[1]
-    alpha: float = 0.15
-    beta: float = 4e-6
-    delta: float = 0.95
-    convergence: int = 100_000
-    max_periods: int = 1_000_000_000
+    # each field's meaning is its metadata's "doc" and its range the metadata's ge/gt/le/lt, which
+    # check() enforces (the reference of the scenario keys, scenarios.docs_reference, shows them)
+    m: int = field(default=CALVANO_GRID[0], metadata={"doc": "the number of prices on the grid", "ge": 2})
+    xi: float = field(default=CALVANO_GRID[1], metadata={
+        "doc": "how far the grid reaches beyond the Nash and monopoly prices, as a share of their distance"})
+    alpha: float = field(default=0.15, metadata={"doc": "the learning rate: the weight of the new estimate in "
+                                                        "Q(s, a)", "gt": 0, "le": 1})
+    beta: float = field(default=4e-6, metadata={"doc": "the exploration decay: a random price with probability "
+                                                       "exp(-beta t) in period t", "ge": 0})
+    delta: float = field(default=0.95, metadata={"doc": "the discount factor of future profits", "ge": 0, "lt": 1})
+    convergence: int = field(default=100_000, metadata={
+        "doc": "periods without a change of any firm's greedy strategy after which a session has converged", "ge": 1})
+    max_periods: int = field(default=1_000_000_000, metadata={
+        "doc": "the most periods a session is played when it does not converge", "ge": 1})
 
     def check(self) -> None:
-        if int(self.m) != self.m or self.m < 2:
+        if int(self.m) != self.m:
             raise ValueError(f"m must be an integer >= 2, got {self.m}")
-        if not 0 < self.alpha <= 1:
-            raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
-        if self.beta < 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
-        if not 0 <= self.delta < 1:
-            raise ValueError(f"delta must be in [0, 1), got {self.delta}")
-        if self.convergence < 1 or self.max_periods < 1:
-            raise ValueError("convergence and max_periods must be >= 1")
+        for f in fields(self):
+            value, bounds = getattr(self, f.name), {k: f.metadata[k] for k in ("ge", "gt", "le", "lt")
+                                                    if k in f.metadata}
+            if not all(BOUND_HOLDS[k](value, bound) for k, bound in bounds.items()):
+                raise ValueError(f"{f.name} must be {'an integer ' if f.name == 'm' else ''}{interval(bounds)}, "
+                                 f"got {value}")
+
+
+BOUND_HOLDS = {"ge": operator.ge, "gt": operator.gt, "le": operator.le, "lt": operator.lt}
+
+
+def interval(bounds: dict) -> str:
+    """A field's bounds (pydantic's ge/gt/le/lt) as a check's message words them: `in (0, 1]`, `>= 1`."""
+    low = next(((k, v) for k, v in bounds.items() if k in ("ge", "gt")), None)
+    high = next(((k, v) for k, v in bounds.items() if k in ("le", "lt")), None)
+    if low and high:
+        return f"in {'[' if low[0] == 'ge' else '('}{low[1]:g}, {high[1]:g}{']' if high[0] == 'le' else ')'}"
+    sign = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    return " ".join(f"{sign[k]} {v:g}" for k, v in (low or high,))
 
 
 def encode(actions, m: int) -> int:

@@ -322,14 +322,16 @@ def run_data(args) -> int:
 
 def add_commands(commands) -> None:
     data = commands.add("data", run_data, "chat examples with worked reasoning from the theory", group="finetune")
-    data.add_argument("--preference", choices=("economicus", "moralis"), required=True)
-    data.add_argument("--kappa", type=float)
-    data.add_argument("--utility", choices=("linear", "log"), default="linear")
+    data.add_argument("--preference", choices=("economicus", "moralis"), required=True,
+                      help="the preference whose theory answers the examples")
+    data.add_argument("--kappa", type=float, help="homo moralis's degree of morality in [0, 1]")
+    data.add_argument("--utility", choices=("linear", "log"), default="linear",
+                      help="material utility: v(m) = m, or ln(1 + m)")
     data.add_argument("--n", type=int, required=True,
                       help="examples of each situation named without a count in --situations")
     data.add_argument("--situations", default="games,pricing,av", metavar="games,pricing,av",
                       help="situations to draw from, each optionally with its count (games=160,pricing=64)")
-    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--seed", type=int, default=0, help="the data seed (the same seed writes the same file)")
     data.add_argument("--style", choices=STYLES, default="reasoning",
                       help="games' assistant turn: worked reasoning ending in the answer, the game and "
                            "role then the answer, or the answer alone (applications: the answer alone)")

@@ -187,14 +187,14 @@ def add_commands(commands) -> None:
     fe.add_argument("--adapters", default="adapters", help="the adapter registry folder")
     fe.add_argument("--adapter", action="append", default=[], help="only these adapters")
     fe.add_argument("--base", help="base model (default: the embedded model)")
-    fe.add_argument("--small", action="store_true")
-    fe.add_argument("--out", default="outputs/finetune/eval")
+    fe.add_argument("--small", action="store_true", help="the small held-out battery")
+    fe.add_argument("--out", default="outputs/finetune/eval", help="folder for the scores, tables and report")
     commands.placement(fe)
     fp = commands.add("pipeline", run_pipeline_command, "data -> train -> evaluate for economicus and moralis-0.5",
                       group="finetune", out="out")
-    fp.add_argument("--adapters", default="adapters")
-    fp.add_argument("--out", default="outputs/finetune")
-    fp.add_argument("--base")
+    fp.add_argument("--adapters", default="adapters", help="the adapter registry folder (one sub-folder per adapter)")
+    fp.add_argument("--out", default="outputs/finetune", help="folder for the data and the held-out evaluation")
+    fp.add_argument("--base", help="base model folder (default: the embedded model)")
     fp.add_argument("--situations", default="games,pricing,av", metavar="games,pricing,av",
                     help="situations in the training data, each optionally with its count "
                          "(default: all three, counts from the recipe); `games` alone is the paper's set-up")

@@ -225,6 +225,6 @@ def run_train(args) -> int:
 def add_commands(commands) -> None:
     tr = commands.add("train", run_train, "LoRA SFT of the base model on a data file", group="finetune",
                       out="out")
-    tr.add_argument("--data", required=True)
+    tr.add_argument("--data", required=True, help="a JSONL file of chat examples (econalign finetune data)")
     tr.add_argument("--out", required=True, help="adapter folder, e.g. adapters/economicus")
     commands.flags(tr, TrainOptions, TRAIN_FLAGS, {"learning_rate": "lr"})

@@ -31,6 +31,12 @@ BOUNDS = {"a": (-1e3, 1e3), "a0": (-1e3, 1e3), "cost": (-1e3, 1e3), "mu": (1e-3,
 MAX_DOUBLINGS = 200          # bracket doublings before a solver gives up (the bounds never need 60)
 
 
+def _range(name: str) -> dict:
+    """BOUNDS[name] as a field's metadata (the closed range its check enforces)."""
+    low, high = BOUNDS[name]
+    return {"ge": low, "le": high}
+
+
 @dataclass(frozen=True)
 class LogitBertrand:
     """n firms with qualities `a`, marginal costs `cost` (in Calvano units, i.e. before
@@ -39,13 +45,23 @@ class LogitBertrand:
     The defaults are Calvano et al.'s baseline: a_i = 2, a0 = 0, mu = 1/4, c_i = 1.
     """
 
-    firms: int = 2
-    a: tuple[float, ...] | float = 2.0
-    a0: float = 0.0
-    mu: float = 0.25
-    cost: tuple[float, ...] | float = 1.0
-    price_scale: float = 1.0
-    quantity_scale: float = 1.0
+    # each field's meaning is its metadata's "doc", and its range BOUNDS' (the reference of the
+    # scenario keys, scenarios.docs_reference, shows them)
+    firms: int = field(default=2, metadata={"doc": "the number of firms (in a scenario: one per [[firm]] table)",
+                                            "ge": 2, "le": MAX_FIRMS})
+    a: tuple[float, ...] | float = field(default=2.0, metadata={
+        "doc": "each firm's product quality a_i: one number for all firms or one per firm", **_range("a")})
+    a0: float = field(default=0.0, metadata={"doc": "the outside good's quality a0 (buying nothing)", **_range("a0")})
+    mu: float = field(default=0.25, metadata={
+        "doc": "horizontal differentiation mu: the larger, the less demand follows the lowest price", **_range("mu")})
+    cost: tuple[float, ...] | float = field(default=1.0, metadata={
+        "doc": "each firm's marginal cost c_i (before price_scale): one number for all firms or one per firm",
+        **_range("cost")})
+    price_scale: float = field(default=1.0, metadata={
+        "doc": "the currency factor prices, costs and profits are shown in (Fish et al.: 1, 3.2 or 10)",
+        **_range("price_scale")})
+    quantity_scale: float = field(default=1.0, metadata={
+        "doc": "the factor quantities are shown in (Fish et al.: 100)", **_range("quantity_scale")})
     _a: np.ndarray = field(init=False, repr=False, compare=False)
     _c: np.ndarray = field(init=False, repr=False, compare=False)
 

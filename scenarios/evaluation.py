@@ -120,7 +120,8 @@ def run_games_eval(args) -> int:
 def add_commands(commands) -> None:
     ev = commands.add("eval", run_games_eval, "measure a model, its adapters and theory baselines", group="games",
                       out="out", report=True)
-    ev.add_argument("--backend", choices=("transformers", "openai", "replay"), default="transformers")
+    ev.add_argument("--backend", choices=("transformers", "openai", "replay"), default="transformers",
+                    help="in-process model, a vLLM/OpenAI server (--url), or a recorded decision log (--log)")
     ev.add_argument("--model", help="model folder or prepared .gguf (openai: the served base name)")
     ev.add_argument("--url", help="OpenAI-compatible server (openai backend)")
     ev.add_argument("--adapter", action="append", default=[], metavar="NAME[=PATH]",
@@ -130,9 +131,10 @@ def add_commands(commands) -> None:
     ev.add_argument("--no-base", action="store_true", help="leave the base model out")
     ev.add_argument("--log", help="decision log to replay (replay backend)")
     ev.add_argument("--small", action="store_true", help="a subset of the incentives")
-    ev.add_argument("--split", choices=("all", "train", "heldout"), default="all")
+    ev.add_argument("--split", choices=("all", "train", "heldout"), default="all",
+                    help="the battery's items: all, those the training data may draw, or the held-out ones")
     ev.add_argument("--utility", choices=("linear", "log"), default="linear",
                     help="material utility of the theory tags")
-    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--batch-size", type=int, default=64, help="questions per backend call")
     commands.placement(ev)
     ev.add_argument("--out", default="outputs/games", help="report folder (rerun resumes)")

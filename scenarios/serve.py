@@ -73,7 +73,7 @@ def add_commands(commands) -> None:
     serve.add_argument("--allow-remote", action="store_true",
                        help="allow a --host other machines reach (needs --api-key; plain HTTP: put a TLS "
                             "reverse proxy in front)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument("--max-model-len", type=_max_model_len_arg, default=2048,
                        help="longest prompt plus answer in tokens (default 2048)")
     serve.add_argument("--max-lora-rank", type=int, help="vLLM's limit (default: the adapters' rank)")

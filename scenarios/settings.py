@@ -8,8 +8,10 @@
 Unknown keys are refused, types are strict (TOML's integers count as numbers). Ranges are the
 domain objects' own (markets.bertrand.LogitBertrand, agents.qlearning.QLearningSettings,
 simulation.traffic_settings.TrafficSettings check their values), and a section left out takes their
-defaults, so each default and range is written once. scenarios.settings_files reads the files;
-scenarios.settings_errors words their first error in one line.
+defaults, so each default and range is written once. Each key's meaning is its field's description
+(the dataclass field's metadata "doc" for those sections): the documentation site's reference of the
+scenario keys is generated from them (scenarios.docs_reference). scenarios.settings_files reads the
+files; scenarios.settings_errors words their first error in one line.
 """
 from __future__ import annotations
 
@@ -61,9 +63,12 @@ def device_name(value: str) -> str:
 class TheoryAgent(Section):
     """A theory firm or AV: homo economicus, or homo moralis of degree kappa (agents.preferences
     checks the pair)."""
-    type: Literal["theory"]
-    preference: Literal["economicus", "moralis"]
-    kappa: float | None = None
+    type: Literal["theory"] = Field(description="the agent decides by the theory: its preference type's best "
+                                                "response, computed, no LLM")
+    preference: Literal["economicus", "moralis"] = Field(
+        description="homo economicus (own payoff only) or homo moralis (weighs the payoff had everyone acted alike)")
+    kappa: float | None = Field(None, description="homo moralis's degree of morality, in [0, 1] (moralis only; "
+                                                  "0 acts as homo economicus, 1 as Kant's universalisation)")
 
     @model_validator(mode="after")
     def _kappa(self):
@@ -73,31 +78,56 @@ class TheoryAgent(Section):
 
 # ------------------------------------------------------------------ the [llm] section
 class LLMSection(Section):
-    backend: Literal["transformers", "openai", "replay"] = "transformers"
-    model: str | None = None
-    # transformers backend: auto = a CUDA GPU in bfloat16 if there is one, else the CPU in float32
-    device: Annotated[str, AfterValidator(device_name)] = "auto"
-    dtype: Literal[DTYPES] = "auto"
-    url: str = "http://127.0.0.1:8000"
-    adapters: str = "adapters"
-    temperature: float = Field(0.0, ge=0, le=10)
-    sample: bool = False
-    max_tokens: int = Field(16, ge=1, le=4096)
-    max_retries: int = Field(2, ge=0, le=10)      # answers asked again when invalid
-    timeout: float = Field(120.0, gt=0, le=3600)   # openai: seconds per request to the server
-    retries: int = Field(3, ge=0, le=10)           # openai: requests sent again when the server fails
-    log: str | None = None
+    """The backend, its model and adapters, and the sampling."""
+    backend: Literal["transformers", "openai", "replay"] = Field(
+        "transformers", description="transformers: the model in this process; openai: an OpenAI-compatible server "
+                                    "at `url` (`econalign serve`, vLLM); replay: the answers of a recorded decision "
+                                    "log (`log`), no model")
+    model: str | None = Field(None, description="transformers: a model folder or prepared .gguf file (unset: the "
+                                                "embedded model); openai: the served model's name (unset: base)")
+    device: Annotated[str, AfterValidator(device_name)] = Field(
+        "auto", description="transformers: where the model runs (auto, cpu, cuda, cuda:N); auto = a CUDA GPU if "
+                            "there is one, else the CPU")
+    dtype: Literal[DTYPES] = Field("auto", description="transformers: the model's precision; auto = bfloat16 on a "
+                                                       "GPU, float32 on the CPU")
+    url: str = Field("http://127.0.0.1:8000", description="openai: the server's base URL")
+    adapters: str = Field("adapters", description="the folder of LoRA adapters, one per preference "
+                                                  "(`econalign finetune` writes them there)")
+    temperature: float = Field(0.0, ge=0, le=10, description="sampling temperature of generated answers "
+                                                             "(with sample = true)")
+    sample: bool = Field(False, description="false: each agent takes its most probable option; true: it samples "
+                                            "(seeded, so reruns repeat)")
+    max_tokens: int = Field(16, ge=1, le=4096, description="the longest answer generated, in tokens")
+    max_retries: int = Field(2, ge=0, le=10, description="times an invalid answer is asked again (with the error "
+                                                         "stated) before the decision counts as invalid")
+    timeout: float = Field(120.0, gt=0, le=3600, description="openai: seconds per request to the server")
+    retries: int = Field(3, ge=0, le=10, description="openai: times a request is sent again when the server fails")
+    log: str | None = Field(None, description='replay: the decision log (decisions.jsonl of an earlier run) '
+                                              'whose answers are replayed; needed with backend = "replay"')
 
 
 # ------------------------------------------------------------------ market scenarios
 def domain_section(cls, skip: tuple[str, ...] = ()) -> type[Section]:
     """A section with the init fields of the dataclass `cls`, each optional (None: the dataclass's
-    default, so each default is written once) and a TOML list where the field is a tuple."""
+    default, so each default is written once) and a TOML list where the field is a tuple. Each
+    field's meaning is the dataclass field's `metadata["doc"]` (its description); its default and
+    its range (`metadata` keys ge, gt, le, lt, choices), which the dataclass checks itself, are kept
+    in the field's json_schema_extra for the reference page (scenarios.docs_reference)."""
     hints = get_type_hints(cls)
-    fields = {f.name: (toml_type(hints[f.name]) | None, None) for f in dataclasses.fields(cls)
-              if f.init and f.name not in skip}
+    fields = {f.name: (toml_type(hints[f.name]) | None, Field(None, description=f.metadata.get("doc"),
+                                                              json_schema_extra=domain_extra(f)))
+              for f in dataclasses.fields(cls) if f.init and f.name not in skip}
     return create_model(f"{cls.__name__}Section", __base__=Section,
-                        __doc__=f"{cls.__module__}.{cls.__name__}'s parameters (None: its default).", **fields)
+                        __doc__=f"The parameters of {cls.__module__}.{cls.__name__}; a key left out takes "
+                                "its default.", **fields)
+
+
+def domain_extra(f: dataclasses.Field) -> dict:
+    """A dataclass field's default and declared range, as the reference page shows them."""
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return {"domain_default": list(default) if isinstance(default, tuple) else default,
+            **{key: list(value) if isinstance(value, tuple) else value for key, value in f.metadata.items()
+               if key in ("ge", "gt", "le", "lt", "choices")}}
 
 
 def toml_type(kind):
@@ -114,28 +144,45 @@ QLearningSection = domain_section(QLearningSettings, skip=("m", "xi"))
 
 
 class GridSection(Section):
-    m: int = Field(CALVANO_GRID[0], ge=2, le=1000)
-    xi: float = Field(CALVANO_GRID[1], ge=0, le=10)
+    """The prices of the Q-learning firms and of the LLM and theory firms with prices = "grid"."""
+    m: int = Field(CALVANO_GRID[0], ge=2, le=1000, description="the number of prices on the grid")
+    xi: float = Field(CALVANO_GRID[1], ge=0, le=10, description="how far the grid reaches beyond the Nash and "
+                                                                "monopoly prices, as a share of their distance")
 
 
 class MarketRun(Section):
-    engine: Literal["mesa", "vectorised"] = "mesa"
-    steps: int = Field(100, ge=1, le=10_000_000)
-    sessions: int = Field(1, ge=1, le=100_000)
-    window: int = Field(20, ge=1, le=10_000_000)
-    deviation: bool = False
-    deviation_periods: int = Field(15, ge=1, le=10_000)
-    ceiling: float | None = Field(None, gt=0, le=1e6)
-    initial_prices: list[Annotated[float, Field(ge=0, le=1e6)]] | None = None
-    chunk: int = Field(200_000, ge=1, le=100_000_000)
+    """The engine, the periods and sessions, and the measures."""
+    engine: Literal["mesa", "vectorised"] = Field(
+        "mesa", description="mesa: the Mesa model, any firms, period by period; vectorised: Q-learning firms only, "
+                            "many sessions at once, each to convergence, with the deviation test")
+    steps: int = Field(100, ge=1, le=10_000_000, description="mesa: periods played per session")
+    sessions: int = Field(1, ge=1, le=100_000, description="independent sessions (each with its own initial "
+                                                           "prices and draws)")
+    window: int = Field(20, ge=1, le=10_000_000, description="mesa: the last periods over which the mean price "
+                                                             "and collusion index Delta are taken")
+    deviation: bool = Field(False, description="mesa: after the steps, one firm deviates to its best response "
+                                               "and the impulse response (punishment) is recorded")
+    deviation_periods: int = Field(15, ge=1, le=10_000, description="periods recorded after the deviation")
+    ceiling: float | None = Field(None, gt=0, le=1e6, description="mesa: the most customers pay, stated to the "
+                                                                  "LLM firms and bounding free prices (unset: "
+                                                                  "twice the monopoly price)")
+    initial_prices: list[Annotated[float, Field(ge=0, le=1e6)]] | None = Field(
+        None, description="mesa: the prices of period 0, one per firm (unset: a random grid state, or the Nash "
+                          "prices without a grid)")
+    chunk: int = Field(200_000, ge=1, le=100_000_000, description="vectorised: periods per chunk between "
+                                                                  "progress reports and checkpoints")
 
 
 class LLMFirmSettings(Section):
-    type: Literal["llm"]
-    preference: LLMPreference = "base"
-    prices: Literal["grid", "free"] = "grid"
-    memory: int = Field(100, ge=0, le=10_000)
-    notes: bool = False
+    """A firm whose prices an LLM sets, its preference carried by a LoRA adapter."""
+    type: Literal["llm"] = Field(description="an LLM sets the firm's price")
+    preference: LLMPreference = Field("base", description="the adapter the LLM answers with: base (no adapter), "
+                                                          "economicus or moralis-K (K in [0, 1])")
+    prices: Literal["grid", "free"] = Field("grid", description="grid: the firm picks one of the grid's prices; "
+                                                                "free: it writes any price up to the ceiling")
+    memory: int = Field(100, ge=0, le=10_000, description="past periods shown in the firm's prompt")
+    notes: bool = Field(False, description="the firm writes notes to itself, shown in its next prompt "
+                                           '(needs prices = "free")')
 
     @model_validator(mode="after")
     def _notes_need_free_prices(self):
@@ -145,11 +192,14 @@ class LLMFirmSettings(Section):
 
 
 class TheoryFirmSettings(TheoryAgent):
-    prices: Literal["grid", "free"] = "free"
+    """A firm that prices as its preference type's equilibrium (agents.equilibria)."""
+    prices: Literal["grid", "free"] = Field("free", description="grid: the nearest grid price; free: the "
+                                                                "equilibrium price itself")
 
 
 class QLearningFirmSettings(Section):
-    type: Literal["qlearning"]
+    """A firm that learns its prices with Calvano et al.'s Q-learning ([qlearning], [grid])."""
+    type: Literal["qlearning"] = Field(description="the firm learns its prices by Q-learning")
 
 
 FirmSettings = Annotated[LLMFirmSettings | TheoryFirmSettings | QLearningFirmSettings, Field(discriminator="type")]
@@ -157,7 +207,8 @@ FirmSettings = Annotated[LLMFirmSettings | TheoryFirmSettings | QLearningFirmSet
 
 class FileSettings(Section):
     """Settings read from a file: its name (default: the file's stem), path and raw tables."""
-    name: str | None = None
+    name: str | None = Field(None, description="the name in plots, tables and logs (unset: the file's name "
+                                               "without .toml)")
     _path: Path = PrivateAttr()
     _raw: dict = PrivateAttr()
 
@@ -172,8 +223,10 @@ class FileSettings(Section):
 
 class Scenario(FileSettings):
     """What every scenario file shares: its seed and [llm] section."""
-    seed: int = Field(0, ge=0, le=2**63 - 1)
-    llm: LLMSection = LLMSection()
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="the seed of every random draw (initial prices, "
+                                                         "exploration, traffic, sampling): a rerun repeats")
+    llm: LLMSection = Field(LLMSection(), description="how the LLM agents are answered (used only where an "
+                                                      "agent is of type llm)")
 
     @model_validator(mode="after")
     def _replay_log(self):
@@ -183,11 +236,14 @@ class Scenario(FileSettings):
 
 
 class MarketScenario(Scenario):
-    market: MarketSection = MarketSection()
-    grid: GridSection = GridSection()
-    qlearning: QLearningSection = QLearningSection()
-    run: MarketRun = MarketRun()
-    firms: list[FirmSettings] = Field(default_factory=list, alias="firm")
+    """A repeated Bertrand market: its demand, price grid, learners, run and firms."""
+    market: MarketSection = Field(MarketSection(), description="the logit Bertrand market's demand and costs")
+    grid: GridSection = Field(GridSection(), description="Calvano et al.'s price grid")
+    qlearning: QLearningSection = Field(QLearningSection(), description="the Q-learning firms' learning")
+    run: MarketRun = Field(MarketRun(), description="how the market is run and measured")
+    firms: list[FirmSettings] = Field(default_factory=list, alias="firm",
+                                      description="one table per firm (2 to 10), in order; its type says "
+                                                  "who sets its price")
 
     @property
     def uses_llm(self) -> bool:
@@ -246,16 +302,21 @@ TrafficSection = domain_section(TrafficSettings, skip=("avs",))
 
 
 class AVRun(Section):
-    steps: int = Field(100, ge=1, le=1_000_000)
-    # several cities stepped in lock-step (one backend call per step for all); None: the scenario's seed
-    seeds: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] | None = Field(None, min_length=1, max_length=1000)
-    probe: bool = True
+    """Its steps, its cities (one per seed) and the probe."""
+    steps: int = Field(100, ge=1, le=1_000_000, description="steps the city is run")
+    seeds: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] | None = Field(
+        None, min_length=1, max_length=1000, description="one city per seed, stepped in lock-step (one backend "
+                                                         "call per step for all; unset: the scenario's seed)")
+    probe: bool = Field(True, description="also ask each AV type Bonnefon et al.'s dilemma question and "
+                                          "record its choice curve")
 
 
 class LLMAV(Section):
-    type: Literal["llm"]
-    preference: LLMPreference
-    count: int = Field(1, ge=1)
+    """AVs whose dilemmas an LLM decides, its preference carried by a LoRA adapter."""
+    type: Literal["llm"] = Field(description="an LLM decides the AV's dilemmas")
+    preference: LLMPreference = Field(description="the adapter the LLM answers with: base (no adapter), "
+                                                  "economicus or moralis-K (K in [0, 1])")
+    count: int = Field(1, ge=1, description="how many AVs of this type drive in the city")
 
     @property
     def label(self) -> str:
@@ -263,7 +324,8 @@ class LLMAV(Section):
 
 
 class TheoryAV(TheoryAgent):
-    count: int = Field(1, ge=1)
+    """AVs that decide their dilemmas as their preference type does (markets.av)."""
+    count: int = Field(1, ge=1, description="how many AVs of this type drive in the city")
 
     @property
     def label(self) -> str:
@@ -271,9 +333,12 @@ class TheoryAV(TheoryAgent):
 
 
 class AVScenario(Scenario):
-    traffic: TrafficSection = TrafficSection()
-    run: AVRun = AVRun()
-    avs: list[Annotated[LLMAV | TheoryAV, Field(discriminator="type")]] = Field(default_factory=list, alias="av")
+    """A city of autonomous vehicles whose brakes may fail: its traffic, run and AV types."""
+    traffic: TrafficSection = Field(TrafficSection(), description="the city, its people and its dilemmas")
+    run: AVRun = Field(AVRun(), description="how the city is run")
+    avs: list[Annotated[LLMAV | TheoryAV, Field(discriminator="type")]] = Field(
+        default_factory=list, alias="av", description="one table per AV type (at least one); its type says who "
+                                                      "decides the dilemmas")
 
     @property
     def uses_llm(self) -> bool:
@@ -302,10 +367,16 @@ MAX_WORKERS = 256     # Ray actors; each loads its own model (checked against fr
 
 
 class StudySection(Section):
-    executor: Literal["local", "ray"] = "local"
-    workers: int = Field(default_factory=lambda: min(os.cpu_count() or 1, MAX_WORKERS), ge=1, le=MAX_WORKERS)
-    train_adapters: bool = False
-    theory_curve: bool = False
+    """The executor, its workers, and what is done besides the cells."""
+    executor: Literal["local", "ray"] = Field("local", description="local: the cells run in this process; ray: "
+                                                                   "they are shared among `workers` Ray actors")
+    workers: int = Field(default_factory=lambda: min(os.cpu_count() or 1, MAX_WORKERS), ge=1, le=MAX_WORKERS,
+                         description="Ray actors, each with its own model (default: the CPU cores); refused "
+                                     "where their models outgrow free memory")
+    train_adapters: bool = Field(False, description="fine-tune (cached) the adapters the LLM firms name before "
+                                                    "the cells run")
+    theory_curve: bool = Field(False, description="plot the homo moralis equilibrium Delta beside the kappa "
+                                                  "results")
 
 
 def study_key(key: str) -> str:
@@ -327,11 +398,18 @@ StudyKey = Annotated[str, AfterValidator(study_key)]
 
 class Study(FileSettings):
     """A market scenario run over every combination of `grid` values, once per seed."""
-    scenario: str
-    seeds: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] | None = Field(None, min_length=1, max_length=10_000)
-    fixed: dict[StudyKey, Any] = Field(default_factory=dict, alias="set")
-    grid: dict[StudyKey, Annotated[list, Field(min_length=1, max_length=MAX_CELLS)]] = Field(min_length=1)
-    study: StudySection = StudySection()
+    scenario: str = Field(description="the market scenario: a bundled name (calvano, llm_base, ...) or a "
+                                      "file beside the study")
+    seeds: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] | None = Field(
+        None, min_length=1, max_length=10_000, description="every cell is run once per seed (unset: the "
+                                                           "scenario's seed)")
+    fixed: dict[StudyKey, Any] = Field(default_factory=dict, alias="set",
+                                       description='overrides for every cell: "section.key" = value (e.g. '
+                                                   '"run.sessions" = 20; "firm.key" sets every [[firm]])')
+    grid: dict[StudyKey, Annotated[list, Field(min_length=1, max_length=MAX_CELLS)]] = Field(
+        min_length=1, description='"section.key" = [values]: every combination of the values is a cell '
+                                  f"(at most {MAX_CELLS:,} cells with the seeds)")
+    study: StudySection = Field(StudySection(), description="where and how the cells run")
     _scenario_path: Path = PrivateAttr()
 
     @model_validator(mode="after")

@@ -232,7 +232,8 @@ def add_commands(commands) -> None:
                           description="Symmetric equilibrium of a population of one preference type. "
                                       "Parameters: " + "; ".join(f"{g}: {' '.join(p)}" for g, p in PARAMETERS.items()))
     theory.add_argument("game", help="one of: " + ", ".join(GAME_NAMES))
-    theory.add_argument("--preference", choices=("economicus", "moralis"))
+    theory.add_argument("--preference", choices=("economicus", "moralis"),
+                        help="homo economicus (own payoff) or homo moralis (with --kappa; --kappa alone implies it)")
     theory.add_argument("--kappa", type=float, help="degree of morality in [0, 1] (implies moralis)")
     theory.add_argument("--utility", choices=("linear", "log"), default="linear",
                         help="material utility v(m): m or ln(1 + m)")

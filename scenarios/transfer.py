@@ -93,4 +93,4 @@ def add_commands(commands) -> None:
                             "games-only vs games + applications adapters, side by side", out="out")
     transfer.add_argument("--adapters", default="adapters", help="the in-domain adapters (the main job's); "
                                                                  "the games-only ones go to ADAPTERS/games-only")
-    transfer.add_argument("--out", default="outputs/transfer")
+    transfer.add_argument("--out", default="outputs/transfer", help="folder for the side-by-side tables and report")

@@ -26,7 +26,7 @@ import pandas as pd
 from mesa.space import MultiGrid
 
 from agents.dilemma import DilemmaSituation
-from agents.policies import TheoryPolicy
+from agents.policies import TheoryPolicy, adapter_policy
 from agents.preferences import preference
 from agents.seeds import fresh_seed, request_seed
 from markets.av import AGES, Dilemma, Person, swerve_threshold
@@ -77,7 +77,10 @@ class AVTraffic(LockStepModel):
     """AVs made from `deciders` ((label, policy) per AV, cycled) in the city of `settings`.
 
     As a Mesa model: built from plain keyword parameters too (`preference` and `kappa` of theory
-    AVs, and any TrafficSettings field such as `avs` or `brake_failure`), so that
+    AVs; with `backend`, LLM AVs of that backend whose `preference` is the name of the adapter
+    that carries it, "moralis-0.5" ("base" or None: the base model), labelled as scenario files
+    label them, "llm:moralis-0.5"; and any TrafficSettings field such as `avs` or
+    `brake_failure`), so that a script needs no deciders and
     `mesa.batch_run(AVTraffic, parameters={"avs": [6, 12]})` sweeps them; draws come from Mesa's
     `model.rng`; the data are collected at initialisation (step -1) and after every step (step =
     Mesa's `steps` - 1), with one agent row per AV (position, heading, decision maker,
@@ -88,7 +91,7 @@ class AVTraffic(LockStepModel):
     def __init__(self, deciders: Sequence[tuple[str, object]] | None = None,
                  settings: TrafficSettings | None = None, seed: int | None = None,
                  n_steps: int | None = None, *,
-                 preference: str | None = None, kappa: float | None = None, **traffic):
+                 preference: str | None = None, kappa: float | None = None, backend=None, **traffic):
         seed = fresh_seed() if seed is None else int(seed)
         super().__init__(seed=seed)
         if traffic:
@@ -99,9 +102,10 @@ class AVTraffic(LockStepModel):
                 raise ValueError(f"give settings or their fields {sorted(traffic)}, not both")
             settings = TrafficSettings(**traffic)
         if deciders is None:
-            deciders = [_theory_decider(preference or "moralis", kappa)]
-        elif preference is not None or kappa is not None:
-            raise ValueError("give deciders or a preference (and kappa), not both")
+            deciders = [_theory_decider(preference or "moralis", kappa) if backend is None
+                        else _llm_decider(backend, preference, kappa)]
+        elif preference is not None or kappa is not None or backend is not None:
+            raise ValueError("give deciders or a preference (and kappa, or backend), not both")
         if n_steps is not None and (int(n_steps) != n_steps or n_steps < 1):
             raise ValueError(f"n_steps must be an integer >= 1, got {n_steps}")
         self.n_steps = None if n_steps is None else int(n_steps)
@@ -318,7 +322,20 @@ class AVTraffic(LockStepModel):
 
 def _theory_decider(name: str, kappa: float | None) -> tuple[str, object]:
     """(label, policy) of a theory AV of preference `name` (kappa for homo moralis)."""
+    if name not in ("economicus", "moralis"):
+        raise ValueError(f"a theory AV's preference is 'economicus' or 'moralis' (with kappa), got "
+                         f"{name!r}; an adapter's name needs backend=")
     if name == "moralis" and kappa is None:
         kappa = 0.5
     pref = preference(name, kappa)
     return pref.name, TheoryPolicy(pref)
+
+
+def _llm_decider(backend, name: str | None, kappa: float | None) -> tuple[str, object]:
+    """(label, policy) of an LLM AV of `backend` answering through the adapter `name` (None or
+    "base": the base model), labelled "llm:<adapter>" as scenarios.av labels LLM AVs."""
+    if kappa is not None:
+        raise ValueError("kappa is for theory AVs: an LLM AV's preference is the name of its adapter "
+                         "(preference='moralis-0.5')")
+    policy = adapter_policy(backend, name)
+    return policy.name, policy

@@ -17,12 +17,13 @@ import mesa
 import numpy as np
 import pandas as pd
 
+from agents.policies import adapter_policy
 from agents.preferences import preference
 from agents.pricing import PricingSituation
 from agents.qlearning import QLearningSettings, check_q_size, encode, profit_table, start_actions
 from agents.seeds import decision_seed, fresh_seed
 from markets.bertrand import CALVANO_GRID, LogitBertrand
-from simulation.firms import DecidingFirm, Firm, QLearningFirm, qlearning_firm, theory_firm
+from simulation.firms import DecidingFirm, Firm, QLearningFirm, llm_firm, qlearning_firm, theory_firm
 from simulation.lockstep import Asks, LockStepModel, PendingStep
 from simulation.record_sizes import check_market_records
 
@@ -46,8 +47,11 @@ class BertrandMarket(LockStepModel):
     from other histories.
 
     As a Mesa model: built from plain keyword parameters too (`n_firms`, `mu`, `cost`,
-    `price_scale` for the market; `firm` = "theory" or "qlearning", `preference` and `kappa` for
-    theory firms), so that `mesa.batch_run(BertrandMarket, parameters={"kappa": [...]})` sweeps
+    `price_scale` for the market; `firm` = "theory", "qlearning" or "llm"; `preference` and
+    `kappa` for theory firms; for LLM firms `backend` and `preference`, the name of the adapter
+    that carries it ("economicus", "moralis-0.5"; "base" or None: the base model), each firm then
+    `llm_firm(LLMPolicy(backend, adapter), use_grid, memory)`), so that a script needs no makers
+    and `mesa.batch_run(BertrandMarket, parameters={"kappa": [...]})` sweeps
     them; the data are collected at initialisation (period -1: the initial prices) and after every
     step, so model and agent rows line up by Mesa's `steps` (period = steps - 1); with `periods`,
     `running` turns False once that many periods are played. `seed` None (Mesa's default) draws
@@ -60,11 +64,13 @@ class BertrandMarket(LockStepModel):
                  qlearning: QLearningSettings | None = None, initial_prices=None,
                  decimals: int = 2, periods: int | None = None, *, n_firms: int | None = None,
                  mu: float | None = None, cost: float | None = None, price_scale: float | None = None,
-                 firm: str | None = None, preference: str | None = None, kappa: float | None = None):
+                 firm: str | None = None, preference: str | None = None, kappa: float | None = None,
+                 backend=None, use_grid: bool | None = None, memory: int | None = None):
         seed = fresh_seed() if seed is None else int(seed)
         super().__init__(seed=seed)
         market_keys = {"n_firms": n_firms, "mu": mu, "cost": cost, "price_scale": price_scale}
-        firm_keys = {"firm": firm, "preference": preference, "kappa": kappa}
+        firm_keys = {"firm": firm, "preference": preference, "kappa": kappa, "backend": backend,
+                     "use_grid": use_grid, "memory": memory}
         market = _keyword_market(market, market_keys)
         firms = _keyword_firms(firms, firm_keys, market.firms)
         if periods is not None and (int(periods) != periods or periods < 1):
@@ -215,7 +221,7 @@ class BertrandMarket(LockStepModel):
         return data.pivot(index="period", columns="firm", values="price").to_numpy()
 
 
-FIRM_KINDS = ("theory", "qlearning")
+FIRM_KINDS = ("theory", "qlearning", "llm")
 
 
 def _keyword_market(market: LogitBertrand | None, keys: dict) -> LogitBertrand:
@@ -231,19 +237,42 @@ def _keyword_market(market: LogitBertrand | None, keys: dict) -> LogitBertrand:
 
 def _keyword_firms(firms, keys: dict, n: int) -> list:
     """`firms` (makers), or n firms of the keyword kind: theory best responses of `preference`
-    (kappa for homo moralis) or Calvano's Q-learners."""
+    (kappa for homo moralis), Calvano's Q-learners, or LLM firms of `backend` answering through
+    the adapter named `preference` (one policy that all of them share)."""
     given = {k: v for k, v in keys.items() if v is not None}
     if firms is not None:
         if given:
             raise ValueError(f"give firm makers or the firms' parameters {sorted(given)}, not both")
         return list(firms)
     kind = given.get("firm", "theory")
+    if kind == "llm" and "backend" not in given:
+        raise ValueError(f"firm must be one of {FIRM_KINDS[:2]} without a backend: firm='llm' needs "
+                         "backend= (an LLM backend, e.g. agents.llm.TransformersBackend)")
     if kind not in FIRM_KINDS:
         raise ValueError(f"firm must be one of {FIRM_KINDS}, got {kind!r}")
+    if kind != "llm":
+        extra = sorted({"backend", "memory"} & set(given))
+        if extra:
+            raise ValueError(f"{' and '.join(extra)} {'are' if len(extra) > 1 else 'is'} for LLM firms: "
+                             f"give firm='llm' (firm is {kind!r})")
     if kind == "qlearning":
         if {"preference", "kappa"} & set(given):
-            raise ValueError("preference and kappa are for theory firms, not Q-learners")
+            raise ValueError("preference and kappa are for theory firms (preference for LLM firms too), "
+                             "not Q-learners")
+        if "use_grid" in given:
+            raise ValueError("use_grid is for theory and LLM firms: Q-learners always price on the grid")
         return [qlearning_firm()] * n
+    use_grid = bool(given.get("use_grid", True))
+    if kind == "llm":
+        if "kappa" in given:
+            raise ValueError("kappa is for theory firms: an LLM firm's preference is the name of its "
+                             "adapter (preference='moralis-0.5')")
+        policy = adapter_policy(given["backend"], given.get("preference"))
+        return [llm_firm(policy, use_grid=use_grid, memory=int(given.get("memory", 100)))] * n
     name = given.get("preference", "moralis")
     kappa = given.get("kappa", 0.5 if name == "moralis" else None)
-    return [theory_firm(preference(name, kappa), use_grid=True)] * n
+    if name not in ("economicus", "moralis"):
+        raise ValueError(f"a theory firm's preference is 'economicus' or 'moralis' (with kappa), got "
+                         f"{name!r}; an adapter's name needs firm='llm' and backend=")
+    return [theory_firm(preference(name, kappa), use_grid=use_grid)] * n
+

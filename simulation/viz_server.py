@@ -52,5 +52,5 @@ def add_commands(commands) -> None:
                      help="address to listen on (default 127.0.0.1; others need --allow-remote)")
     viz.add_argument("--allow-remote", action="store_true",
                      help="allow a --host other machines reach: the page has no password and runs the model")
-    viz.add_argument("--port", type=int, default=8765)
+    viz.add_argument("--port", type=int, default=8765, help="port to listen on")
     viz.add_argument("--adapters", default="adapters", help="adapter folder for LLM decision makers")

@@ -40,12 +40,16 @@ def make_adapter(base: Path, out: Path, seed: int, rank: int = 8, **config) -> P
     return out
 
 
+def make_adapters(base: Path, root: Path, seeds: dict[str, int]) -> Path:
+    """A folder of adapters ({name: seed}), each with random weights (make_adapter)."""
+    for name, seed in seeds.items():
+        make_adapter(base, root / name, seed=seed)
+    return root
+
+
 @pytest.fixture(scope="session")
 def adapter_dir(tmp_path_factory, model_folder) -> Path:
-    root = tmp_path_factory.mktemp("adapters")
-    make_adapter(model_folder, root / "alpha", seed=1)
-    make_adapter(model_folder, root / "beta", seed=2)
-    return root
+    return make_adapters(model_folder, tmp_path_factory.mktemp("adapters"), {"alpha": 1, "beta": 2})
 
 
 @pytest.fixture(scope="session")

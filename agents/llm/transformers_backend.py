@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from agents.llm.adapters import AdapterError, inspect_adapter
+from agents.llm.adapters import AdapterError, discover_adapters, inspect_adapter
 from agents.llm.backend import BackendError, CallCounter, Request, check_choice_requests, softmax
 from agents.llm.devices import Placement, resolve_placement
 from agents.llm.models import model_hash, resolve
@@ -40,12 +41,15 @@ def _peft_name(name: str) -> str:
 class TransformersBackend:
     name = "transformers"
 
-    def __init__(self, model: str | Path | None = None, adapters: dict[str, str | Path] | None = None,
+    def __init__(self, model: str | Path | None = None,
+                 adapters: str | Path | Mapping[str, str | Path] | None = None,
                  max_batch: int | None = None, threads: int | None = None, device: str = "auto",
                  dtype: str = "auto"):
         """`model`: a model folder, a prepared .gguf or None (the embedded default); `adapters`:
-        {name: folder}; `max_batch`: requests per forward pass (default 64 on the CPU, 256 on a
-        GPU); `device`, `dtype`: see agents.llm.devices."""
+        {name: folder}, or the folder that holds them as scenario files name it ([llm] adapters =
+        "outputs/demo/adapters"): every adapter in it, under its folder's name ("moralis-0.5");
+        `max_batch`: requests per forward pass (default 64 on the CPU, 256 on a GPU); `device`,
+        `dtype`: see agents.llm.devices."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -55,11 +59,31 @@ class TransformersBackend:
             torch.set_num_threads(threads)
         placement = resolve_placement(device, dtype)
         self.model_path = resolve(model)
+        if adapters is not None and not isinstance(adapters, Mapping):
+            adapters = self._adapter_folder(adapters)    # checked before the model loads
         placed = {"device_map": {"": placement.device}} if placement.on_gpu else {}
         loaded = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=placement.torch_dtype(), **placed)
         self._setup(loaded, AutoTokenizer.from_pretrained(self.model_path), placement, max_batch)
         for name, path in (adapters or {}).items():
             self.load_adapter(name, path)
+
+    def _adapter_folder(self, folder: str | Path) -> dict[str, Path]:
+        """{name: folder} of every adapter in `folder` (agents.llm.adapters.discover_adapters, as
+        the vLLM server finds them; a folder that is itself an adapter is loaded under its name);
+        a path that is no folder, or a folder without adapters, is a one-line BackendError."""
+        if not isinstance(folder, (str, os.PathLike)):
+            raise TypeError(f"adapters must be a folder or {{name: folder}}, got {type(folder).__name__}")
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise BackendError(f"adapters {folder} is not a folder (give the folder of trained adapters, "
+                               "e.g. outputs/demo/adapters, or {name: folder})")
+        try:
+            found = discover_adapters(folder, self.model_path)
+        except AdapterError as err:      # the backend's own error, as for any adapter it cannot load
+            raise BackendError(str(err)) from None
+        if not found:
+            raise BackendError(f"no adapters in {folder} (no sub-folder holds an adapter_config.json)")
+        return {info.name: info.path for info in found}
 
     @classmethod
     def from_model(cls, model, tokenizer, max_batch: int | None = None) -> TransformersBackend:
