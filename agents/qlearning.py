@@ -33,7 +33,7 @@ class QLearningSettings:
     after 100,000 periods without a change of greedy strategy (memory is one period)."""
 
     # each field's meaning is its metadata's "doc" and its range the metadata's ge/gt/le/lt, which
-    # check() enforces (the reference of the scenario keys, scenarios.docs_reference, shows them)
+    # check() enforces (the reference of the scenario keys, scenarios.docs_keys, shows them)
     m: int = field(default=CALVANO_GRID[0], metadata={"doc": "the number of prices on the grid", "ge": 2})
     xi: float = field(default=CALVANO_GRID[1], metadata={
         "doc": "how far the grid reaches beyond the Nash and monopoly prices, as a share of their distance"})
@@ -61,14 +61,16 @@ class QLearningSettings:
 BOUND_HOLDS = {"ge": operator.ge, "gt": operator.gt, "le": operator.le, "lt": operator.lt}
 
 
-def interval(bounds: dict) -> str:
-    """A field's bounds (pydantic's ge/gt/le/lt) as a check's message words them: `in (0, 1]`, `>= 1`."""
+def interval(bounds: dict, number=lambda v: f"{v:g}", words: str = "in ") -> str:
+    """A field's bounds (pydantic's ge/gt/le/lt) as words: `in (0, 1]`, `>= 1` ("" without
+    bounds; `number` writes each bound, `words` go before a closed interval)."""
     low = next(((k, v) for k, v in bounds.items() if k in ("ge", "gt")), None)
     high = next(((k, v) for k, v in bounds.items() if k in ("le", "lt")), None)
     if low and high:
-        return f"in {'[' if low[0] == 'ge' else '('}{low[1]:g}, {high[1]:g}{']' if high[0] == 'le' else ')'}"
+        opening, closing = "[" if low[0] == "ge" else "(", "]" if high[0] == "le" else ")"
+        return f"{words}{opening}{number(low[1])}, {number(high[1])}{closing}"
     sign = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-    return " ".join(f"{sign[k]} {v:g}" for k, v in (low or high,))
+    return " ".join(f"{sign[k]} {number(v)}" for k, v in (low or high,)) if low or high else ""
 
 
 def encode(actions, m: int) -> int:

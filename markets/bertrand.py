@@ -46,7 +46,7 @@ class LogitBertrand:
     """
 
     # each field's meaning is its metadata's "doc", and its range BOUNDS' (the reference of the
-    # scenario keys, scenarios.docs_reference, shows them)
+    # scenario keys, scenarios.docs_keys, shows them)
     firms: int = field(default=2, metadata={"doc": "the number of firms (in a scenario: one per [[firm]] table)",
                                             "ge": 2, "le": MAX_FIRMS})
     a: tuple[float, ...] | float = field(default=2.0, metadata={

@@ -10,7 +10,7 @@ domain objects' own (markets.bertrand.LogitBertrand, agents.qlearning.QLearningS
 simulation.traffic_settings.TrafficSettings check their values), and a section left out takes their
 defaults, so each default and range is written once. Each key's meaning is its field's description
 (the dataclass field's metadata "doc" for those sections): the documentation site's reference of the
-scenario keys is generated from them (scenarios.docs_reference). scenarios.settings_files reads the
+scenario keys is generated from them (scenarios.docs_keys). scenarios.settings_files reads the
 files; scenarios.settings_errors words their first error in one line.
 """
 from __future__ import annotations
@@ -91,8 +91,7 @@ class LLMSection(Section):
     dtype: Literal[DTYPES] = Field("auto", description="transformers: the model's precision; auto = bfloat16 on a "
                                                        "GPU, float32 on the CPU")
     url: str = Field("http://127.0.0.1:8000", description="openai: the server's base URL")
-    adapters: str = Field("adapters", description="the folder of LoRA adapters, one per preference "
-                                                  "(`econalign finetune` writes them there)")
+    adapters: str = Field("adapters", description="the folder of LoRA adapters, one per preference type")
     temperature: float = Field(0.0, ge=0, le=10, description="sampling temperature of generated answers "
                                                              "(with sample = true)")
     sample: bool = Field(False, description="false: each agent takes its most probable option; true: it samples "
@@ -112,7 +111,7 @@ def domain_section(cls, skip: tuple[str, ...] = ()) -> type[Section]:
     default, so each default is written once) and a TOML list where the field is a tuple. Each
     field's meaning is the dataclass field's `metadata["doc"]` (its description); its default and
     its range (`metadata` keys ge, gt, le, lt, choices), which the dataclass checks itself, are kept
-    in the field's json_schema_extra for the reference page (scenarios.docs_reference)."""
+    in the field's json_schema_extra for the reference page (scenarios.docs_keys)."""
     hints = get_type_hints(cls)
     fields = {f.name: (toml_type(hints[f.name]) | None, Field(None, description=f.metadata.get("doc"),
                                                               json_schema_extra=domain_extra(f)))

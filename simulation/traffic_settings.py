@@ -5,7 +5,7 @@ the dilemmas weigh lives (markets.av: "lives" or "life_years").
 
 Each field's meaning is its metadata's "doc" and its range the metadata's ge and le (a name: that
 field's value), which the settings check when made; the reference of the scenario keys
-(scenarios.docs_reference) shows them."""
+(scenarios.docs_keys) shows them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields

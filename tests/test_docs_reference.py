@@ -1,8 +1,8 @@
-"""The reference pages generated from the code (scenarios.docs_reference; docs/hooks/reference.py adds
-them to the site): every key that the scenario and study schemas accept is on the scenario-keys
-page, in its table, with a meaning; every command and flag of the CLI is on the commands page. The
-expected sets are read here from the schemas and the parser themselves (recursively through the
-nested sections and sub-commands), not from the generator."""
+"""The reference pages generated from the code (scenarios.docs_keys, scenarios.docs_commands;
+docs/hooks/reference.py adds them to the site): every key that the scenario and study schemas
+accept is on the scenario-keys page, in its table, with a meaning; every command and flag of the
+CLI is on the commands page. The expected sets are read here from the schemas and the parser
+themselves (recursively through the nested sections and sub-commands), not from the generator."""
 import argparse
 import re
 import types
@@ -12,7 +12,8 @@ import pytest
 from pydantic import BaseModel
 
 from scenarios.cli import build_parser
-from scenarios.docs_reference import commands_page, scenario_keys_page
+from scenarios.docs_commands import commands_page
+from scenarios.docs_keys import scenario_keys_page
 from scenarios.settings import AVScenario, MarketScenario, Study, study_key
 
 KINDS = {"market": MarketScenario, "av": AVScenario, "study": Study}    # the page's anchor of each file kind

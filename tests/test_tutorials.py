@@ -95,8 +95,13 @@ def with_free_ports(page_steps: list[Step]) -> list[Step]:
 
 
 def wait_for(url: str, seconds: float, servers: list) -> None:
+    """Until `url` answers 200; at once an AssertionError with the servers' output when every
+    process the page left running has ended (a server that stopped on an error)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        if not any(group_alive(process.pid) for process, _ in servers):
+            deadline = 0
+            break
         try:
             with urllib.request.urlopen(url, timeout=5) as reply:
                 if reply.status == 200:
@@ -105,7 +110,8 @@ def wait_for(url: str, seconds: float, servers: list) -> None:
             pass
         time.sleep(1)
     logs = "\n".join(Path(log).read_text(errors="replace")[-2000:] for _, log in servers)
-    raise AssertionError(f"{url} did not answer within {seconds} s; the servers said:\n{logs}")
+    why = "every server the page started has ended" if deadline == 0 else f"no answer within {seconds} s"
+    raise AssertionError(f"{url}: {why}; the servers said:\n{logs}")
 
 
 def group_alive(pgid: int) -> bool:

@@ -10,6 +10,7 @@ the safetensors header only, never the weights.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,3 +155,20 @@ def identity_adapter(model: Path) -> Path:
     peft_model.save_pretrained(tmp, safe_serialization=True)
     tmp.rename(folder)
     return folder
+
+
+def adapters_in(folder, base: Path) -> dict[str, Path]:
+    """{name: folder} of every adapter in `folder`, as scenario files name them ([llm] adapters =
+    "adapters": "moralis-0.5" is adapters/moralis-0.5), found as the vLLM server finds them
+    (discover_adapters; a folder that is itself an adapter is one under its name); a path that is
+    not a folder, or a folder without adapters, is a one-line AdapterError."""
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(f"adapters must be a folder or {{name: folder}}, got {type(folder).__name__}")
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise AdapterError(f"adapters {folder} is not a folder (give the folder of trained adapters, "
+                           "e.g. adapters, or {name: folder})")
+    found = discover_adapters(folder, base)
+    if not found:
+        raise AdapterError(f"no adapters in {folder} (no sub-folder holds an adapter_config.json)")
+    return {info.name: info.path for info in found}

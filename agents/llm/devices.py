@@ -27,6 +27,7 @@ class Placement:
 
     @property
     def on_gpu(self) -> bool:
+        """Whether the device is a CUDA GPU (cuda, cuda:N)."""
         return self.device.startswith("cuda")
 
     def torch_dtype(self):

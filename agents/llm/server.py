@@ -187,6 +187,8 @@ class VLLMServer:
         return env
 
     def start(self) -> VLLMServer:
+        if self.log:
+            self.log.parent.mkdir(parents=True, exist_ok=True)     # --log work/vllm.log in a fresh folder
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
         self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, env=self.environment(),
                                         start_new_session=True)

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from agents.llm.adapters import AdapterError, discover_adapters, inspect_adapter
+from agents.llm.adapters import AdapterError, adapters_in, inspect_adapter
 from agents.llm.backend import BackendError, CallCounter, Request, check_choice_requests, softmax
 from agents.llm.devices import Placement, resolve_placement
 from agents.llm.models import model_hash, resolve
@@ -60,30 +59,15 @@ class TransformersBackend:
         placement = resolve_placement(device, dtype)
         self.model_path = resolve(model)
         if adapters is not None and not isinstance(adapters, Mapping):
-            adapters = self._adapter_folder(adapters)    # checked before the model loads
+            try:                                            # checked before the model loads
+                adapters = adapters_in(adapters, self.model_path)
+            except AdapterError as err:      # the backend's own error, as for any adapter it cannot load
+                raise BackendError(str(err)) from None
         placed = {"device_map": {"": placement.device}} if placement.on_gpu else {}
         loaded = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=placement.torch_dtype(), **placed)
         self._setup(loaded, AutoTokenizer.from_pretrained(self.model_path), placement, max_batch)
         for name, path in (adapters or {}).items():
             self.load_adapter(name, path)
-
-    def _adapter_folder(self, folder: str | Path) -> dict[str, Path]:
-        """{name: folder} of every adapter in `folder` (agents.llm.adapters.discover_adapters, as
-        the vLLM server finds them; a folder that is itself an adapter is loaded under its name);
-        a path that is no folder, or a folder without adapters, is a one-line BackendError."""
-        if not isinstance(folder, (str, os.PathLike)):
-            raise TypeError(f"adapters must be a folder or {{name: folder}}, got {type(folder).__name__}")
-        folder = Path(folder).expanduser()
-        if not folder.is_dir():
-            raise BackendError(f"adapters {folder} is not a folder (give the folder of trained adapters, "
-                               "e.g. outputs/demo/adapters, or {name: folder})")
-        try:
-            found = discover_adapters(folder, self.model_path)
-        except AdapterError as err:      # the backend's own error, as for any adapter it cannot load
-            raise BackendError(str(err)) from None
-        if not found:
-            raise BackendError(f"no adapters in {folder} (no sub-folder holds an adapter_config.json)")
-        return {info.name: info.path for info in found}
 
     @classmethod
     def from_model(cls, model, tokenizer, max_batch: int | None = None) -> TransformersBackend:

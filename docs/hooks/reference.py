@@ -1,6 +1,6 @@
 """MkDocs hook (mkdocs.yml `hooks:`): adds the reference pages generated from the code
-(scenarios.docs_reference: the scenario keys from the schemas, the commands from the CLI's parser)
-to every build, so they are never written by hand nor committed. A file at the same path in docs/
+(scenarios.docs_keys: the scenario keys from the schemas; scenarios.docs_commands: the commands
+from the CLI's parser) to every build, so they are never written by hand nor committed. A file at the same path in docs/
 is replaced by the generated page."""
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import logging
 
 from mkdocs.structure.files import File, Files
 
-from scenarios.docs_reference import PAGES
+from scenarios.docs_commands import commands_page
+from scenarios.docs_keys import scenario_keys_page
 
+PAGES = {"reference/scenario-keys.md": scenario_keys_page, "reference/commands.md": commands_page}
 log = logging.getLogger("mkdocs.hooks.reference")
 
 

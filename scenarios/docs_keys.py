@@ -1,20 +1,17 @@
-"""The reference pages of the documentation site, generated from the code so that nothing is written
-twice: docs/hooks/reference.py adds them to every MkDocs build (they are never committed).
+"""The documentation site's page of scenario keys, generated from the code so that nothing is written
+twice (docs/hooks/reference.py adds it to every MkDocs build; it is never committed).
 
-* reference/scenario-keys.md: every key of the market scenarios, AV scenarios and studies, read
+reference/scenario-keys.md: every key of the market scenarios, AV scenarios and studies, read
   from their schemas (scenarios.settings): its TOML type, its range (the pydantic constraints ge,
   gt, le, lt, the Literal choices; for the sections made from a dataclass by
   scenarios.settings.domain_section, the range the dataclass checks), its default and its meaning
-  (the field's description).
-* reference/commands.md: every command, sub-command and flag of the `econalign` CLI, read from its
-  own parser (scenarios.cli.build_parser): usage, help, each flag's default and choices.
+(the field's description).
 
 Anchors: a file kind's section is `#market`, `#av` or `#study`, a table within it `#market-llm`, an
-array of tables by type `#market-firm-llm`; a command `#market-run` (its words joined by `-`).
+array of tables by type `#market-firm-llm`.
 """
 from __future__ import annotations
 
-import argparse
 import html
 import types
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -23,7 +20,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from scenarios.cli import build_parser
+from agents.qlearning import interval as qlearning_interval
 from scenarios.settings import MAX_CELLS, AVScenario, MarketScenario, Section, Study
 
 # file kind: (anchor, title, schema, the folder of its bundled examples, the command that runs it)
@@ -121,7 +118,7 @@ def _number(value) -> str:
     return f"{int(value):_}" if isinstance(value, int | float) and abs(value) >= 10_000 else str(value)
 
 
-def _sentence(*texts: str) -> str:
+def sentence(*texts: str) -> str:
     """Texts joined as sentences (each ends with a full stop)."""
     out = []
     for text in texts:
@@ -134,12 +131,7 @@ def _sentence(*texts: str) -> str:
 
 def interval(bounds: dict) -> str:
     """ge/gt/le/lt as an interval: `[0, 1]`, `(0, 1]`, `>= 1`; "" without bounds."""
-    low = next(((k, v) for k, v in bounds.items() if k in ("ge", "gt")), None)
-    high = next(((k, v) for k, v in bounds.items() if k in ("le", "lt")), None)
-    if low and high:
-        return f"{'[' if low[0] == 'ge' else '('}{_number(low[1])}, {_number(high[1])}{']' if high[0] == 'le' else ')'}"
-    sign = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-    return " ".join(f"{sign[k]} {_number(v)}" for k, v in (low or high,)) if low or high else ""
+    return qlearning_interval(bounds, number=_number, words="")
 
 
 def value_range(field) -> str:
@@ -194,7 +186,7 @@ def default(field) -> str:
     return toml_value(field.default)
 
 
-def _cell(text: str) -> str:
+def markdown_cell(text: str) -> str:
     """A table cell: one line, its pipes escaped (code spans come from _code), "—" when empty."""
     text = " ".join(str(text).split())
     if not text.startswith(("`", "<code>")):
@@ -202,7 +194,7 @@ def _cell(text: str) -> str:
     return text or "—"
 
 
-def _code(text: str) -> str:
+def inline_code(text: str) -> str:
     """Text as code in a table cell (HTML where it holds a pipe, which a table would split at)."""
     if not text:
         return ""
@@ -211,9 +203,9 @@ def _code(text: str) -> str:
 
 
 def _key_row(key: str, field) -> str:
-    cells = [_code(key), toml_type(field.annotation), _code(value_range(field)), _code(default(field)),
-             field.description or ""]
-    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+    cells = [inline_code(key), toml_type(field.annotation), inline_code(value_range(field)),
+             inline_code(default(field)), field.description or ""]
+    return "| " + " | ".join(markdown_cell(c) for c in cells) + " |"
 
 
 def _doc(model: type[BaseModel]) -> str:
@@ -245,15 +237,15 @@ def table_blocks(model: type[BaseModel], anchor: str, title: str, level: int, in
             for variant in variants:
                 tag = type_tag(variant)
                 nested += table_blocks(variant, f"{anchor}-{key}-{tag}", f'`[[{key}]]` type = "{tag}"', level + 1,
-                                       _sentence(field.description, _doc(variant)))
+                                       sentence(field.description, _doc(variant)))
         elif sections_of(field.annotation):
             section = sections_of(field.annotation)[0]
             nested += table_blocks(section, f"{anchor}-{key}", f"`[{key}]`", level + 1,
-                                   _sentence(field.description, _doc(section)))
+                                   sentence(field.description, _doc(section)))
         elif get_origin(_members(field.annotation)[0]) is dict:
             values = "a list of values" if key == "grid" else "a value"
             nested += [f"{'#' * (level + 1)} `[{key}]` {{#{anchor}-{key}}}", "",
-                       _sentence(field.description, f"Each key is a quoted \"section.key\" of the market scenario, "
+                       sentence(field.description, f"Each key is a quoted \"section.key\" of the market scenario, "
                                  f"set to {values} ({value_range(field) or 'any number of keys'}). The keys it "
                                  "accepts: " + ", ".join(f"`{k}`" for k in study_keys())), ""]
         else:
@@ -291,7 +283,7 @@ def scenario_keys_page() -> str:
               "in quotes); the default when the key is left out (`unset`: no value, the meaning says what "
               "happens); the meaning.", ""]
     for anchor, title, model, _, _ in FILE_KINDS:
-        lines += table_blocks(model, anchor, title, 2, _sentence(_doc(model), "Its top-level keys:"))
+        lines += table_blocks(model, anchor, title, 2, sentence(_doc(model), "Its top-level keys:"))
     lines += [f"A study has at most {MAX_CELLS:,} cells (grid combinations x seeds).", ""]
     return "\n".join(lines)
 
@@ -302,78 +294,3 @@ def _examples(folder: str) -> list:
     package, _, sub = folder.partition("/")
     return sorted((p for p in files(package).joinpath(sub).iterdir() if p.name.endswith(".toml")),
                   key=lambda p: p.name)
-
-
-# ------------------------------------------------------------------ the CLI
-def commands(parser: argparse.ArgumentParser, words: tuple[str, ...] = (), help_text: str = ""):
-    """(words, parser, its help) for the parser and every sub-command under it, depth first."""
-    yield words, parser, help_text
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            helps = {a.dest: a.help for a in action._choices_actions}
-            for name, sub in action.choices.items():
-                yield from commands(sub, (*words, name), helps.get(name) or "")
-
-
-def command_anchor(words: tuple[str, ...]) -> str:
-    return "-".join(words) or "econalign"
-
-
-def flag_rows(parser: argparse.ArgumentParser) -> list[str]:
-    formatter = argparse.HelpFormatter(parser.prog, width=100)
-    rows = []
-    for action in parser._actions:
-        if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
-            continue
-        # a flag as --help shows it (`--out OUT`); a positional by its name (its choices have their column)
-        invocation = formatter._format_action_invocation(action) if action.option_strings else \
-            str(action.metavar or action.dest)
-        help_text = action.help or ""
-        if "%" in help_text:                # argparse's own expansion (%(default)s, %%)
-            help_text = help_text % {**vars(action), "prog": parser.prog}
-        shown = "" if action.default in (None, argparse.SUPPRESS) or action.required else toml_free(action.default)
-        required = "required" if action.required or not action.option_strings and action.nargs not in ("?", "*") \
-            else ""
-        choices = ", ".join(map(str, action.choices)) if action.choices else ""
-        cells = [_code(invocation), _code(shown) or required, _code(choices), help_text]
-        rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    return rows
-
-
-def toml_free(value) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def commands_page() -> str:
-    """reference/commands.md."""
-    parser = build_parser()
-    found = list(commands(parser))
-    lines = ["# Commands and flags", "",
-             "<!-- generated from scenarios.cli.build_parser() by docs/hooks/reference.py: edit the parsers -->", "",
-             "Every command of `econalign`, read from its own parser. Each also takes `-h`/`--help`. A command "
-             "exits with 0 on success, 2 when its input (a file, a value, a model, an adapter) is wrong and 1 "
-             "when a backend, server or solver failed, with the error in one line.", ""]
-    for words, _, help_text in found:
-        if words:
-            about = f": {help_text}" if help_text else ""
-            lines.append(f"- [`econalign {' '.join(words)}`](#{command_anchor(words)}){about}")
-    lines.append("")
-    for words, sub, help_text in found:
-        title = " ".join(("econalign", *words))
-        formatter = argparse.HelpFormatter(sub.prog, width=100)
-        formatter.add_usage(sub.usage, sub._actions, sub._mutually_exclusive_groups)
-        lines += [f"## `{title}` {{#{command_anchor(words)}}}", ""]
-        about = _sentence(help_text, sub.description if sub.description != help_text else "")
-        if about:
-            lines += [about, ""]
-        lines += ["```text", formatter.format_help().strip(), "```", ""]
-        rows = flag_rows(sub)
-        if rows:
-            lines += ["| argument | default | choices | help |", "| --- | --- | --- | --- |", *rows, ""]
-        subs = [w for w, _, _ in found if len(w) == len(words) + 1 and w[:len(words)] == words]
-        if subs:
-            lines += ["Sub-commands: " + ", ".join(f"[`{w[-1]}`](#{command_anchor(w)})" for w in subs) + ".", ""]
-    return "\n".join(lines)
-
-
-PAGES = {"reference/scenario-keys.md": scenario_keys_page, "reference/commands.md": commands_page}
