@@ -268,7 +268,8 @@ def _keyword_firms(firms, keys: dict, n: int) -> list:
             raise ValueError("kappa is for theory firms: an LLM firm's preference is the name of its "
                              "adapter (preference='moralis-0.5')")
         policy = adapter_policy(given["backend"], given.get("preference"))
-        return [llm_firm(policy, use_grid=use_grid, memory=int(given.get("memory", 100)))] * n
+        memory = {"memory": int(given["memory"])} if "memory" in given else {}   # else llm_firm's default
+        return [llm_firm(policy, use_grid=use_grid, **memory)] * n
     name = given.get("preference", "moralis")
     kappa = given.get("kappa", 0.5 if name == "moralis" else None)
     if name not in ("economicus", "moralis"):
