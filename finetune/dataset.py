@@ -62,14 +62,15 @@ def draw_parameters(game: str, rng: np.random.Generator) -> dict:
             "mpcr": round(float(np.round(rng.uniform(low, 0.85) / 0.05) * 0.05), 2)}
 
 
-def _numbers(x) -> str:
+def number_label(x) -> str:
+    """An amount as the data writes it (4 significant digits)."""
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
 def _label(situation: GameSituation, action) -> str:
     if isinstance(situation.game, PrisonersDilemma):
         return action
-    return f"{VERBS[(situation.game.name, situation.role)]} {_numbers(float(action))}"
+    return f"{VERBS[(situation.game.name, situation.role)]} {number_label(float(action))}"
 
 
 def _candidates(situation: GameSituation, chosen):
@@ -129,15 +130,15 @@ def reasoning(pref, situation: GameSituation) -> tuple[str, object]:
     for action in _candidates(situation, chosen):
         own, universal, utility = _payoffs(pref, situation, action, reference)
         if isinstance(pref, HomoMoralis):
-            lines.append(f"{_label(situation, action)}: payoff {_numbers(own)}, if all did the same "
-                         f"{_numbers(universal)}, utility {_numbers(utility)}")
+            lines.append(f"{_label(situation, action)}: payoff {number_label(own)}, if all did the same "
+                         f"{number_label(universal)}, utility {number_label(utility)}")
         else:
-            lines.append(f"{_label(situation, action)}: payoff {_numbers(own)}")
+            lines.append(f"{_label(situation, action)}: payoff {number_label(own)}")
     rule = (f"Utility = {1 - pref.kappa:g} x payoff + {pref.kappa:g} x payoff if all did the same."
             if isinstance(pref, HomoMoralis) else "I maximise my own expected payoff.")
     if len(situation.game.roles) > 1 or situation.game.name == "dictator":
         rule += " Payoffs average both roles, each mine with chance 1/2."
-    answer = chosen if isinstance(chosen, str) else _numbers(float(chosen))
+    answer = chosen if isinstance(chosen, str) else number_label(float(chosen))
     text = (rule + "\n" + ";\n".join(lines) + f".\nBest: {_label(situation, chosen)}.\nANSWER: {answer}")
     return text, chosen
 

@@ -23,15 +23,18 @@ def first_trained_layer(model) -> int:
     return lowest or 0
 
 
-def run_layers(decoder, hidden, attention_mask, layers):
-    """Decoder `layers` of a transformers decoder model (Llama-style: rotary positions from 0,
-    causal mask with padding) applied to `hidden` [batch, tokens, width], as its forward does."""
+def run_layers(decoder, hidden, attention_mask, layers, positions=None, mask=None):
+    """Decoder `layers` of a transformers decoder model (Llama-style) applied to `hidden` [batch,
+    tokens, width], as its forward does: rotary positions from 0 and the causal mask with padding,
+    or the given `positions` [batch, tokens] and additive `mask` [batch, 1, tokens, tokens]."""
     import torch
     from transformers.masking_utils import create_causal_mask
 
-    positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
-    mask = create_causal_mask(config=decoder.config, inputs_embeds=hidden, attention_mask=attention_mask,
-                              cache=None, position_ids=positions)
+    if positions is None:
+        positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+    if mask is None:
+        mask = create_causal_mask(config=decoder.config, inputs_embeds=hidden, attention_mask=attention_mask,
+                                  cache=None, position_ids=positions)
     rotary = decoder.rotary_emb(hidden, position_ids=positions)
     for layer in layers:
         hidden = layer(hidden, attention_mask=mask, position_embeddings=rotary, position_ids=positions)

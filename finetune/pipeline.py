@@ -19,9 +19,10 @@ from agents.records import file_sha256, folder_lock
 from finetune.av_data import make_probe_examples
 from finetune.dataset import SITUATIONS, STYLES, make_mixed_examples, parse_situations, read_jsonl, write_jsonl
 from finetune.heldout import evaluate_adapters
+from finetune.objectives import OBJECTIVES
 from finetune.recipes import PROBE_PHASE, has_second_phase, recipe, situation_counts
 from finetune.registry import adapter_sha256, read_adapter_manifest, registered_adapters, write_adapter_manifest
-from finetune.train import TrainOptions, examples_by_situation, train
+from finetune.train import BEFORE_OBJECTIVES, TrainOptions, examples_by_situation, train
 
 
 @dataclass
@@ -71,7 +72,7 @@ def _up_to_date(folder: Path, data: Path, options: TrainOptions, base_hash: str)
     skip = ("data", "out", "base", "init_adapter", "device", "dtype", "bf16")
     wanted = {k: v for k, v in asdict(options).items() if k not in skip}
     hyperparameters = manifest.get("hyperparameters", {})
-    recorded = {k: v for k, v in hyperparameters.items() if k not in skip}
+    recorded = {k: v for k, v in {**BEFORE_OBJECTIVES, **hyperparameters}.items() if k not in skip}
     dtype = manifest.get("dtype") or ("bfloat16" if hyperparameters.get("bf16") else "float32")
     start = options.init_adapter and adapter_sha256(options.init_adapter)
     return (manifest.get("data", {}).get("sha256") == file_sha256(data)
@@ -174,7 +175,7 @@ def run_pipeline_command(args) -> int:
     if args.epochs is not None and not args.epochs > 0:
         raise InputError(f"--epochs must be positive, got {args.epochs}")
     train = {"epochs": args.epochs} if args.epochs else {}
-    train.update(device=args.device, dtype=args.dtype)
+    train.update(device=args.device, dtype=args.dtype, **({"objective": args.objective} if args.objective else {}))
     run_pipeline(PipelineOptions(adapters=args.adapters, out=args.out, base=args.base,
                                  situations=parse_situations(args.situations), examples=args.examples,
                                  small=args.small, style=args.style, train=train))
@@ -201,6 +202,8 @@ def add_commands(commands) -> None:
     fp.add_argument("--examples", type=int, help="games examples per adapter (default: economicus 128, moralis 160)")
     commands.placement(fp)
     fp.add_argument("--epochs", type=float, help="epochs per adapter (default 2)")
+    fp.add_argument("--objective", choices=OBJECTIVES,
+                    help="training objective of both adapters' phases (default: the recipe's; finetune.objectives)")
     fp.add_argument("--small", action="store_true", help="evaluate on the small held-out battery")
     fp.add_argument("--style", choices=STYLES, default="answer",
                     help="training answer style (answer: measured best on the embedded model)")

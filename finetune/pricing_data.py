@@ -94,11 +94,25 @@ def _history(market: LogitBertrand, grid: np.ndarray, length: int, rng) -> np.nd
     return np.array(path)
 
 
+def market_of(params: dict) -> LogitBertrand:
+    """The logit-Bertrand market of a pricing draw (`params`: firms, cost, price and quantity scale)."""
+    return _market(params["firms"], params["cost"], params["price_scale"], params["quantity_scale"])
+
+
+def pricing_situation(params: dict, last_prices, records=()) -> PricingSituation:
+    """Firm 0's situation in the market of `params` after `records` (its shown periods), the
+    rivals' last prices `last_prices`; the ceiling is `params["ceiling"]` times the monopoly
+    price, and the prices are Calvano's grid where `params["grid"]`, else free."""
+    market = market_of(params)
+    ceiling = round(params["ceiling"] * float(market.monopoly_prices().max()), 2)
+    return PricingSituation(market, 0, ceiling, list(records), tuple(float(p) for p in last_prices),
+                            tuple(float(p) for p in market.price_grid()[0]) if params["grid"] else None)
+
+
 def draw_situation(params: dict, pref, rng: np.random.Generator) -> PricingSituation:
     """Firm 0's situation in the drawn market: its last `memory` periods of a drawn history."""
-    market = _market(params["firms"], params["cost"], params["price_scale"], params["quantity_scale"])
+    market = market_of(params)
     grid = market.price_grid()
-    ceiling = round(params["ceiling"] * float(market.monopoly_prices().max()), 2)
     memory = params["memory"]
     if memory == 0:
         last = np.full(market.firms, equilibrium_price(pref, market))
@@ -112,8 +126,7 @@ def draw_situation(params: dict, pref, rng: np.random.Generator) -> PricingSitua
         records = [PeriodRecord(float(p[0]), tuple(float(x) for x in p[1:]), float(qq[0]), float(pp[0]))
                    for p, qq, pp in zip(shown, q, pi)]
         last = path[-1]
-    return PricingSituation(market, 0, ceiling, records, tuple(float(p) for p in last),
-                            tuple(float(p) for p in grid[0]) if params["grid"] else None)
+    return pricing_situation(params, last, records)
 
 
 def answer_text(situation: PricingSituation, action) -> str:

@@ -1,11 +1,13 @@
-"""LoRA supervised fine-tuning of the base model on theory-derived data (TRL SFTTrainer + PEFT).
-
-The loss is on the assistant turn only (prompt-completion examples). The adapter is kept
+"""LoRA fine-tuning of the base model on theory-derived data (TRL + PEFT), by one of the
+objectives of finetune.objectives: `sft` (the answer turn's next-token cross-entropy), `dpo`
+(preference pairs of the same situation) or `choice` (the cross-entropy of the options as `choose`
+scores them). The adapter is kept
 servable by vLLM: rank at most 16 and no `modules_to_save`. Training is seeded, shows progress,
 saves checkpoints and resumes from the last one when rerun with the same output folder
-(finetune.checkpoints); the step is finetune.fast_sft's. The output folder holds the adapter
+(finetune.checkpoints). The output folder holds the adapter
 (adapter_model.safetensors, adapter_config.json) and manifest.json (finetune.registry): base model
-and its hash, preference and kappa, data hash and size, hyper-parameters, library versions, the
+and its hash, preference and kappa, data hash and size, hyper-parameters (the objective among
+them), library versions, the
 training-loss curve and the speed.
 """
 from __future__ import annotations
@@ -23,10 +25,12 @@ from agents.llm.models import model_hash, resolve
 from agents.records import file_sha256, folder_lock
 from finetune.checkpoints import check_checkpoints, epoch_order_callback, resumable
 from finetune.dataset import SITUATIONS, read_jsonl
-from finetune.fast_sft import FrozenLayerCache, answer_only_trainer, first_trained_layer
+from finetune.objectives import OBJECTIVES, make_trainer
 from finetune.registry import adapter_sha256, read_adapter_manifest, write_adapter_manifest
 
 MAX_RANK = 16  # vLLM's default --max-lora-rank
+# what an adapter trained before the objectives had (its manifest names none of these)
+BEFORE_OBJECTIVES = {"objective": "sft", "dpo_beta": 0.1, "dpo_sft": 0.0}
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -59,6 +63,9 @@ class TrainOptions:
     save_steps: int = 10
     logging_steps: int = 2
     init_adapter: str | None = None   # continue training this adapter (its rank, layers and modules)
+    objective: str = field(default="sft", metadata={"choices": OBJECTIVES})   # finetune.objectives
+    dpo_beta: float = 0.1             # dpo: the KL weight beta (Rafailov et al. 2023)
+    dpo_sft: float = 0.0              # dpo: weight of the chosen answer's NLL added to the loss (RPO)
     extra: dict = field(default_factory=dict)
 
     def check(self) -> None:
@@ -71,6 +78,10 @@ class TrainOptions:
         if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0 or self.loraplus_ratio <= 0:
             raise InputError("epochs, batch_size, learning_rate and loraplus_ratio must be positive")
         check_names(self.device, self.dtype)
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.dpo_beta <= 0 or self.dpo_sft < 0:
+            raise InputError(f"dpo_beta must be positive and dpo_sft >= 0, got {self.dpo_beta} and {self.dpo_sft}")
         if self.init_adapter and not (Path(self.init_adapter) / "adapter_config.json").exists():
             raise InputError(f"init_adapter {self.init_adapter} holds no adapter_config.json")
 
@@ -101,11 +112,9 @@ def train(options: TrainOptions, show_progress: bool = True) -> Path:
 
 def _train(options: TrainOptions, show_progress: bool) -> Path:
     import torch
-    from datasets import Dataset
     from peft import LoraConfig, get_peft_model
     from peft.optimizers import create_loraplus_optimizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTTrainer
 
     placement = resolve_placement(options.device, options.dtype)
     # PEFT 0.21 and TRL 1.16 read transformers 5's deprecated name on every model they wrap; not ours to fix
@@ -120,15 +129,12 @@ def _train(options: TrainOptions, show_progress: bool) -> Path:
     preference, kappa = kinds.pop()
     base = resolve(options.base)
     torch.manual_seed(options.seed)
-    dataset = Dataset.from_list([{"prompt": e["messages"][:-1], "completion": e["messages"][-1:]}
-                                 for e in examples])
     tokenizer = AutoTokenizer.from_pretrained(base)
     if placement.on_gpu:
         torch.cuda.set_device(placement.device)          # the Trainer trains on the current CUDA device
     weights = placement.torch_dtype() if placement.on_gpu else torch.float32
     model = AutoModelForCausalLM.from_pretrained(base, dtype=weights, attn_implementation=options.attention)
     checkpoints = out / "checkpoints"
-    config = sft_config(options, checkpoints, show_progress, placement)
     layers = model.config.num_hidden_layers
     if options.top_layers > layers:
         raise InputError(f"top_layers must be at most the model's {layers} layers, got {options.top_layers}")
@@ -145,18 +151,14 @@ def _train(options: TrainOptions, show_progress: bool) -> Path:
     # Bonnefon's count-dependent answer on the embedded model (docs/finetune_experiments.md)
     optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=options.learning_rate,
                                           loraplus_lr_ratio=options.loraplus_ratio)
-    trainer_class = answer_only_trainer(SFTTrainer) if options.answer_only_head else SFTTrainer
-    trainer = trainer_class(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                            optimizers=(optimizer, None))
-    if options.answer_only_head and options.frozen_cache:
-        trainer.frozen = FrozenLayerCache(first_trained_layer(model))
+    started = time.time()              # the objective's preparation counts (dpo: the reference scores)
+    trainer = make_trainer(options, model, tokenizer, examples, optimizer, checkpoints, show_progress, placement)
     resume = resumable(checkpoints, {
         "data_sha256": file_sha256(options.data), "base_model_sha256": model_hash(base),
         "init_adapter_sha256": options.init_adapter and adapter_sha256(options.init_adapter),
         "options": {k: v for k, v in asdict(options).items() if k not in ("data", "out", "base", "init_adapter")},
         "placement": placement.as_dict()})
     trainer.add_callback(epoch_order_callback(checkpoints if resume else None))
-    started = time.time()
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.time() - started
     trainer.model.save_pretrained(out, safe_serialization=True)
@@ -182,31 +184,13 @@ def _train(options: TrainOptions, show_progress: bool) -> Path:
     return out
 
 
-def sft_config(options: TrainOptions, checkpoints: Path, show_progress: bool = True, placement=None):
-    """TRL's SFTConfig for `options` on `placement` (resolved device and dtype; default: resolved
-    from options): length-grouped batches, no activation checkpointing, a checkpoint every
-    `save_steps`; `options.extra` overrides any of these."""
-    from trl import SFTConfig
-
-    placement = placement or resolve_placement(options.device, options.dtype)
-
-    recompute = "activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__ \
-        else "gradient_checkpointing"
-    defaults = {"train_sampling_strategy": "group_by_length", recompute: False}
-    return SFTConfig(
-        output_dir=str(checkpoints), num_train_epochs=options.epochs, max_steps=options.max_steps,
-        per_device_train_batch_size=options.batch_size, learning_rate=options.learning_rate,
-        lr_scheduler_type=options.schedule, warmup_steps=2, logging_steps=options.logging_steps,
-        save_steps=options.save_steps, save_total_limit=1, seed=options.seed, data_seed=options.seed,
-        max_length=options.max_length, completion_only_loss=True, report_to="none",
-        bf16=placement.dtype == "bfloat16", fp16=placement.dtype == "float16", use_cpu=not placement.on_gpu,
-        dataloader_num_workers=0,
-        disable_tqdm=not show_progress, **{**defaults, **options.extra})
-
-
 TRAIN_FLAGS = {"base": "base model (default: the embedded model)", "rank": "LoRA rank",
                "epochs": "epochs", "batch_size": "batch size", "learning_rate": "peak learning rate",
                "max_steps": "stop after this many steps (-1: the epochs decide)", "seed": "seed",
+               "objective": "training objective: sft (the answer's tokens), dpo (preference pairs: the "
+                            "theory's answer against the other preference's) or choice (cross-entropy over "
+                            "the options as choose scores them)",
+               "dpo_beta": "dpo: the KL weight beta", "dpo_sft": "dpo: weight of the chosen answer's NLL",
                "top_layers": "adapt only the top N layers (0: all)",
                "device": "auto (a CUDA GPU if any, else the CPU), cpu, cuda or cuda:N",
                "dtype": "auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16 or float16",
@@ -223,7 +207,7 @@ def run_train(args) -> int:
 
 
 def add_commands(commands) -> None:
-    tr = commands.add("train", run_train, "LoRA SFT of the base model on a data file", group="finetune",
+    tr = commands.add("train", run_train, "LoRA fine-tuning of the base model on a data file", group="finetune",
                       out="out")
     tr.add_argument("--data", required=True, help="a JSONL file of chat examples (econalign finetune data)")
     tr.add_argument("--out", required=True, help="adapter folder, e.g. adapters/economicus")

@@ -54,7 +54,8 @@ class Commands:
     @staticmethod
     def flags(parser, cls, helps: dict, names: dict | None = None) -> None:
         """One --flag per field of the dataclass `cls` named in `helps`, with the field's default
-        and type (a bool: --flag / --no-flag, default the field's); `names` renames flags (learning_rate -> lr)."""
+        and type (a bool: --flag / --no-flag, default the field's; the choices in the field's metadata);
+        `names` renames flags (learning_rate -> lr)."""
         for f in fields(cls):
             if f.name not in helps:
                 continue
@@ -65,8 +66,8 @@ class Commands:
                                     help=helps[f.name])
             else:
                 parser.add_argument(flag, dest=f.name, type=str if default is None else type(default),
-                                    default=default, help=helps[f.name] + (f" (default {default})"
-                                                                            if default is not None else ""))
+                                    default=default, choices=f.metadata.get("choices"),
+                                    help=helps[f.name] + (f" (default {default})" if default is not None else ""))
 
     @staticmethod
     def placement(parser, default: str | None = "auto", where: str = "") -> None:

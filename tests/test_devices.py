@@ -95,7 +95,8 @@ def test_the_command_line_overrides_the_scenario(tmp_path):
 
 
 def test_training_options_take_device_and_dtype(tmp_path):
-    from finetune.train import TrainOptions, sft_config
+    from finetune.objectives import sft_config
+    from finetune.train import TrainOptions
 
     data = tmp_path / "d.jsonl"
     data.write_text("{}\n")

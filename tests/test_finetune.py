@@ -408,7 +408,8 @@ def test_one_decision_says_which_adapters_get_the_second_phase(tmp_path):
 def test_extra_training_options_override_the_trainer_defaults(tmp_path):
     """`TrainOptions.extra` reaches TRL's SFTConfig and overrides the defaults set there (the
     batch order was passed twice before, so extra={"train_sampling_strategy": ...} failed)."""
-    from finetune.train import TrainOptions, sft_config
+    from finetune.objectives import sft_config
+    from finetune.train import TrainOptions
 
     options = TrainOptions("data.jsonl", str(tmp_path / "adapter"), seed=3)
     default = sft_config(options, tmp_path / "checkpoints")

@@ -217,7 +217,7 @@ class TransformersBackend:
             found = self._option_cache[key] = tuple(self.option_ids(request, option, prefix))
         return found
 
-    def _trie(self, request: Request, prompt: list[int]) -> OptionTrie:
+    def option_trie(self, request: Request, prompt: list[int]) -> OptionTrie:
         """The request's options as a token trie, once per (assistant prefix, options): one
         look-up per request, nothing per option."""
         key = (request.prefix, request.options)
@@ -389,7 +389,7 @@ class TransformersBackend:
 
         with torch.inference_mode():
             prefixes = self.prompts_ids(requests)
-            batch = TrieBatch.of([self._trie(r, p) for r, p in zip(requests, prefixes)])
+            batch = TrieBatch.of([self.option_trie(r, p) for r, p in zip(requests, prefixes)])
             last, past, mask, positions = self._prefill(prefixes)
             t = {name: torch.from_numpy(value).to(self.device) for name, value in batch.arrays().items()}
             scores = self._vocab_logprobs(last[:, None, :], torch.zeros_like(t["first"]), t["first"])   # token 0
