@@ -1,0 +1,121 @@
+"""The training objectives side by side (finetune.objectives: sft, dpo, choice) at equal training
+time: the main job's two adapters (economicus, moralis-0.5: finetune/recipes.py RECIPES, both
+phases, each phase with the objective) trained and evaluated as the main job does (`finetune
+pipeline`) for each data seed and objective, then put into the main job's LLM duopolies
+(scenarios.application_runs.market_runs: self-play and mixed, 3 sessions of 30 periods).
+
+    python benchmarks/objectives.py [--out runs/objectives] [--seeds 0,1,2] [--objectives sft,dpo,choice]
+
+Equal time, not equal steps: each objective first trains at the recipe's epochs; where its
+training time for both adapters differs from sft's on the same seed by more than TIME_TOLERANCE,
+it trains again with its epochs (both phases) scaled by sft's time over its own, and that run is
+the one compared. Prints one row per objective, seed and adapter (held-out share equal to the
+adapter's theory on the games, pricing exact and within one grid step, AV dilemmas; P(swerve) for
+one passenger against N = 1, 2, 3, 5, 10 pedestrians; epochs; training seconds), one row per
+objective, seed and LLM pair (mean Delta over the sessions, its sd and range), and the mean,
+min and max across seeds per objective; writes them to adapters.csv|md and markets.csv|md in
+--out. Everything is cached in --out, so a rerun resumes where it stopped. Run it alone: the
+training seconds are figures.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data_seeds import CURVE_POINTS  # noqa: E402  (benchmarks/ is the script's folder)
+from pricing_curve import integers  # noqa: E402
+
+TIME_TOLERANCE = 0.15          # an objective within 15 % of sft's training time counts as equal time
+
+
+def names(text: str) -> list[str]:
+    from finetune.objectives import OBJECTIVES
+
+    chosen = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in OBJECTIVES]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"objectives must be among {', '.join(OBJECTIVES)}, got {text!r}")
+    return chosen
+
+
+def run_cell(folder: Path, seed: int, objective: str, scale: float, log) -> tuple[dict, object]:
+    """Both adapters of one objective and data seed, with epochs scaled by `scale`: trained,
+    evaluated and in the duopolies (all cached in `folder`)."""
+    from finetune.pipeline import PipelineOptions, run_pipeline
+    from finetune.recipes import PROBE_PHASE, recipe
+    from scenarios.application_runs import DUOPOLIES, market_runs
+
+    epochs = recipe("economicus").options["epochs"]            # both recipes' (RECIPES)
+    train = {"objective": objective, **({"epochs": round(epochs * scale, 2)} if scale != 1 else {})}
+    probe = {"epochs": round(PROBE_PHASE["epochs"] * scale, 2)} if scale != 1 else {}
+    manifests = run_pipeline(PipelineOptions(adapters=str(folder / "adapters"), out=str(folder / "finetune"),
+                                             seed=seed, train=train, probe_phase=probe), log=log)
+    pairs = tuple(p for p in DUOPOLIES if "base" not in p[:2])
+    return manifests, market_runs(folder / "markets", folder / "adapters", pairs=pairs)
+
+
+def seconds(manifests: dict) -> float:
+    return sum(m["train_seconds"] for m in manifests.values())
+
+
+def spread(frame, by: list[str]):
+    """Mean, min and max across seeds of every numeric column, per `by`."""
+    return frame.drop(columns=["seed"]).groupby(by, sort=False).agg(["mean", "min", "max"]).round(3)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/objectives", help="folder for every adapter, run and table")
+    parser.add_argument("--seeds", type=integers(0), default=[0, 1, 2], help="data seeds")
+    parser.add_argument("--objectives", type=names, default=["sft", "choice", "dpo"],
+                        help="objectives to compare (sft first: the others are timed against it)")
+    args = parser.parse_args(argv)
+    import pandas as pd
+
+    from agents.records import markdown_table
+    from scenarios.transfer import adapter_rows, market_rows
+
+    out = Path(args.out)
+    log = lambda text: print(text, flush=True)  # noqa: E731
+    objectives = ["sft"] + [o for o in args.objectives if o != "sft"]
+    adapters, markets = [], []
+    for seed in args.seeds:
+        reference = None
+        for objective in objectives:
+            folder = out / f"seed{seed}" / objective
+            log(f"\nseed {seed}, {objective}: {folder}")
+            manifests, table = run_cell(folder, seed, objective, 1.0, log)
+            scale = 1.0
+            if reference is None:
+                reference = seconds(manifests)
+            elif abs(seconds(manifests) / reference - 1) > TIME_TOLERANCE:
+                scale = round(reference / seconds(manifests), 2)
+                log(f"seed {seed}, {objective}: {seconds(manifests):.0f} s against sft's {reference:.0f} s; "
+                    f"again with epochs x {scale}")
+                manifests, table = run_cell(out / f"seed{seed}" / f"{objective}-x{scale}", seed, objective, scale, log)
+            for row in adapter_rows(objective, manifests, CURVE_POINTS):
+                row.pop("situations")
+                adapters.append({"seed": seed, **row, "epochs_scale": scale})
+            markets += [{"seed": seed, **row} for row in market_rows(objective, table)]
+    adapters = pd.DataFrame(adapters).rename(columns={"arm": "objective"})
+    markets = pd.DataFrame(markets).rename(columns={"arm": "objective"})
+    for name, frame in (("adapters", adapters), ("markets", markets)):
+        frame.to_csv(out / f"{name}.csv", index=False)
+        (out / f"{name}.md").write_text(markdown_table(frame))
+    with pd.option_context("display.width", 220, "display.max_columns", 50):
+        print("\nHeld-out share equal to the adapter's theory, P(swerve) for 1 passenger vs N pedestrians:")
+        print(adapters.to_string(index=False, float_format="%.3f"))
+        print("\nLLM duopolies (Delta over the final window: mean, sd, range over the sessions; mean price):")
+        print(markets.to_string(index=False, float_format="%.3f"))
+        print("\nAcross the seeds (mean, min, max):")
+        print(spread(adapters, ["objective", "adapter"]).to_string())
+        print(spread(markets, ["objective", "pair"]).to_string())
+    print(f"tables: {out}/adapters.md, {out}/markets.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
