@@ -9,7 +9,8 @@ pipeline`) for each data seed and objective, then put into the main job's LLM du
 Equal time, not equal steps: each objective first trains at the recipe's epochs; where its
 training time for both adapters differs from sft's on the same seed by more than TIME_TOLERANCE,
 it trains again with its epochs (both phases) scaled by sft's time over its own, and that run is
-the one compared. Prints one row per objective, seed and adapter (held-out share equal to the
+the one compared. `choice+sft` and `dpo+sft` add the answer's NLL per token with weight 1 (the
+choice_sft and dpo_sft options). Prints one row per objective, seed and adapter (held-out share equal to the
 adapter's theory on the games, pricing exact and within one grid step, AV dilemmas; P(swerve) for
 one passenger against N = 1, 2, 3, 5, 10 pedestrians; epochs; training seconds), one row per
 objective, seed and LLM pair (mean Delta over the sessions, its sd and range), and the mean,
@@ -32,13 +33,20 @@ TIME_TOLERANCE = 0.15          # an objective within 15 % of sft's training time
 
 
 def names(text: str) -> list[str]:
+    """Objectives, each optionally with `+sft` (dpo+sft, choice+sft: the answer's NLL added with weight 1)."""
     from finetune.objectives import OBJECTIVES
 
     chosen = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in chosen if name not in OBJECTIVES]
-    if unknown or not chosen:
-        raise argparse.ArgumentTypeError(f"objectives must be among {', '.join(OBJECTIVES)}, got {text!r}")
+    known = {*OBJECTIVES, *(f"{o}+sft" for o in OBJECTIVES if o != "sft")}
+    if not chosen or any(name not in known for name in chosen):
+        raise argparse.ArgumentTypeError(f"objectives must be among {', '.join(sorted(known))}, got {text!r}")
     return chosen
+
+
+def train_options(spec: str) -> dict:
+    """TrainOptions of an objective spec: `choice+sft` is choice with choice_sft = 1."""
+    objective, _, extra = spec.partition("+")
+    return {"objective": objective, **({f"{objective}_sft": 1.0} if extra else {})}
 
 
 def run_cell(folder: Path, seed: int, objective: str, scale: float, log) -> tuple[dict, object]:
@@ -49,7 +57,7 @@ def run_cell(folder: Path, seed: int, objective: str, scale: float, log) -> tupl
     from scenarios.application_runs import DUOPOLIES, market_runs
 
     epochs = recipe("economicus").options["epochs"]            # both recipes' (RECIPES)
-    train = {"objective": objective, **({"epochs": round(epochs * scale, 2)} if scale != 1 else {})}
+    train = {**train_options(objective), **({"epochs": round(epochs * scale, 2)} if scale != 1 else {})}
     probe = {"epochs": round(PROBE_PHASE["epochs"] * scale, 2)} if scale != 1 else {}
     manifests = run_pipeline(PipelineOptions(adapters=str(folder / "adapters"), out=str(folder / "finetune"),
                                              seed=seed, train=train, probe_phase=probe), log=log)
@@ -70,7 +78,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/objectives", help="folder for every adapter, run and table")
     parser.add_argument("--seeds", type=integers(0), default=[0, 1, 2], help="data seeds")
-    parser.add_argument("--objectives", type=names, default=["sft", "choice", "dpo"],
+    parser.add_argument("--objectives", type=names, default=["sft", "choice", "dpo", "choice+sft", "dpo+sft"],
                         help="objectives to compare (sft first: the others are timed against it)")
     args = parser.parse_args(argv)
     import pandas as pd

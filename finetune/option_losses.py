@@ -4,16 +4,18 @@ objectives (finetune.objectives).
 With s_k = log P(option_k + end-of-turn | prompt), the sum of the option's token log-probabilities
 (agents.llm.option_trie), `choose` gives p = softmax(s); an example whose answer is option y costs
 -log p_y = -s_y + log sum_k exp(s_k) (`choice`, over finetune.alternatives' options: a numeric
-answer as its grid). A preference pair (chosen y_w, rejected y_l: finetune.alternatives) is a
-decision of two options; DPO (Rafailov et al. 2023, arXiv 2305.18290) costs
--log sigmoid(beta [(s_w - r_w) - (s_l - r_l)]), r being the scores of the reference model (the base,
-the adapter disabled, computed once before training), plus `sft` x the chosen answer's NLL per
-token (RPO, Pang et al. 2024, arXiv 2404.19733). The options' tokens and trie are the in-process
-backend's own (each option rendered by the chat template as the whole answer turn), so training
-and decision use one definition. An example runs as one sequence: its prompt, then the trie's
-nodes, each seeing the prompt, its ancestors and itself at position prompt length + depth, as
-`choose` feeds them after the prefill. With an adapter on the top layers only, the frozen layers'
-output is computed once per example.
+answer as its grid), plus `sft` x the answer's NLL per token, -s_y / |y|. A preference pair
+(chosen y_w, rejected y_l: finetune.alternatives) is a decision of two options; DPO (Rafailov et
+al. 2023, arXiv 2305.18290) costs -log sigmoid(beta [(s_w - r_w) - (s_l - r_l)]), r being the
+scores of the reference model (the base, the adapter disabled, computed once before training),
+plus `sft` x the chosen answer's NLL per token (RPO, Pang et al. 2024, arXiv 2404.19733).
+
+The options' tokens and trie are the in-process backend's own (each option rendered by the chat
+template as the whole answer turn), so training and decision use one definition. An example runs
+as one sequence: its prompt, then the trie's nodes, each seeing the prompt, its ancestors and
+itself at position prompt length + depth, as `choose` feeds them after the prefill; a batch's
+sequences are right-padded into one forward pass. With an adapter on the top layers only, the
+frozen layers' output is computed once per example.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from agents.llm.option_trie import OptionTrie
 from agents.policies import ANSWER_MARKER
 from finetune.alternatives import answer_label, options, rejected
 from finetune.fast_sft import FROZEN_CACHE_BYTES, first_trained_layer, run_layers
+
+REFERENCE_BATCH = 8          # pairs per forward pass of the reference scores
 
 
 @dataclass(frozen=True)
@@ -110,30 +114,63 @@ class FrozenTreeCache:
         return found
 
 
-def item_scores(model, item: ChoiceItem, cache: FrozenTreeCache | None = None, key=None):
-    """The option scores s [options] of one item under `model` (a causal LM, or a PEFT model
-    around one), with gradients where the model has trainable parameters."""
+def batch_scores(model, items: list[ChoiceItem], cache: FrozenTreeCache | None = None, keys=None) -> list:
+    """The option scores s [options] of each item under `model` (a causal LM, or a PEFT model
+    around one), with gradients where the model has trainable parameters: the items' sequences
+    right-padded into one batch (a padding position sees itself only), the frozen layers' output
+    from `cache` by the items' `keys`."""
     import torch
 
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = causal_lm.base_model
-    weight = causal_lm.get_output_embeddings().weight
-    ids, positions, mask = tree_inputs(item, weight.device, weight.dtype)
+    decoder, weight = causal_lm.base_model, causal_lm.get_output_embeddings().weight
+    inputs = [tree_inputs(item, weight.device, weight.dtype) for item in items]
+    sizes = [ids.shape[1] for ids, _, _ in inputs]
+    rows, width = len(items), max(sizes)
+    ids = torch.zeros((rows, width), dtype=torch.long, device=weight.device)
+    positions = torch.zeros_like(ids)
+    mask = torch.full((rows, 1, width, width), torch.finfo(weight.dtype).min, dtype=weight.dtype, device=weight.device)
+    mask[:, 0].diagonal(dim1=-2, dim2=-1).zero_()
+    for row, ((one_ids, one_positions, one_mask), size) in enumerate(zip(inputs, sizes)):
+        ids[row, :size], positions[row, :size], mask[row, :, :size, :size] = one_ids[0], one_positions[0], one_mask[0]
     frozen = cache.layers if cache is not None else 0
-    hidden = cache.hidden(decoder, key, ids, positions, mask) if frozen else decoder.embed_tokens(ids)
+    if frozen:
+        hidden = torch.zeros((rows, width, weight.shape[1]), dtype=weight.dtype, device=weight.device)
+        for row, ((one_ids, one_positions, one_mask), size) in enumerate(zip(inputs, sizes)):
+            key = row if keys is None else keys[row]
+            hidden[row, :size] = cache.hidden(decoder, key, one_ids, one_positions, one_mask)[0]
+    else:
+        hidden = decoder.embed_tokens(ids)
     hidden = decoder.norm(run_layers(decoder, hidden, None, decoder.layers[frozen:], positions, mask))
-    logp = torch.log_softmax(causal_lm.get_output_embeddings()(hidden[0, len(item.prompt) - 1:]).float(), dim=-1)
-    return option_scores(logp[0], logp[1:], item.trie)
+    starts = [len(item.prompt) - 1 for item in items]
+    picked = torch.cat([hidden[row, start:size] for row, (start, size) in enumerate(zip(starts, sizes))])
+    logp = torch.log_softmax(causal_lm.get_output_embeddings()(picked).float(), dim=-1)
+    out, at = [], 0
+    for item, start, size in zip(items, starts, sizes):
+        part = logp[at:at + size - start]
+        out.append(option_scores(part[0], part[1:], item.trie))
+        at += size - start
+    return out
 
 
-def choice_loss(model, items: list[ChoiceItem], cache: FrozenTreeCache | None = None, keys=None):
-    """The mean of -log softmax(s)_answer over `items`."""
+def item_scores(model, item: ChoiceItem, cache: FrozenTreeCache | None = None, key=None):
+    """batch_scores of one item."""
+    return batch_scores(model, [item], cache, None if key is None else [key])[0]
+
+
+def answer_tokens(item: ChoiceItem, option: int) -> int:
+    """Tokens of an item's option (its end-of-turn token included)."""
+    return 1 + int(item.trie.step_used[option].sum())
+
+
+def choice_loss(model, items: list[ChoiceItem], cache: FrozenTreeCache | None = None, keys=None,
+                sft: float = 0.0):
+    """The mean of -log softmax(s)_answer over `items`, plus `sft` x the answer's NLL per token."""
     import torch
 
     losses = []
-    for i, item in enumerate(items):
-        scores = item_scores(model, item, cache, None if keys is None else keys[i])
-        losses.append(-torch.log_softmax(scores, dim=-1)[item.answer])
+    for item, s in zip(items, batch_scores(model, items, cache, keys)):
+        loss = -torch.log_softmax(s, dim=-1)[item.answer]
+        losses.append(loss - sft * s[item.answer] / answer_tokens(item, item.answer) if sft else loss)
     return torch.stack(losses).mean()
 
 
@@ -142,7 +179,9 @@ def reference_scores(model, items: list[ChoiceItem], cache: FrozenTreeCache | No
     import torch
 
     with torch.no_grad(), model.disable_adapter():
-        return [item_scores(model, item, cache, k) for k, item in enumerate(items)]
+        return [s for at in range(0, len(items), REFERENCE_BATCH)
+                for s in batch_scores(model, items[at:at + REFERENCE_BATCH], cache,
+                                      list(range(at, min(at + REFERENCE_BATCH, len(items)))))]
 
 
 def dpo_loss(model, items: list[ChoiceItem], reference: list, beta: float, sft: float = 0.0,
@@ -152,12 +191,11 @@ def dpo_loss(model, items: list[ChoiceItem], reference: list, beta: float, sft: 
     import torch
 
     losses = []
-    for i, item in enumerate(items):
-        key = i if keys is None else keys[i]
-        s, r = item_scores(model, item, cache, key), reference[key]
+    for i, (item, s) in enumerate(zip(items, batch_scores(model, items, cache, keys))):
+        r = reference[i if keys is None else keys[i]]
         loss = -torch.nn.functional.logsigmoid(beta * ((s[0] - r[0]) - (s[1] - r[1])))
         if sft:
-            loss = loss - sft * s[0] / (1 + int(item.trie.step_used[0].sum()))
+            loss = loss - sft * s[0] / answer_tokens(item, 0)
         losses.append(loss)
     return torch.stack(losses).mean()
 

@@ -12,8 +12,10 @@ from agents.preferences import from_name
 from finetune.av_data import make_probe_examples
 from finetune.dataset import SITUATIONS
 from finetune.registry import read_adapter_manifest
+from finetune.train import BEFORE_OBJECTIVES
 
-# `probe`: examples of the second phase (PROBE_PHASE), which starts from the first phase's adapter
+# `probe`: examples of the second phase (PROBE_PHASE), which starts from the first phase's adapter;
+# the other keys are TrainOptions' (`objective` among them: finetune.objectives; default sft)
 RECIPES = {"economicus": {"games": 128, "pricing": 64, "av": 32, "probe": 0, "epochs": 2.0, "top_layers": 15},
            "moralis": {"games": 160, "pricing": 64, "av": 96, "probe": 192, "epochs": 2.0, "top_layers": 15,
                        "rank": 16, "alpha": 32}}
@@ -48,8 +50,8 @@ def follows_recipe(folder: Path, name: str) -> bool:
     two_phases = has_second_phase(from_name(name), parts.counts, parts.probe)
     wanted = {**parts.counts, **({"probe": parts.probe} if two_phases else {})}
     options = {**parts.options, **PROBE_PHASE} if two_phases else parts.options
-    return (manifest.get("situations") == wanted
-            and all(manifest["hyperparameters"].get(k) == v for k, v in options.items()))
+    recorded = {**BEFORE_OBJECTIVES, **manifest["hyperparameters"]}
+    return manifest.get("situations") == wanted and all(recorded.get(k) == v for k, v in options.items())
 
 
 def has_second_phase(pref, counts: dict[str, int], probe: int) -> bool:

@@ -30,7 +30,7 @@ from finetune.registry import adapter_sha256, read_adapter_manifest, write_adapt
 
 MAX_RANK = 16  # vLLM's default --max-lora-rank
 # what an adapter trained before the objectives had (its manifest names none of these)
-BEFORE_OBJECTIVES = {"objective": "sft", "dpo_beta": 0.1, "dpo_sft": 0.0}
+BEFORE_OBJECTIVES = {"objective": "sft", "dpo_beta": 0.1, "dpo_sft": 0.0, "choice_sft": 0.0}
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -66,6 +66,7 @@ class TrainOptions:
     objective: str = field(default="sft", metadata={"choices": OBJECTIVES})   # finetune.objectives
     dpo_beta: float = 0.1             # dpo: the KL weight beta (Rafailov et al. 2023)
     dpo_sft: float = 0.0              # dpo: weight of the chosen answer's NLL added to the loss (RPO)
+    choice_sft: float = 0.0           # choice: weight of the answer's NLL added to the loss
     extra: dict = field(default_factory=dict)
 
     def check(self) -> None:
@@ -80,8 +81,9 @@ class TrainOptions:
         check_names(self.device, self.dtype)
         if self.objective not in OBJECTIVES:
             raise InputError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if self.dpo_beta <= 0 or self.dpo_sft < 0:
-            raise InputError(f"dpo_beta must be positive and dpo_sft >= 0, got {self.dpo_beta} and {self.dpo_sft}")
+        if self.dpo_beta <= 0 or self.dpo_sft < 0 or self.choice_sft < 0:
+            raise InputError(f"dpo_beta must be positive, dpo_sft and choice_sft >= 0, got {self.dpo_beta}, "
+                             f"{self.dpo_sft} and {self.choice_sft}")
         if self.init_adapter and not (Path(self.init_adapter) / "adapter_config.json").exists():
             raise InputError(f"init_adapter {self.init_adapter} holds no adapter_config.json")
 
@@ -191,6 +193,7 @@ TRAIN_FLAGS = {"base": "base model (default: the embedded model)", "rank": "LoRA
                             "theory's answer against the other preference's) or choice (cross-entropy over "
                             "the options as choose scores them)",
                "dpo_beta": "dpo: the KL weight beta", "dpo_sft": "dpo: weight of the chosen answer's NLL",
+               "choice_sft": "choice: weight of the answer's NLL",
                "top_layers": "adapt only the top N layers (0: all)",
                "device": "auto (a CUDA GPU if any, else the CPU), cpu, cuda or cuda:N",
                "dtype": "auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16 or float16",

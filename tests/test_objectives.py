@@ -137,7 +137,9 @@ def _examples():
 @pytest.mark.parametrize("adapter", ["every", "top"])
 def test_choice_loss_is_minus_log_of_chooses_probability(double_backend, adapter):
     """The choice loss of an example equals -log p(answer) where p is what `choose` gives for the
-    same adapter (to 1e-5, float64), with and without the frozen-layer cache."""
+    same adapter (to 1e-5, float64), with and without the frozen-layer cache; with choice_sft,
+    plus that weight times the answer's NLL per token; a padded batch's loss is the mean of its
+    examples'."""
     import torch
 
     from agents.llm.transformers_backend import _peft_name
@@ -151,12 +153,20 @@ def test_choice_loss_is_minus_log_of_chooses_probability(double_backend, adapter
     model.set_adapter(_peft_name(adapter))
     cache = FrozenTreeCache(15) if adapter == "top" else None
     with torch.no_grad():
+        singles = []
         for k, (item, p) in enumerate(zip(items, probabilities)):
             assert item.answer == options(examples[k]).index(answer_label(examples[k]))
             loss = choice_loss(model, [item], cache, [k]).item()
             assert abs(loss + np.log(p[item.answer])) < 1e-5, (examples[k]["meta"], loss, p)
             again = choice_loss(model, [item], cache, [k]).item()   # from the cache
             assert abs(again - loss) < 1e-9
+            singles.append(loss)
+            tokens = len(double_backend.cached_option_ids(requests[k], requests[k].options[item.answer], []))
+            answer = double_backend.option_logprobs([requests[k]])[0][item.answer]
+            with_sft = choice_loss(model, [item], cache, [k], sft=0.5).item()
+            assert abs(with_sft - (loss - 0.5 * answer / tokens)) < 1e-5
+        batch = choice_loss(model, items, cache, list(range(len(items)))).item()   # right-padded together
+        assert abs(batch - np.mean(singles)) < 1e-6
 
 
 def test_dpo_loss_is_rafailovs_on_the_option_scores(double_backend):
