@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/objectives", help="folder for every adapter, run and table")
     parser.add_argument("--seeds", type=integers(0), default=[0, 1, 2], help="data seeds")
-    parser.add_argument("--objectives", type=names, default=["sft", "choice", "dpo", "choice+sft", "dpo+sft"],
+    parser.add_argument("--objectives", type=names, default=["sft", "choice+sft", "dpo", "dpo+sft", "choice"],
                         help="objectives to compare (sft first: the others are timed against it)")
     args = parser.parse_args(argv)
     import pandas as pd
