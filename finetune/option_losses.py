@@ -152,11 +152,6 @@ def batch_scores(model, items: list[ChoiceItem], cache: FrozenTreeCache | None =
     return out
 
 
-def item_scores(model, item: ChoiceItem, cache: FrozenTreeCache | None = None, key=None):
-    """batch_scores of one item."""
-    return batch_scores(model, [item], cache, None if key is None else [key])[0]
-
-
 def answer_tokens(item: ChoiceItem, option: int) -> int:
     """Tokens of an item's option (its end-of-turn token included)."""
     return 1 + int(item.trie.step_used[option].sum())
