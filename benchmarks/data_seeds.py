@@ -27,10 +27,31 @@ from pricing_curve import integers  # noqa: E402  (benchmarks/ is the script's f
 CURVE_POINTS = (1, 2, 3, 5, 10)     # P(swerve) at these N: homo moralis 0.5 swerves from N = 3
 
 
-def spread(frame, by: str):
-    """Mean, min and max across seeds of every numeric column, per `by`."""
+def spread(frame, by):
+    """Mean, min and max across seeds of every numeric column, per `by` (a column or columns)."""
     numeric = frame.drop(columns=["seed"]).groupby(by, sort=False)
     return numeric.agg(["mean", "min", "max"]).round(3)
+
+
+def report(out: Path, adapters, markets, by_adapter, by_pair) -> None:
+    """Write the adapter and market tables to out/adapters.csv|md and markets.csv|md, and print
+    them with their spread across seeds per `by_adapter` and `by_pair`."""
+    import pandas as pd
+
+    from agents.records import markdown_table
+
+    for name, frame in (("adapters", adapters), ("markets", markets)):
+        frame.to_csv(out / f"{name}.csv", index=False)
+        (out / f"{name}.md").write_text(markdown_table(frame))
+    with pd.option_context("display.width", 220, "display.max_columns", 50):
+        print("\nHeld-out share equal to the adapter's theory, P(swerve) for 1 passenger vs N pedestrians:")
+        print(adapters.to_string(index=False, float_format="%.3f"))
+        print("\nLLM duopolies (Delta over the final window: mean, sd, range over the sessions; mean price):")
+        print(markets.to_string(index=False, float_format="%.3f"))
+        print("\nAcross the seeds (mean, min, max):")
+        print(spread(adapters, by_adapter).to_string())
+        print(spread(markets, by_pair).to_string())
+    print(f"tables: {out}/adapters.md, {out}/markets.md")
 
 
 def main(argv=None) -> int:
@@ -40,7 +61,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import pandas as pd
 
-    from agents.records import markdown_table
     from finetune.pipeline import PipelineOptions, run_pipeline
     from scenarios.application_runs import DUOPOLIES, market_runs
     from scenarios.transfer import adapter_rows, market_rows
@@ -57,18 +77,7 @@ def main(argv=None) -> int:
         markets += market_rows(seed, market_runs(folder / "markets", folder / "adapters", pairs=pairs))
     adapters = pd.DataFrame(adapters).rename(columns={"arm": "seed"}).drop(columns=["situations"])
     markets = pd.DataFrame(markets).rename(columns={"arm": "seed"})
-    for name, frame in (("adapters", adapters), ("markets", markets)):
-        frame.to_csv(out / f"{name}.csv", index=False)
-        (out / f"{name}.md").write_text(markdown_table(frame))
-    with pd.option_context("display.width", 200, "display.max_columns", 50):
-        print("\nHeld-out share equal to the adapter's theory, P(swerve) for 1 passenger vs N pedestrians:")
-        print(adapters.to_string(index=False, float_format="%.3f"))
-        print("\nLLM duopolies (Delta over the final window: mean, sd, range over the sessions; mean price):")
-        print(markets.to_string(index=False, float_format="%.3f"))
-        print("\nAcross the seeds (mean, min, max):")
-        print(spread(adapters, "adapter").to_string())
-        print(spread(markets, "pair").to_string())
-    print(f"tables: {out}/adapters.md, {out}/markets.md")
+    report(out, adapters, markets, "adapter", "pair")
     return 0
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_seeds import CURVE_POINTS  # noqa: E402  (benchmarks/ is the script's folder)
+from data_seeds import CURVE_POINTS, report  # noqa: E402  (benchmarks/ is the script's folder)
 from pricing_curve import integers  # noqa: E402
 
 TIME_TOLERANCE = 0.15          # an objective within 15 % of sft's training time counts as equal time
@@ -69,11 +69,6 @@ def seconds(manifests: dict) -> float:
     return sum(m["train_seconds"] for m in manifests.values())
 
 
-def spread(frame, by: list[str]):
-    """Mean, min and max across seeds of every numeric column, per `by`."""
-    return frame.drop(columns=["seed"]).groupby(by, sort=False).agg(["mean", "min", "max"]).round(3)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/objectives", help="folder for every adapter, run and table")
@@ -83,7 +78,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import pandas as pd
 
-    from agents.records import markdown_table
     from scenarios.transfer import adapter_rows, market_rows
 
     out = Path(args.out)
@@ -110,18 +104,7 @@ def main(argv=None) -> int:
             markets += [{"seed": seed, **row} for row in market_rows(objective, table)]
     adapters = pd.DataFrame(adapters).rename(columns={"arm": "objective"})
     markets = pd.DataFrame(markets).rename(columns={"arm": "objective"})
-    for name, frame in (("adapters", adapters), ("markets", markets)):
-        frame.to_csv(out / f"{name}.csv", index=False)
-        (out / f"{name}.md").write_text(markdown_table(frame))
-    with pd.option_context("display.width", 220, "display.max_columns", 50):
-        print("\nHeld-out share equal to the adapter's theory, P(swerve) for 1 passenger vs N pedestrians:")
-        print(adapters.to_string(index=False, float_format="%.3f"))
-        print("\nLLM duopolies (Delta over the final window: mean, sd, range over the sessions; mean price):")
-        print(markets.to_string(index=False, float_format="%.3f"))
-        print("\nAcross the seeds (mean, min, max):")
-        print(spread(adapters, ["objective", "adapter"]).to_string())
-        print(spread(markets, ["objective", "pair"]).to_string())
-    print(f"tables: {out}/adapters.md, {out}/markets.md")
+    report(out, adapters, markets, ["objective", "adapter"], ["objective", "pair"])
     return 0
 
 
