@@ -6,10 +6,12 @@ pipeline`) for each data seed and objective, then put into the main job's LLM du
 
     python benchmarks/objectives.py [--out runs/objectives] [--seeds 0,1,2] [--objectives sft,dpo,choice]
 
-Equal time, not equal steps: each objective first trains at the recipe's epochs; where its
-training time for both adapters differs from sft's on the same seed by more than TIME_TOLERANCE,
-it trains again with its epochs (both phases) scaled by sft's time over its own, and that run is
-the one compared. `choice+sft` and `dpo+sft` add the answer's NLL per token with weight 1 (the
+Equal time, not equal steps: each objective trains with its epochs (both phases) scaled by the
+time ratio to sft measured earlier in the run (its own on an earlier seed, else its base
+objective's on this seed: dpo for dpo+sft; the recipe's epochs where none is known); where its
+training time for both adapters still differs from sft's on the same seed by more than
+TIME_TOLERANCE, it trains again with the scale corrected by that difference, and that run is the
+one compared. `choice+sft` and `dpo+sft` add the answer's NLL per token with weight 1 (the
 choice_sft and dpo_sft options). Prints one row per objective, seed and adapter (held-out share equal to the
 adapter's theory on the games, pricing exact and within one grid step, AV dilemmas; P(swerve) for
 one passenger against N = 1, 2, 3, 5, 10 pedestrians; epochs; training seconds), one row per
@@ -69,6 +71,17 @@ def seconds(manifests: dict) -> float:
     return sum(m["train_seconds"] for m in manifests.values())
 
 
+def first_scale(objective: str, ratios: dict[str, float]) -> float:
+    """Epochs scale to start `objective` at: 1 / its time ratio to sft per unit of scale, measured
+    for it on an earlier seed or else for its base objective (dpo for dpo+sft); 1 where neither is."""
+    ratio = ratios.get(objective, ratios.get(objective.partition("+")[0]))
+    return 1.0 if ratio is None else round(1 / ratio, 2)
+
+
+def cell(out: Path, seed: int, objective: str, scale: float) -> Path:
+    return out / f"seed{seed}" / (objective if scale == 1 else f"{objective}-x{scale}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/objectives", help="folder for every adapter, run and table")
@@ -84,20 +97,23 @@ def main(argv=None) -> int:
     log = lambda text: print(text, flush=True)  # noqa: E731
     objectives = ["sft"] + [o for o in args.objectives if o != "sft"]
     adapters, markets = [], []
+    ratios: dict[str, float] = {}        # objective -> training time over sft's per unit of epochs scale
     for seed in args.seeds:
         reference = None
         for objective in objectives:
-            folder = out / f"seed{seed}" / objective
-            log(f"\nseed {seed}, {objective}: {folder}")
-            manifests, table = run_cell(folder, seed, objective, 1.0, log)
-            scale = 1.0
+            scale = 1.0 if reference is None else first_scale(objective, ratios)
+            log(f"\nseed {seed}, {objective}: {cell(out, seed, objective, scale)}")
+            manifests, table = run_cell(cell(out, seed, objective, scale), seed, objective, scale, log)
             if reference is None:
                 reference = seconds(manifests)
-            elif abs(seconds(manifests) / reference - 1) > TIME_TOLERANCE:
-                scale = round(reference / seconds(manifests), 2)
+            ratio = seconds(manifests) / reference
+            ratios[objective] = ratio / scale
+            if abs(ratio - 1) > TIME_TOLERANCE:
+                scale = round(scale / ratio, 2)
                 log(f"seed {seed}, {objective}: {seconds(manifests):.0f} s against sft's {reference:.0f} s; "
                     f"again with epochs x {scale}")
-                manifests, table = run_cell(out / f"seed{seed}" / f"{objective}-x{scale}", seed, objective, scale, log)
+                manifests, table = run_cell(cell(out, seed, objective, scale), seed, objective, scale, log)
+                ratios[objective] = seconds(manifests) / reference / scale
             for row in adapter_rows(objective, manifests, CURVE_POINTS):
                 row.pop("situations")
                 adapters.append({"seed": seed, **row, "epochs_scale": scale})
