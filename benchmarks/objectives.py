@@ -51,9 +51,11 @@ def train_options(spec: str) -> dict:
     return {"objective": objective, **({f"{objective}_sft": 1.0} if extra else {})}
 
 
-def run_cell(folder: Path, seed: int, objective: str, scale: float, log) -> tuple[dict, object]:
+def run_cell(out: Path, seed: int, objective: str, scale: float, log) -> tuple[dict, object]:
     """Both adapters of one objective and data seed, with epochs scaled by `scale`: trained,
-    evaluated and in the duopolies (all cached in `folder`)."""
+    evaluated and in the duopolies (all cached in its `cell` folder)."""
+    folder = cell(out, seed, objective, scale)
+    log(f"\nseed {seed}, {objective}: {folder}")
     from finetune.pipeline import PipelineOptions, run_pipeline
     from finetune.recipes import PROBE_PHASE, recipe
     from scenarios.application_runs import DUOPOLIES, market_runs
@@ -102,18 +104,15 @@ def main(argv=None) -> int:
         reference = None
         for objective in objectives:
             scale = 1.0 if reference is None else first_scale(objective, ratios)
-            log(f"\nseed {seed}, {objective}: {cell(out, seed, objective, scale)}")
-            manifests, table = run_cell(cell(out, seed, objective, scale), seed, objective, scale, log)
-            if reference is None:
-                reference = seconds(manifests)
-            runs = [(scale, seconds(manifests))]
-            while abs(runs[-1][1] / reference - 1) > TIME_TOLERANCE and len(runs) <= CORRECTIONS:
-                scale = round(scale * reference / runs[-1][1], 2)
-                log(f"seed {seed}, {objective}: {runs[-1][1]:.0f} s against sft's {reference:.0f} s; "
-                    f"again with epochs x {scale}")
-                manifests, table = run_cell(cell(out, seed, objective, scale), seed, objective, scale, log)
-                runs.append((scale, seconds(manifests)))
-            ratios[objective] = runs[-1][1] / reference / scale
+            manifests, table = run_cell(out, seed, objective, scale, log)
+            reference = reference or seconds(manifests)
+            for _ in range(CORRECTIONS):
+                if abs(seconds(manifests) / reference - 1) <= TIME_TOLERANCE:
+                    break
+                took, scale = seconds(manifests), round(scale * reference / seconds(manifests), 2)
+                log(f"seed {seed}, {objective}: {took:.0f} s against sft's {reference:.0f} s; epochs x {scale} next")
+                manifests, table = run_cell(out, seed, objective, scale, log)
+            ratios[objective] = seconds(manifests) / reference / scale
             for row in adapter_rows(objective, manifests, CURVE_POINTS):
                 row.pop("situations")
                 adapters.append({"seed": seed, **row, "epochs_scale": scale})
