@@ -50,7 +50,7 @@ def build_policies(backend_name: str, model: str | None = None, url: str | None 
                 paths = {}
                 for spec in adapters:
                     name, sep, path = spec.partition("=")
-                    if not sep:
+                    if not sep or Path(spec).is_dir():      # a bare folder, "=" in its path or not
                         name, path = Path(spec).name, spec
                     paths[name] = path
                 backend = TransformersBackend(model, adapters=paths, device=device, dtype=dtype)

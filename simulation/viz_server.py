@@ -34,7 +34,8 @@ def run_viz(args) -> int:
     env = {**os.environ, "ECONALIGN_ADAPTERS": str(Path(args.adapters).resolve())}
     print(f"visual server for the {args.model} model at {http_url(args.host, args.port)} (Ctrl-C stops it)",
           flush=True)
-    server = subprocess.Popen([solara, "run", str(APPS / f"{args.model}_app.py"), "--host", args.host,
+    # uvicorn binds a bare IPv6 address: "[::1]" is a URL's spelling, not an address
+    server = subprocess.Popen([solara, "run", str(APPS / f"{args.model}_app.py"), "--host", args.host.strip("[]"),
                                "--port", str(args.port), "--production", "--no-open", "--no-check-version"], env=env)
     with sigterm_unwinds():         # else SIGTERM ends this process and leaves the server running
         try:

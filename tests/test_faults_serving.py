@@ -238,10 +238,12 @@ def test_viz_beyond_the_loopback_is_refused_unless_allowed(host, viz, capsys):
     assert "warning" in err and "no password" in err and viz[0][viz[0].index("--host") + 1] == host
 
 
-def test_viz_on_ipv6_loopback_prints_a_valid_url(viz, capsys):
-    assert main(["viz", "av", "--host", "::1", "--port", "8777"]) == 0
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_viz_on_ipv6_loopback_prints_a_valid_url_and_binds_the_bare_address(host, viz, capsys):
+    assert main(["viz", "av", "--host", host, "--port", "8777"]) == 0
     out, err = capsys.readouterr()
     assert "http://[::1]:8777" in out and "warning" not in err
+    assert viz[0][viz[0].index("--host") + 1] == "::1"
 
 
 @pytest.fixture

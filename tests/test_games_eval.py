@@ -229,3 +229,19 @@ def test_an_llm_policys_resume_key_holds_how_it_is_asked():
     assert policy_identity(LLMPolicy(Backend(), None, max_tokens=16)) == answer
     assert policy_identity(LLMPolicy(Backend(), None, reason=True, max_tokens=128)) != answer
     assert policy_identity(LLMPolicy(Backend(), None, max_tokens=16, temperature=1.0)) != answer
+
+
+def test_an_adapter_folder_with_an_equals_sign_in_its_path_is_a_folder(tmp_path, monkeypatch):
+    """`--adapter PATH` of a folder such as runs/lr=1e-4/moralis is that folder, named by its last
+    part (before: split at "=" into the name "runs/lr" and the path "1e-4/moralis");
+    `--adapter NAME=PATH` still names the adapter."""
+    import scenarios.evaluation as evaluation
+
+    folder = tmp_path / "lr=1e-4" / "moralis"
+    folder.mkdir(parents=True)
+    seen = {}
+    monkeypatch.setattr(evaluation, "TransformersBackend",
+                        lambda model, adapters, **kw: seen.update(adapters) or object())
+    evaluation.build_policies("transformers", None, None, [str(folder), f"mine={folder}"], [],
+                              include_base=False)
+    assert seen == {"moralis": str(folder), "mine": str(folder)}
