@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from agents.errors import InputError
-from agents.llm.server import check_exposure, http_url, sigterm_unwinds
+from agents.llm.server import bind_host, check_exposure, http_url, sigterm_unwinds
 from simulation.viz_assets import cache_folder, missing_assets
 
 APPS = Path(__file__).parent
@@ -34,8 +34,7 @@ def run_viz(args) -> int:
     env = {**os.environ, "ECONALIGN_ADAPTERS": str(Path(args.adapters).resolve())}
     print(f"visual server for the {args.model} model at {http_url(args.host, args.port)} (Ctrl-C stops it)",
           flush=True)
-    # uvicorn binds a bare IPv6 address: "[::1]" is a URL's spelling, not an address
-    server = subprocess.Popen([solara, "run", str(APPS / f"{args.model}_app.py"), "--host", args.host.strip("[]"),
+    server = subprocess.Popen([solara, "run", str(APPS / f"{args.model}_app.py"), "--host", bind_host(args.host),
                                "--port", str(args.port), "--production", "--no-open", "--no-check-version"], env=env)
     with sigterm_unwinds():         # else SIGTERM ends this process and leaves the server running
         try:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -48,7 +49,9 @@ def started(monkeypatch, model):
         raise SystemExit(0)
     monkeypatch.setattr(subprocess, "Popen", popen)
     monkeypatch.setattr(VLLMServer, "wait_ready", ready)
-    monkeypatch.setattr("agents.llm.models.resolve", lambda name: model)
+    # serve's own look-up only: patching agents.llm.models.resolve leaks into every module that
+    # imports it by name while the patch holds (main() imports them all on its first call)
+    monkeypatch.setattr("scenarios.serve.models", SimpleNamespace(resolve=lambda name: model))
     monkeypatch.setenv("ECONALIGN_VLLM_PYTHON", "python")
     monkeypatch.delenv("ECONALIGN_API_KEY", raising=False)
     return calls

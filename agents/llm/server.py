@@ -34,7 +34,7 @@ GUARD = f"{KeyGuard.__module__}.{KeyGuard.__qualname__}"  # vLLM's --middleware 
 
 def is_loopback(host: str) -> bool:
     """Whether `host` (a name or an address, IPv6 with or without brackets) stays on this machine."""
-    host = host.strip().strip("[]").lower()
+    host = bind_host(host.strip()).lower()
     if host == "localhost":
         return True
     try:
@@ -43,9 +43,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def bind_host(host: str) -> str:
+    """`host` as a server binds it: an IPv6 address without a URL's brackets ("[::1]" -> "::1")."""
+    return host.strip("[]")
+
+
 def url_host(host: str) -> str:
     """`host` as it stands in a URL: an IPv6 address in brackets."""
-    bare = host.strip("[]")
+    bare = bind_host(host)
     try:
         return f"[{bare}]" if ipaddress.ip_address(bare).version == 6 else bare
     except ValueError:
@@ -106,7 +111,7 @@ def vllm_python(explicit: str | None = None) -> str:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port on `host` that no one listens on now (the OS picks it)."""
-    host = host.strip("[]")
+    host = bind_host(host)
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -151,7 +156,7 @@ class VLLMServer:
         self.adapters = discover_adapters(adapter_folder, self.model, max_lora_rank)
         if any(a.name == served_name for a in self.adapters):
             raise AdapterError(f"an adapter may not be named {served_name!r}: that is the base model")
-        self.host = host.strip("[]") if ":" in host else host
+        self.host = bind_host(host)
         self.port = port or free_port(self.host)
         self.python = vllm_python(python)
         self.served_name = served_name
