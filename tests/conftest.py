@@ -10,6 +10,8 @@ from fake_server import fake_server  # noqa: F401  (a misbehaving OpenAI-compati
 from agents.llm.backend import BackendError, CallCounter
 from browser import browser  # noqa: F401  (the fixture of the browser tests, tests/browser.py)
 
+pytest_plugins = ["budget"]   # the time budget printed at the end of a run (tests/budget.py)
+
 
 @pytest.fixture(scope="session")
 def model_folder() -> Path:
