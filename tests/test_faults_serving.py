@@ -291,7 +291,8 @@ def test_a_cache_folder_others_could_write_is_closed_and_its_library_rebuilt(fak
 @pytest.mark.server
 def test_real_vllm_asks_the_key_on_every_route(model_folder, tmp_path):
     """The real vLLM with KeyGuard: /invocations, /tokenize, /metrics refuse a client without
-    the key; with it they answer; the key is nowhere in the server's command lines."""
+    the key; with it they answer; the key is nowhere in the server's command lines.
+    Slow: starts a real vLLM server with the key guard (about 110 s on 2 cores)."""
     import httpx
     import psutil
 

@@ -183,7 +183,8 @@ def test_training_interrupted_within_an_epoch_resumes_to_the_uninterrupted_adapt
     """Killed after its step-6 checkpoint (two steps into the second epoch of four steps) and
     rerun, a training run resumes and ends with the uninterrupted run's adapter to the bit: the
     resumed epoch keeps its batch order (finetune.checkpoints.epoch_order_callback; without it the
-    length-grouped sampler drew another order and the weights differed)."""
+    length-grouped sampler drew another order and the weights differed).
+    Slow: three short trainings of the embedded model (about 100 s on 2 cores)."""
     import torch
     from safetensors.torch import load_file
     from trl import SFTTrainer
@@ -286,7 +287,8 @@ def test_corrupt_or_mismatched_adapters_are_refused_in_one_line(tiny_adapter, tm
 def test_evaluation_reports_every_domain(tiny_adapter, tmp_path, browser):
     """`finetune evaluate`: the base model and the adapter on the held-out games, pricing and AV
     items, scores per domain (pricing: exact and within one grid step) and the AV choice curve
-    beside the theory's step and Bonnefon et al.'s human shares, into the manifest."""
+    beside the theory's step and Bonnefon et al.'s human shares, into the manifest.
+    Slow: the embedded model answers the small held-out battery twice, base and adapter (about 85 s)."""
     import shutil
 
     import pandas as pd

@@ -96,7 +96,8 @@ def test_stopped_server_gives_clear_error_after_retries_no_hang(server, client):
 
 def test_serve_requires_its_key_and_stops_vllm_on_sigterm(model_folder, tmp_path):
     """`econalign serve --api-key`: clients without the key are refused (401), with it served; a
-    SIGTERM to `econalign serve` stops the vLLM server it started (the port closes)."""
+    SIGTERM to `econalign serve` stops the vLLM server it started (the port closes).
+    Slow: starts its own vLLM server through `econalign serve` (about 100 s on 2 cores)."""
     import os
     import signal
     import socket
