@@ -11,6 +11,7 @@ import pytest
 BUDGET_S = 30.0
 _seconds: dict[str, float] = defaultdict(float)
 _reasons: dict[str, str | None] = {}
+REASON = "slow_reason"   # carried in each report's user_properties, so xdist's controller sees it too
 
 
 def _slow_reason(item: pytest.Item) -> str | None:
@@ -21,11 +22,12 @@ def _slow_reason(item: pytest.Item) -> str | None:
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        _reasons[item.nodeid] = _slow_reason(item)
+        item.user_properties.append((REASON, _slow_reason(item)))
 
 
 def pytest_runtest_logreport(report):
     _seconds[report.nodeid] += report.duration
+    _reasons[report.nodeid] = dict(report.user_properties).get(REASON)
 
 
 def pytest_terminal_summary(terminalreporter):
