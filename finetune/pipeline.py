@@ -188,7 +188,8 @@ def add_commands(commands) -> None:
     fe.add_argument("--adapters", default="adapters", help="the adapter registry folder")
     fe.add_argument("--adapter", action="append", default=[], help="only these adapters")
     fe.add_argument("--base", help="base model (default: the embedded model)")
-    fe.add_argument("--small", action="store_true", help="the small held-out battery")
+    fe.add_argument("--small", action="store_true",
+                    help="the small held-out battery (a subset of the games' incentives, 12 pricing and 12 AV items)")
     fe.add_argument("--out", default="outputs/finetune/eval", help="folder for the scores, tables and report")
     commands.placement(fe)
     fp = commands.add("pipeline", run_pipeline_command, "data -> train -> evaluate for economicus and moralis-0.5",
@@ -204,6 +205,7 @@ def add_commands(commands) -> None:
     fp.add_argument("--epochs", type=float, help="epochs per adapter (default 2)")
     fp.add_argument("--objective", choices=OBJECTIVES,
                     help="training objective of both adapters' phases (default: the recipe's; finetune.objectives)")
-    fp.add_argument("--small", action="store_true", help="evaluate on the small held-out battery")
+    fp.add_argument("--small", action="store_true",
+                    help="evaluate on the small held-out battery (as `finetune evaluate --small`)")
     fp.add_argument("--style", choices=STYLES, default="answer",
                     help="training answer style (answer: measured best on the embedded model)")

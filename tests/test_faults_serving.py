@@ -289,22 +289,25 @@ def test_a_cache_folder_others_could_write_is_closed_and_its_library_rebuilt(fak
 
 @pytest.mark.slow
 @pytest.mark.server
-def test_real_vllm_asks_the_key_on_every_route(model_folder, tmp_path):
+@pytest.mark.xdist_group("vllm")
+def test_real_vllm_asks_the_key_on_every_route(vllm_server):
     """The real vLLM with KeyGuard: /invocations, /tokenize, /metrics refuse a client without
     the key; with it they answer; the key is nowhere in the server's command lines.
-    Slow: starts a real vLLM server with the key guard (about 110 s on 2 cores)."""
+    (The session's server, conftest.vllm_server: it runs with the key guard.)"""
     import httpx
     import psutil
 
-    with VLLMServer(model_folder, log=tmp_path / "vllm.log", api_key="k3y-secret") as running:
-        url = running.url
-        for path in ("/invocations", "/tokenize", "/v1/completions"):
-            assert httpx.post(url + path, json={}, timeout=30).status_code == 401, path
-        for path in ("/metrics", "/health", "/v1/models"):
-            assert httpx.get(url + path, timeout=30).status_code == 401, path
-        keyed = {"Authorization": "Bearer k3y-secret"}
-        assert httpx.get(url + "/metrics", headers=keyed, timeout=30).status_code == 200
-        tokens = httpx.post(url + "/tokenize", headers=keyed, timeout=30, json={"model": "base", "prompt": "hi"})
-        assert tokens.status_code == 200 and tokens.json()["tokens"]
-        family = [psutil.Process(running.process.pid), *psutil.Process(running.process.pid).children(recursive=True)]
-        assert not any("k3y-secret" in " ".join(p.cmdline()) for p in family)
+    from conftest import SERVER_KEY
+
+    url = vllm_server.url
+    for path in ("/invocations", "/tokenize", "/v1/completions"):
+        assert httpx.post(url + path, json={}, timeout=30).status_code == 401, path
+    for path in ("/metrics", "/health", "/v1/models"):
+        assert httpx.get(url + path, timeout=30).status_code == 401, path
+    keyed = {"Authorization": f"Bearer {SERVER_KEY}"}
+    assert httpx.get(url + "/metrics", headers=keyed, timeout=30).status_code == 200
+    tokens = httpx.post(url + "/tokenize", headers=keyed, timeout=30, json={"model": "base", "prompt": "hi"})
+    assert tokens.status_code == 200 and tokens.json()["tokens"]
+    server = psutil.Process(vllm_server.process.pid)
+    family = [server, *server.children(recursive=True)]
+    assert not any(SERVER_KEY in " ".join(p.cmdline()) for p in family)

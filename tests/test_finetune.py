@@ -121,19 +121,6 @@ def test_openai_export_and_cli(tmp_path):
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr
 
 
-@pytest.fixture(scope="module")
-def tiny_adapter(tmp_path_factory, model_folder):
-    from finetune.train import TrainOptions, train
-
-    root = tmp_path_factory.mktemp("tiny")
-    examples = make_mixed_examples(HomoEconomicus(), {"games": 8, "pricing": 4, "av": 4}, seed=5)
-    write_jsonl(examples, root / "data.jsonl")
-    out = train(TrainOptions(str(root / "data.jsonl"), str(root / "adapters" / "economicus"),
-                             max_steps=6, batch_size=4, learning_rate=1e-3, save_steps=3),
-                show_progress=False)
-    return out, examples
-
-
 def _completion_loss(backend, examples, adapter):
     from agents.llm.backend import Request
     request_scores = []
@@ -251,17 +238,18 @@ def test_checkpoints_of_other_options_are_not_resumed(tmp_path, model_folder, mo
 
 @pytest.mark.slow
 @pytest.mark.server
-def test_trained_adapter_is_served_by_vllm(tiny_adapter, model_folder, tmp_path):
+@pytest.mark.xdist_group("vllm")
+def test_trained_adapter_is_served_by_vllm(tiny_adapter, vllm_server):
+    """vLLM serves the adapter `finetune train` wrote (the session's server has it as economicus)."""
     from agents.llm.backend import Request
     from agents.llm.openai_backend import OpenAIBackend
-    from agents.llm.server import VLLMServer
+    from conftest import SERVER_KEY
 
-    folder, examples = tiny_adapter
-    with VLLMServer(model_folder, folder.parent, log=tmp_path / "vllm.log") as server:
-        client = OpenAIBackend(server.url)
-        text = client.generate([Request.chat(examples[0]["messages"][:2], adapter="economicus",
-                                             max_tokens=8)])[0]
-        assert isinstance(text, str) and text
+    _, examples = tiny_adapter
+    client = OpenAIBackend(vllm_server.url, api_key=SERVER_KEY)
+    prompt = examples[0]["messages"][:2]
+    trained, base = client.generate([Request.chat(prompt, adapter=a, max_tokens=8) for a in ("economicus", None)])
+    assert isinstance(trained, str) and trained and trained != base
 
 
 @pytest.mark.slow

