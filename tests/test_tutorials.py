@@ -199,6 +199,9 @@ def test_every_page_has_code_that_runs_and_names_known_blocks():
 @pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_page_runs_as_written(page, tmp_path, main_job_adapters, model_folder):
+    """Slow: each page runs a reader's commands on the embedded model: new-preference trains and
+    evaluates an adapter (about 3 minutes at the size the page declares for its test),
+    serving-vllm starts vLLM (about 2 minutes), the others run markets, AVs and studies."""
     if page.name == "serving-vllm.md" and not (ROOT / ".venv-vllm" / "bin" / "python").exists():
         pytest.fail("serving-vllm.md needs .venv-vllm: run `make vllm` (make test does)")
     if page.name in AFTER_MAIN_JOB:
