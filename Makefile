@@ -117,7 +117,7 @@ test: model vllm browser compiler
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 	@$(MAKE) --no-print-directory docs
-	@$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS); rc=$$?; \
+	@$(BIN)/python -m pytest -n $(JOBS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 	@$(MAKE) --no-print-directory py312
 

@@ -63,8 +63,9 @@ def run(mutation: Mutation) -> tuple[bool, float, str]:
         target.write_text(text.replace(mutation.old, mutation.new))
         env = {**os.environ, "PYTHONPATH": str(folder)}
         start = time.monotonic()
-        proc = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                               mutation.test], cwd=folder, env=env, capture_output=True, text=True)
+        command = [str(ROOT / ".venv" / "bin" / "python"), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                   mutation.test]
+        proc = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
         seconds = time.monotonic() - start
         if proc.returncode not in (0, 1):
             sys.exit(f"mutation_check: {mutation.test} did not run (pytest exit {proc.returncode}):\n"
@@ -85,8 +86,9 @@ def main() -> int:
             continue
         red, seconds, failure = run(mutation)
         survived += not red
+        detail = f": {failure[:160]}" if failure else ""
         print(f"{'red' if red else 'SURVIVED':8s} {seconds:6.0f} s  {mutation.test}\n"
-              f"         broke {mutation.breaks} ({mutation.path}){': ' + failure[:160] if failure else ''}", flush=True)
+              f"         broke {mutation.breaks} ({mutation.path}){detail}", flush=True)
     return 1 if survived else 0
 
 

