@@ -64,7 +64,7 @@ MUTATIONS = [
              "pricing = answer_items(pricing_data.heldout_items(pricing_items)",
              "pricing = answer_items(pricing_data.heldout_items(pricing_items + 1)",
              "the number of held-out pricing items the evaluation asks"),
-    Mutation("tests/test_games_eval.py::test_embedded_model_small_battery_end_to_end_and_resume", "finetune/answers.py",
+    Mutation("tests/test_games_eval.py::test_a_small_battery_runs_end_to_end_and_resumes", "finetune/answers.py",
              'done = {(r["policy"], r["item_id"]) for r in answered() if current(r)}', "done = set()",
              "resuming a games evaluation from its checkpoint (every item asked again)"),
     Mutation("tests/test_finetune.py::test_training_interrupted_within_an_epoch_resumes_to_the_uninterrupted_adapter",

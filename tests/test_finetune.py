@@ -257,24 +257,26 @@ def test_corrupt_or_mismatched_adapters_are_refused_in_one_line(tiny_adapter, tm
 
 
 @pytest.mark.slow
-def test_evaluation_reports_every_domain(tiny_adapter, tmp_path, browser):
+def test_evaluation_reports_every_domain(tiny_model, tmp_path, browser):
     """`finetune evaluate`: the base model and the adapter on the held-out games, pricing and AV
     items, scores per domain (pricing: exact and within one grid step) and the AV choice curve
-    beside the theory's step and Bonnefon et al.'s human shares, into the manifest.
-    Slow: the embedded model answers the small held-out battery twice, base and adapter (about 85 s)."""
-    import shutil
-
+    beside the theory's step and Bonnefon et al.'s human shares, into the manifest. The tiny
+    random model and an adapter trained on it (conftest.tiny_model): the scores' plumbing, not
+    the embedded model's answers."""
     import pandas as pd
 
     from finetune.heldout import evaluate_adapters
     from finetune.registry import read_adapter_manifest
+    from finetune.train import TrainOptions, train
 
-    folder, _ = tiny_adapter
     registry = tmp_path / "adapters"
-    shutil.copytree(folder, registry / "economicus")
+    examples = make_mixed_examples(HomoEconomicus(), {"games": 8, "pricing": 4, "av": 4}, seed=5)
+    write_jsonl(examples, tmp_path / "data.jsonl")
+    train(TrainOptions(str(tmp_path / "data.jsonl"), str(registry / "economicus"), base=str(tiny_model), max_steps=4,
+                       batch_size=4, logging_steps=1), show_progress=False)
     out = tmp_path / "eval"
-    evaluate_adapters(registry, {"economicus": HomoEconomicus()}, out, small=True, log=lambda *a: None,
-                      application_items=9)
+    evaluate_adapters(registry, {"economicus": HomoEconomicus()}, out, base=tiny_model, small=True,
+                      log=lambda *a: None, application_items=9)
     scores = pd.read_csv(out / "scores.csv")
     assert set(scores.domain) == {"games", "pricing", "av"}
     assert set(scores.policy) == {"base", "economicus"}

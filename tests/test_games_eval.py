@@ -130,9 +130,13 @@ def test_human_figures_match_the_publications():
 
 
 @pytest.mark.slow
-def test_embedded_model_small_battery_end_to_end_and_resume(tmp_path):
+def test_a_small_battery_runs_end_to_end_and_resumes(tmp_path, tiny_model):
+    """`games eval --small` of a model and a theory: every item answered or marked invalid, one
+    decision logged per model answer; a rerun after its checkpoint lost three quarters asks the
+    model only the missing items. On the tiny random model (conftest.tiny_model): this checks the
+    plumbing; the embedded model's answers are the main job's report test's."""
     out = tmp_path / "eval"
-    args = ["games", "eval", "--small", "--theory", "economicus", "--out", str(out)]
+    args = ["games", "eval", "--small", "--model", str(tiny_model), "--theory", "economicus", "--out", str(out)]
     assert main(args) == 0
     frame = pd.read_parquet(out / "items.parquet")
     base = frame[frame.policy == "base"]
@@ -154,20 +158,21 @@ def test_embedded_model_small_battery_end_to_end_and_resume(tmp_path):
 
 
 @pytest.mark.slow
-def test_resumed_run_answers_again_when_an_adapter_changes(model_folder, tmp_path):
+def test_resumed_run_answers_again_when_an_adapter_changes(tiny_model, tmp_path):
     """Answers saved for one adapter's weights are not reused for other weights under the same
-    name (the resume key is the policy's model and adapter hash, not its name)."""
+    name (the resume key is the policy's model and adapter hash, not its name); the tiny random
+    model's adapters (conftest.tiny_model)."""
     from agents.llm.transformers_backend import TransformersBackend
     from agents.policies import LLMPolicy
     from conftest import make_adapter
 
     items = [i for i in build_battery("linear", small=True) if i.game == "prisoners-dilemma"][:3]
-    first = make_adapter(model_folder, tmp_path / "a" / "x", seed=1)
-    second = make_adapter(model_folder, tmp_path / "b" / "x", seed=2)
+    first = make_adapter(tiny_model, tmp_path / "a" / "x", seed=1)
+    second = make_adapter(tiny_model, tmp_path / "b" / "x", seed=2)
     theory = TheoryPolicy(HomoEconomicus())
     out = tmp_path / "eval"
     for path in (first, first, second):
-        policy = LLMPolicy(TransformersBackend(model_folder, adapters={"x": path}), "x")
+        policy = LLMPolicy(TransformersBackend(tiny_model, adapters={"x": path}), "x")
         frame = run(items, {"x": policy, "theory": theory}, out, show_progress=False)
         assert len(frame) == 6
     lines = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
