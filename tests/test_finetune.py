@@ -305,11 +305,11 @@ def test_evaluation_reports_every_domain(tiny_model, tmp_path, browser):
 
 
 @pytest.mark.slow
-def test_probe_phase_continues_the_first_phase_and_is_cached(tmp_path, model_folder):
+def test_probe_phase_continues_the_first_phase_and_is_cached(tmp_path, tiny_model):
     """Homo moralis trains in two phases: the mixed data, then Bonnefon et al.'s question from
     the first phase's adapter (finetune.recipes.PROBE_PHASE); the manifest records both phases
     and their summed time, and a rerun trains neither again (nor with the first phase moved to
-    another folder: it is known by its weights)."""
+    another folder: it is known by its weights). On the tiny random model (conftest.tiny_model)."""
     from agents.llm.models import model_hash
     from agents.records import file_sha256
     from finetune.pipeline import train_adapter
@@ -318,8 +318,8 @@ def test_probe_phase_continues_the_first_phase_and_is_cached(tmp_path, model_fol
 
     messages = []
     args = (HomoMoralis(kappa=0.5), {"games": 4, "pricing": 2, "av": 2}, 8,
-            {"max_steps": 2, "batch_size": 4, "top_layers": 2}, tmp_path / "adapters" / "moralis-0.5",
-            tmp_path / "out" / "data", model_folder, model_hash(model_folder), 0, "answer", messages.append)
+            {"max_steps": 2, "batch_size": 4, "top_layers": 1}, tmp_path / "adapters" / "moralis-0.5",
+            tmp_path / "out" / "data", tiny_model, model_hash(tiny_model), 0, "answer", messages.append)
     manifest = train_adapter(*args)
     first = tmp_path / "out" / "phase1" / "moralis-0.5"
     assert manifest["init_adapter_sha256"] == file_sha256(first / "adapter_model.safetensors")
