@@ -1,6 +1,9 @@
 """Shared fixtures: the embedded model (prepared once) and LoRA adapters made by the tests."""
+import fcntl
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,23 @@ from agents.llm.backend import BackendError, CallCounter
 from browser import browser  # noqa: F401  (the fixture of the browser tests, tests/browser.py)
 
 pytest_plugins = ["budget", "parallel"]   # the time budget printed at the end of a run; the groups of xdist workers
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder NAME that `build(folder)` fills, built once for the whole run: pytest-xdist's
+    workers share their base temporary folder's parent, and the first worker to ask builds the
+    folder while the others wait on its lock (NAME.built marks it done)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / f"{name}.built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (root / f"{name}.built").touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -45,11 +65,13 @@ def tiny_model(tmp_path_factory, model_folder) -> Path:
 
     gpu_check = _gpu_check()
     assert gpu_check.SHAPES["tiny"]["num_hidden_layers"] == TINY_LAYERS
-    tokenizer = AutoTokenizer.from_pretrained(model_folder)
-    folder = tmp_path_factory.mktemp("tiny-model")
-    gpu_check.build("tiny", tokenizer, resolve_placement("cpu", "float32")).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+
+    def build(folder):
+        tokenizer = AutoTokenizer.from_pretrained(model_folder)
+        gpu_check.build("tiny", tokenizer, resolve_placement("cpu", "float32")).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return built_once(tmp_path_factory, "tiny-model", build)
 
 
 @pytest.fixture(scope="session")
@@ -83,25 +105,28 @@ def make_adapters(base: Path, root: Path, seeds: dict[str, int]) -> Path:
 
 @pytest.fixture(scope="session")
 def adapter_dir(tmp_path_factory, model_folder) -> Path:
-    return make_adapters(model_folder, tmp_path_factory.mktemp("adapters"), {"alpha": 1, "beta": 2})
+    return built_once(tmp_path_factory, "adapters",
+                      lambda folder: make_adapters(model_folder, folder, {"alpha": 1, "beta": 2}))
 
 
 @pytest.fixture(scope="session")
 def tiny_adapter(tmp_path_factory, model_folder):
     """An economicus adapter trained for 6 steps on 16 mixed examples (games, pricing, AVs) of the
     embedded model, and those examples: (folder, examples).
+    Trained once for the whole run (built_once: the workers share it).
     Slow: six LoRA steps of the embedded model (about 30 s alone on 2 cores, more beside another worker)."""
     from agents.preferences import HomoEconomicus
     from finetune.dataset import make_mixed_examples, write_jsonl
     from finetune.train import TrainOptions, train
 
-    root = tmp_path_factory.mktemp("tiny")
     examples = make_mixed_examples(HomoEconomicus(), {"games": 8, "pricing": 4, "av": 4}, seed=5)
-    write_jsonl(examples, root / "data.jsonl")
-    out = train(TrainOptions(str(root / "data.jsonl"), str(root / "adapters" / "economicus"),
-                             max_steps=6, batch_size=4, learning_rate=1e-3, save_steps=3),
-                show_progress=False)
-    return out, examples
+
+    def build(root):
+        write_jsonl(examples, root / "data.jsonl")
+        train(TrainOptions(str(root / "data.jsonl"), str(root / "adapters" / "economicus"),
+                           max_steps=6, batch_size=4, learning_rate=1e-3, save_steps=3), show_progress=False)
+
+    return built_once(tmp_path_factory, "tiny", build) / "adapters" / "economicus", examples
 
 
 @pytest.fixture(scope="session")

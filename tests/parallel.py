@@ -10,10 +10,15 @@ tests share a worker, and which start first.
   left to the end would run alone): a group's seconds come from tests/group_seconds.json, which
   `pytest --store-group-seconds` writes from a whole run; a group it does not know counts as the
   median of those it knows.
+- Each worker computes on its share of the cores (OMP_NUM_THREADS and its kin, inherited by the
+  commands, servers and Ray workers its tests start): two workers of two threads each on 2 cores
+  ran the embedded model's forward passes 3x slower than two of one thread (OpenMP threads spin
+  waiting for a descheduled sibling).
 Runs without xdist keep pytest's own order."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -33,6 +38,7 @@ SHARED = {
     "tests/test_faults.py::test_a_killed_ray_study_stops_its_ray_session_and_resumes": "ray",
 }
 _seconds: dict[str, float] = defaultdict(float)
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
 def group_of(nodeid: str) -> str:
@@ -44,6 +50,14 @@ def group_of(nodeid: str) -> str:
     if nodeid.startswith(TUTORIAL):
         return "tests/test_tutorials.py[" + nodeid.removeprefix(TUTORIAL)
     return nodeid.split("::")[0]
+
+
+def pytest_configure(config):
+    """A worker's share of the cores, set before any test imports torch or numba."""
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if workers:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        os.environ.update({name: threads for name in THREAD_VARIABLES})
 
 
 def pytest_addoption(parser):

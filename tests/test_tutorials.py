@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_adapters
+from conftest import built_once, make_adapters
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [*sorted((ROOT / "docs" / "tutorials").glob("*.md")), ROOT / "docs" / "getting-started.md",
@@ -180,10 +180,10 @@ def run_page(page: Path, folder: Path) -> None:
         stop(servers)
 
 
-@pytest.fixture(scope="session")   # session: under xdist the pages are groups of their own, not one module's run
+@pytest.fixture(scope="session")   # session, built once: under xdist the pages are groups of their own
 def main_job_adapters(tmp_path_factory, model_folder) -> Path:
-    return make_adapters(model_folder, tmp_path_factory.mktemp("main-job-adapters"),
-                         {"economicus": 11, "moralis-0.5": 12})
+    return built_once(tmp_path_factory, "main-job-adapters",
+                      lambda folder: make_adapters(model_folder, folder, {"economicus": 11, "moralis-0.5": 12}))
 
 
 def test_every_page_has_code_that_runs_and_names_known_blocks():
