@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
+from agents.preferences import MATERIAL_UTILITIES
+
 TIE_TOLERANCE = 1e-9
 
 
@@ -111,7 +113,16 @@ def best_response(pref, game, belief) -> BestResponse:
     return BestResponse(choice, float(utilities[choice]), tuple(int(t) for t in ties))
 
 
-def _discrete_symmetric_equilibrium(pref, game, chunk_elements: int = 2_000_000) -> Equilibrium:
+def _row_summaries(pref, game, chunk_elements: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """best[y] = max_x u(x, y), diagonal[y] = u(y, y) and tremble[x] = mean_y u(x, y) for every
+    strategy: from the game's own summary where u is a pi(x, y) + b pi(x, x) in a two-role game
+    (TwoRoleGame.row_summaries), else from the rows u[y, x] in chunks of `chunk_elements`."""
+    row_weights = getattr(pref, "row_weights", None)
+    weights = row_weights(game) if row_weights and hasattr(game, "row_summaries") else None
+    if weights is not None:
+        summaries = game.row_summaries(MATERIAL_UTILITIES[pref.material_utility], *weights)
+        if summaries is not None:
+            return summaries
     n = game.n_strategies
     best = np.empty(n)
     diagonal = np.empty(n)
@@ -123,7 +134,12 @@ def _discrete_symmetric_equilibrium(pref, game, chunk_elements: int = 2_000_000)
         best[ys] = u.max(axis=1)
         diagonal[ys] = u[np.arange(ys.size), ys]
         tremble_sum += u.sum(axis=0)
-    tremble = tremble_sum / n
+    return best, diagonal, tremble_sum / n
+
+
+def _discrete_symmetric_equilibrium(pref, game, chunk_elements: int = 2_000_000) -> Equilibrium:
+    n = game.n_strategies
+    best, diagonal, tremble = _row_summaries(pref, game, chunk_elements)
     candidates = np.flatnonzero(diagonal >= best - TIE_TOLERANCE * (1 + np.abs(best)))
     found = []
     for block in np.array_split(candidates, max(1, candidates.size * n // chunk_elements)):

@@ -72,6 +72,13 @@ class HomoEconomicus:
         """u[y, s] = u(s, all others y) for every strategy s of a discrete game."""
         return game.expected_rows(MATERIAL_UTILITIES[self.material_utility], ys)
 
+    def row_weights(self, game) -> tuple[float, float] | None:
+        """(a, b) with u(s, all others y) = a pi(s, y) + b pi(s, s) in `game` (pi through the
+        material utility v), which lets a two-role game summarise the rows without tabulating
+        them (markets.games.TwoRoleGame.row_summaries); None where u has no such form (a subclass
+        with utility rows of its own). Homo economicus: (1, 0)."""
+        return (1.0, 0.0) if type(self).utility_rows is HomoEconomicus.utility_rows else None
+
 
 @dataclass(frozen=True)
 class HomoMoralis(HomoEconomicus):
@@ -111,6 +118,12 @@ class HomoMoralis(HomoEconomicus):
                 replaced = np.where(np.array(mask), own[..., None], others)
                 total = total + weight * self.expected(game, own, replaced)
         return total
+
+    def row_weights(self, game) -> tuple[float, float] | None:
+        """Two players: u_k(s, y) = (1 - k) pi(s, y) + k pi(s, s)."""
+        if game.n_players != 2 or type(self).utility_rows is not HomoMoralis.utility_rows:
+            return None
+        return 1.0 - self.kappa, float(self.kappa)
 
     def utility_rows(self, game, ys) -> np.ndarray:
         if game.n_players == 2:  # (1 - k) pi(s, y) + k pi(s, s)

@@ -143,6 +143,26 @@ class TwoRoleGame(DiscreteGame):
         table_a, table_b = self._tables(transform)
         return (0.5 * (table_a + table_b)).ravel()
 
+    def row_summaries(self, transform, w_rows: float, w_self: float, max_elements: int = 50_000_000):
+        """For u[y, s] = w_rows pi(s, y) + w_self pi(s, s), with pi(s, y) = 1/2 v(m_A(s_A, y_B))
+        + 1/2 v(m_B(y_A, s_B)) (expected_rows, expected_self): best[y] = max_s u[y, s], diagonal[y]
+        = u[y, y] and tremble[s] = mean_y u[y, s], for every y and s, without the |S| x |S| table.
+        The role-A term depends on s only through s_A, so the maximum is taken over s_A first for
+        each (y_B, s_B), then over s_B for each y_A: |A| |B| max(|A|, |B|) work instead of
+        (|A| |B|)^2. None where even that exceeds `max_elements`."""
+        table_a, table_b = self._tables(transform)
+        na, nb = table_a.shape
+        if na * nb * max(na, nb) > max_elements:
+            return None
+        own = 0.5 * (table_a + table_b)                              # pi(s, s) on the (s_A, s_B) grid
+        half = 0.5 * w_rows
+        # c[y_B, s_B] = max over s_A of (w_rows/2 v(m_A(s_A, y_B)) + w_self pi(s, s))
+        c = (half * table_a.T[:, :, None] + w_self * own[None, :, :]).max(axis=1)
+        # best[y_A, y_B] = max over s_B of (w_rows/2 v(m_B(y_A, s_B)) + c[y_B, s_B])
+        best = (half * table_b[:, None, :] + c[None, :, :]).max(axis=2)
+        tremble = half * (table_a.mean(axis=1)[:, None] + table_b.mean(axis=0)[None, :]) + w_self * own
+        return best.ravel(), ((w_rows + w_self) * own).ravel(), tremble.ravel()
+
     @property
     def n_strategies(self) -> int:
         ga, gb = self.grids()

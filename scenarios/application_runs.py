@@ -20,12 +20,12 @@ LLM_RUN = {"steps": 30, "sessions": 3, "window": 10, "deviation": False}
 
 
 def market_runs(out: Path, adapters: str | Path = "adapters", run: dict | None = None,
-                pairs=DUOPOLIES) -> pd.DataFrame:
+                pairs=DUOPOLIES, model: str | Path | None = None) -> pd.DataFrame:
     """Calvano's Q-learning replication (100 sessions, vectorised), the theory duopolies and an
     LLM duopoly for each adapter pair that exists (grid prices through `choose`, `LLM_RUN`:
     sessions from different initial prices; the sessions of all pairs in lock-step), in one
     table of prices and Delta (mean over the sessions' final windows, its spread across
-    sessions)."""
+    sessions). `model`: the LLM firms' base model (default: the embedded one)."""
     run = {**LLM_RUN, **(run or {})}
     rows = []
     calvano = run_scenario("calvano", out / "calvano", progress=False, restart_if_changed=True)
@@ -39,10 +39,10 @@ def market_runs(out: Path, adapters: str | Path = "adapters", run: dict | None =
                      "periods": 30})
     found = list_adapters(adapters)
     wanted = {p for pair in pairs for p in pair[:2]} - {"base"}
-    backend = TransformersBackend(adapters={k: v for k, v in found.items() if k in wanted})
+    backend = TransformersBackend(model, adapters={k: v for k, v in found.items() if k in wanted})
     runnable = [(first, second, scenario) for first, second, scenario in pairs
                 if all(p == "base" or p in found for p in (first, second))]
-    jobs = [(load_scenario(scenario, {"run": run, "llm": {"adapters": str(adapters)}}), out / scenario)
+    jobs = [(load_scenario(scenario, {"run": run, "llm": _llm(adapters, model)}), out / scenario)
             for _, _, scenario in runnable]
     summaries = run_scenarios(jobs, backend, restart_if_changed=True)   # all pairs in lock-step
     for (first, second, _), summary in zip(runnable, summaries):
@@ -62,17 +62,20 @@ def market_runs(out: Path, adapters: str | Path = "adapters", run: dict | None =
 AV_RUNS = (("base", "llm_base"), ("economicus", "llm_economicus"), ("moralis-0.5", "llm_moralis"))
 
 
-def av_runs(out: Path, adapters: str | Path = "adapters", steps: int = 100) -> pd.DataFrame:
+def av_runs(out: Path, adapters: str | Path = "adapters", steps: int = 100,
+            model: str | Path | None = None) -> pd.DataFrame:
     """The theory AVs and a short LLM AV run for the base model and each adapter that exists:
     dilemmas, swerve and utilitarian shares, casualties, and P(swerve) for Bonnefon et al.'s
-    one passenger vs 1 or 10 pedestrians (humans: 23% and 76%)."""
+    one passenger vs 1 or 10 pedestrians (humans: 23% and 76%). `model`: the LLM AVs' base model
+    (default: the embedded one)."""
     summaries = [run_av_scenario("theory", out / "theory", progress=False)]
     found = list_adapters(adapters)
-    backend = TransformersBackend(adapters={k: v for k, v in found.items() if k in ("economicus", "moralis-0.5")})
+    backend = TransformersBackend(model, adapters={k: v for k, v in found.items()
+                                                   if k in ("economicus", "moralis-0.5")})
     for name, scenario in AV_RUNS:
         if name == "base" or name in found:
             summaries.append(run_av_scenario(scenario, out / scenario, backend=backend, progress=False,
-                                             overrides={"run": {"steps": steps}, "llm": {"adapters": str(adapters)}}))
+                                             overrides={"run": {"steps": steps}, "llm": _llm(adapters, model)}))
     rows = []
     for summary in summaries:
         for label, t in summary["by_type"].items():
@@ -84,3 +87,8 @@ def av_runs(out: Path, adapters: str | Path = "adapters", steps: int = 100) -> p
     table = pd.DataFrame(rows)
     table.to_csv(out / "avs.csv", index=False)
     return table
+
+
+def _llm(adapters: str | Path, model: str | Path | None) -> dict:
+    """The [llm] keys these runs override: the adapters' folder, and the base model when given."""
+    return {"adapters": str(adapters), **({"model": str(model)} if model is not None else {})}

@@ -49,18 +49,20 @@ def plot_bertrand(curve, path: Path) -> None:
     save_figure(fig, path)
 
 
-def evaluate_base_model(out: Path):
-    """The embedded base model on the small battery (one framing per setting is not enough to
-    see framing effects; the small battery keeps all three), next to homo economicus."""
+def evaluate_base_model(out: Path, model: str | Path | None = None):
+    """The base model (default: the embedded one) on the small battery (one framing per setting is
+    not enough to see framing effects; the small battery keeps all three), next to homo economicus."""
     with DecisionLog(out / "decisions.jsonl") as log:
-        policies = build_policies("transformers", log=log, theory=["economicus"])
+        policies = build_policies("transformers", model=None if model is None else str(model), log=log,
+                                  theory=["economicus"])
         return evaluate_games(policies, out, small=True)
 
 
-def finetune_adapters(out: Path, adapters: str | Path = "adapters"):
+def finetune_adapters(out: Path, adapters: str | Path = "adapters", model: str | Path | None = None):
     """Both adapters (economicus, moralis-0.5) trained and evaluated on the held-out battery;
     cached in `adapters/`, so a second run only reads the manifests."""
-    return run_pipeline(PipelineOptions(adapters=str(adapters), out=str(out)))
+    return run_pipeline(PipelineOptions(adapters=str(adapters), out=str(out),
+                                        base=None if model is None else str(model)))
 
 
 class Stopwatch:
@@ -79,14 +81,16 @@ class Stopwatch:
         return round(time.time() - self.started, 1)
 
 
-def run_demo(out: str | Path, finetune: bool = True, adapters: str | Path = "adapters") -> Path:
-    """The main job into `out`; with `finetune`, the adapter registry is locked from the start (a
-    second command training into it is refused before either spends minutes on the theory)."""
+def run_demo(out: str | Path, finetune: bool = True, adapters: str | Path = "adapters",
+             model: str | Path | None = None) -> Path:
+    """The main job into `out` on `model` (default: the embedded one); with `finetune`, the adapter
+    registry is locked from the start (a second command training into it is refused before either
+    spends minutes on the theory)."""
     with folder_lock(adapters, other="adapter folder") if finetune else nullcontext():
-        return _run_demo(out, finetune, adapters)
+        return _run_demo(out, finetune, adapters, model)
 
 
-def _run_demo(out: str | Path, finetune: bool, adapters: str | Path) -> Path:
+def _run_demo(out: str | Path, finetune: bool, adapters: str | Path, model: str | Path | None) -> Path:
     from tqdm import tqdm
 
     out = Path(out)
@@ -104,8 +108,8 @@ def _run_demo(out: str | Path, finetune: bool, adapters: str | Path) -> Path:
         v = "v(m) = m" if utility == "linear" else "v(m) = ln(1 + m)"
         print(f"\nSymmetric equilibria, {utility} material utility ({v}), default parameters:")
         print(table.to_string())
-    print("\nGames evaluation of the embedded base model (small battery):", flush=True)
-    summary, totals = evaluate_base_model(out / "games")
+    print(f"\nGames evaluation of the base model ({model or 'embedded'}, small battery):", flush=True)
+    summary, totals = evaluate_base_model(out / "games", model)
     clock.lap("base model games")
     print(totals.to_string(index=False))
     columns = ["policy", "game", "role", "valid_rate", "mean_fraction", "share_economicus",
@@ -113,7 +117,7 @@ def _run_demo(out: str | Path, finetune: bool, adapters: str | Path) -> Path:
     print(summary[summary.policy == "base"][columns].to_string(index=False, float_format="%.3g"))
     if finetune:
         print("\nFine-tuning economicus and moralis-0.5 adapters (cached in adapters/):", flush=True)
-        manifests = finetune_adapters(out / "finetune", adapters)
+        manifests = finetune_adapters(out / "finetune", adapters, model)
         scores = pd.read_csv(out / "finetune" / "eval" / "scores.csv")
         scores.to_csv(out / "finetune_scores.csv", index=False)
         alignment = pd.DataFrame(adapter_rows("games + applications (in-domain)", manifests))
@@ -129,11 +133,11 @@ def _run_demo(out: str | Path, finetune: bool, adapters: str | Path) -> Path:
                   f"AV {d['av']['share_equal']:.0%} (base {d['av']['base_share_equal']:.0%})")
         clock.lap("fine-tuning: training and held-out evaluation")
     print("\nRepeated Bertrand markets (Delta over the final window; p_N 1.4729, p_M 1.9250):", flush=True)
-    markets = market_runs(out / "markets", adapters)
+    markets = market_runs(out / "markets", adapters, model=model)
     clock.lap("markets")
     print(markets.to_string(index=False, float_format="%.3f"))
     print("\nAV brake-failure dilemmas (humans swerve for 1 vs 10 pedestrians: 76%, 1 vs 1: 23%):", flush=True)
-    avs = av_runs(out / "avs", adapters)
+    avs = av_runs(out / "avs", adapters, model=model)
     clock.lap("AVs")
     print(avs.to_string(index=False, float_format="%.3f"))
     curve.to_csv(out / "bertrand_kappa.csv", index=False)
@@ -143,7 +147,7 @@ def _run_demo(out: str | Path, finetune: bool, adapters: str | Path) -> Path:
     print(duopoly.loc[[0.0, 0.25, 0.5, 0.75, 1.0], ["price", "profit", "delta"]].to_string())
     clock.lap("figures")
     print("\nSeconds per stage: " + ", ".join(f"{name} {t['seconds']}" for name, t in clock.stages.items()))
-    manifest = {"job": "demo", "seconds": clock.total(), "stages": clock.stages,
+    manifest = {"job": "demo", "model": str(model or "embedded"), "seconds": clock.total(), "stages": clock.stages,
                 "python": platform.python_version(),
                 "files": visible_files(out, recursive=True)}
     write_json(out / "manifest.json", manifest)
@@ -152,7 +156,7 @@ def _run_demo(out: str | Path, finetune: bool, adapters: str | Path) -> Path:
 
 
 def run_demo_command(args) -> int:
-    run_demo(args.out, finetune=not args.no_finetune)
+    run_demo(args.out, finetune=not args.no_finetune, model=args.model)
     return 0
 
 
@@ -160,5 +164,7 @@ def add_commands(commands) -> None:
     demo = commands.add("demo", run_demo_command, "the main job: theory, base model, fine-tuning, markets, roads",
                         out="out", report=True)
     demo.add_argument("--out", default="outputs/demo", help="folder for the report")
+    demo.add_argument("--model", default=None,
+                      help="base model: a model folder or prepared .gguf file (default: the embedded model)")
     demo.add_argument("--no-finetune", action="store_true",
                       help="skip training/evaluating the adapters (about 12 minutes the first time)")

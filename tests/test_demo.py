@@ -8,19 +8,22 @@ from scenarios.demo import run_demo
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def report(tmp_path_factory, tiny_model):
     """The main job's report at its own sizes (Calvano's 100 Q-learning sessions, the LLM duopoly's
-    3 sessions of 30 periods, the AV runs), without the adapters' training.
-    Slow: the main job itself less the fine-tuning (about 3 minutes on 2 cores); the assertions
-    check the figures at the job's sizes, so it is not shrunk."""
+    3 sessions of 30 periods, the AV runs), without the adapters' training, its LLM parts on the
+    tiny random model (conftest.tiny_model): what is asserted of them is plumbing (one call a step,
+    grid prices, shares in [0, 1]); the embedded model's answers are `make demo`'s.
+    Slow: the main job's theory (its tables, the Bertrand curves and the battery's theory tags) and
+    Calvano's 100 Q-learning sessions, at the job's sizes (about 30 s)."""
     # the adapters' training is the finetune tests' and the pipeline's business: skipped here
     return run_demo(tmp_path_factory.mktemp("demo"), finetune=False,
-                    adapters=tmp_path_factory.mktemp("no_adapters"))
+                    adapters=tmp_path_factory.mktemp("no_adapters"), model=tiny_model)
 
 
 @pytest.mark.slow
-def test_demo_report_files_and_numbers(report):
+def test_demo_report_files_and_numbers(report, tiny_model):
     manifest = json.loads((report / "manifest.json").read_text())
+    assert manifest["model"] == str(tiny_model)             # the job ran on the model it was given
     for name in ("theory_table_linear.csv", "theory_table_log.md", "bertrand_kappa.png",
                  "bertrand_kappa.csv"):
         assert name in manifest["files"] and (report / name).stat().st_size > 0

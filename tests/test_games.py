@@ -79,3 +79,37 @@ def test_strategy_round_trip_and_off_grid_error():
         assert game.index(game.strategy(i)) == i
     with pytest.raises(ValueError, match="investor"):
         game.index({"investor": 0.5, "trustee": 0.0})
+
+
+@pytest.mark.parametrize("utility", ["linear", "log"])
+def test_row_summaries_equal_the_tabulated_rows(utility):
+    """TwoRoleGame.row_summaries (best reply value, diagonal, tremble mean, from the role tables
+    alone) equals max, diagonal and mean of the full u[y, s] table of utility_rows, for homo
+    economicus and homo moralis of several kappas in every two-role game of the battery."""
+    from agents.preferences import MATERIAL_UTILITIES, HomoEconomicus, HomoMoralis
+
+    for game in (Dictator(endowment=10), Ultimatum(endowment=10), Trust(endowment=10, multiplier=3)):
+        n = game.n_strategies
+        for pref in (HomoEconomicus(utility), *(HomoMoralis(utility, k) for k in (0.1, 0.5, 0.9, 1.0))):
+            u = pref.utility_rows(game, np.arange(n))
+            best, diagonal, tremble = game.row_summaries(MATERIAL_UTILITIES[utility], *pref.row_weights(game))
+            np.testing.assert_allclose(best, u.max(axis=1), rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(diagonal, u[np.arange(n), np.arange(n)], rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(tremble, u.mean(axis=0), rtol=1e-12, atol=1e-12)
+
+
+def test_a_preference_with_rows_of_its_own_is_tabulated():
+    """A subclass that overrides utility_rows has no row weights: the equilibrium tabulates its
+    rows instead of taking the (1 - k, k) form of the class it came from."""
+    from agents.equilibria import symmetric_equilibrium
+    from agents.preferences import HomoMoralis
+
+    class Generous(HomoMoralis):
+        def utility_rows(self, game, ys):          # material payoff of the other role: gives all away
+            return -super().utility_rows(game, ys)
+
+    game = Dictator(endowment=10)
+    assert Generous(kappa=0.0).row_weights(game) is None
+    assert HomoMoralis(kappa=0.0).row_weights(game) == (1.0, 0.0)
+    assert game.strategy(symmetric_equilibrium(HomoMoralis(kappa=0.0), game).strategy)["dictator"] == 0
+    assert game.strategy(symmetric_equilibrium(Generous(kappa=0.0), game).strategy)["dictator"] == 10
