@@ -345,7 +345,9 @@ def test_huge_replies_are_cut_before_they_reach_the_log(fake_server, tmp_path):
 @pytest.mark.slow
 def test_an_av_run_killed_midway_resumes_to_the_uninterrupted_result(fake_server, tmp_path):
     """SIGKILL an LLM AV run once it has logged some decisions; the rerun gives the uninterrupted
-    run's summary and decision log, each decision logged once."""
+    run's summary and decision log, each decision logged once.
+    Slow: the AV run three times as a CLI command (whole, killed, resumed), each importing the LLM
+    stack and stepping the city (about 15 s a run on one core)."""
     import os
     import signal
 
@@ -410,7 +412,9 @@ def _without_times(record: dict) -> dict:
 def test_runs_killed_midway_resume_to_the_uninterrupted_result(kind, fake_server, tmp_path):
     """SIGKILL a Mesa market of LLM firms (against the fake server) after its first session, the
     vectorised Q-learning engine after its first checkpoint, a study after its first cell; the
-    rerun gives the uninterrupted run's results, and every LLM decision is logged once."""
+    rerun gives the uninterrupted run's results, and every LLM decision is logged once.
+    Slow: each kind runs three times as a CLI command (whole, killed, resumed); the Mesa market's
+    4 sessions of 40 LLM steps against the fake server are the longest (about 60 s on one core)."""
     if kind == "mesa-llm":
         target = tmp_path / "m.toml"
         target.write_text(f'name = "llm"\n[llm]\nbackend = "openai"\nurl = "{fake_server.url}"\n'
@@ -449,7 +453,7 @@ name = "slow"
 scenario = "theory_moralis"
 [set]
 "run.deviation" = false
-"run.steps" = 3000
+"run.steps" = 1000
 [grid]
 "firm.kappa" = [0.0, 0.25, 0.5, 0.75]
 [study]
@@ -462,7 +466,9 @@ workers = 2
 def test_a_killed_ray_study_stops_its_ray_session_and_resumes(tmp_path):
     """SIGKILL a local Ray study when its first cell is done (each of its two workers has one
     more to run): the Ray session it started (in its child, scenarios.ray_local) stops with it
-    instead of running the rest unseen, and the rerun gives the uninterrupted study's table."""
+    instead of running the rest unseen, and the rerun gives the uninterrupted study's table.
+    Slow: three local Ray sessions (the whole study, the killed one, the rerun), each starting in
+    about 10 s, and 10 s of watching that no orphaned worker finishes a cell."""
     pytest.importorskip("ray", reason="the batch extra is installed by `make test`")
     study = tmp_path / "slow.toml"
     study.write_text(SLOW_RAY_STUDY)
@@ -476,7 +482,7 @@ def test_a_killed_ray_study_stops_its_ray_session_and_resumes(tmp_path):
     while _ray_servers() - before:
         assert time.time() < deadline, f"Ray processes left running: {_ray_servers() - before}"
         time.sleep(0.2)
-    time.sleep(20)                      # a cell takes about 10 s: an orphaned session would finish them
+    time.sleep(10)                      # a cell takes about 4 s: an orphaned session would finish the next ones
     assert len(list((cut / "cells").glob("*/summary.json"))) < 4
     assert not (cut / "study.csv").exists()
     subprocess.run([ECONALIGN, "study", "run", str(study), "--out", str(cut)], check=True, capture_output=True,

