@@ -38,18 +38,23 @@ APPLICATION_ITEMS = {False: 60, True: 12}   # held-out pricing and AV items each
 
 
 def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, small: bool = False,
-                      log=print, application_items: int | None = None, device: str = "auto", dtype: str = "auto"):
+                      log=print, application_items: int | None = None, device: str = "auto", dtype: str = "auto",
+                      limit: int | None = None):
     """Base model vs each adapter on the held-out items of every domain (games battery, pricing,
     AV: `application_items` each, default APPLICATION_ITEMS of the battery's size) and the AV
-    choice curve, on `device` in `dtype` (agents.llm.devices); scores go into each manifest."""
-    application_items = application_items or APPLICATION_ITEMS[small]
+    choice curve, on `device` in `dtype` (agents.llm.devices); scores go into each manifest.
+    `limit`: at most that many items of each domain, spread over the games battery (a smoke check,
+    as lm-evaluation-harness's --limit: scores over so few items are noisy), recorded in the stamp."""
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be a whole number of items from 1 up, got {limit}")
+    application_items = min(application_items or APPLICATION_ITEMS[small], limit or APPLICATION_ITEMS[False])
     manifests = {name: read_adapter_manifest(registry / name) for name in adapters}
     styles = {m.get("style", "reasoning") for m in manifests.values()}
     if len(styles) != 1:
         raise InputError(f"adapters trained on different answer styles {sorted(styles)}: evaluate apart")
     style = styles.pop()
     key = {"items": "small" if small else "full", "style": style, "domains": list(SITUATIONS),
-           "application_items": application_items}
+           "application_items": application_items, **({"limit": limit} if limit else {})}
     weights = {name: adapter_sha256(registry / name) for name in adapters}
     stamp = {"battery": key, "adapters": weights, "base": str(base or "embedded"), "device": device, "dtype": dtype}
     if evaluated(out) == stamp and all(m.get("evaluation", {}).get("battery") == key
@@ -62,6 +67,8 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
     (out / EVALUATED).unlink(missing_ok=True)       # until this evaluation ends, the folder's scores are not its
     started = time.time()
     items = heldout_games(adapters.values(), small)
+    if limit:
+        items = items[::max(1, len(items) // limit)][:limit]
     theories = {pref.name: ("economicus" if pref.kappa == 0 else kappa_column(pref.kappa))
                 for pref in adapters.values()}
     excluded = {pref.name: {i.item_id for i in items if near_threshold(pref, i.situation())}

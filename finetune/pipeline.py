@@ -163,7 +163,7 @@ def run_evaluate(args) -> int:
     with folder_lock(registry, other="adapter folder (--adapters)") if registry.is_dir() else nullcontext():
         adapters = registered_adapters(args.adapters, args.adapter, args.base)
         evaluate_adapters(registry, adapters, Path(args.out), base=args.base, small=args.small,
-                          device=args.device, dtype=args.dtype)
+                          device=args.device, dtype=args.dtype, limit=args.limit)
     print(f"tables: {args.out}/scores.md")
     return 0
 
@@ -190,6 +190,8 @@ def add_commands(commands) -> None:
     fe.add_argument("--base", help="base model (default: the embedded model)")
     fe.add_argument("--small", action="store_true",
                     help="the small held-out battery (a subset of the games' incentives, 12 pricing and 12 AV items)")
+    fe.add_argument("--limit", type=int, metavar="N",
+                    help="at most N items of each domain, spread over the games (a smoke check: noisy scores)")
     fe.add_argument("--out", default="outputs/finetune/eval", help="folder for the scores, tables and report")
     commands.placement(fe)
     fp = commands.add("pipeline", run_pipeline_command, "data -> train -> evaluate for economicus and moralis-0.5",

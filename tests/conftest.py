@@ -112,9 +112,9 @@ def adapter_dir(tmp_path_factory, model_folder) -> Path:
 @pytest.fixture(scope="session")
 def tiny_adapter(tmp_path_factory, model_folder):
     """An economicus adapter trained for 6 steps on 16 mixed examples (games, pricing, AVs) of the
-    embedded model, and those examples: (folder, examples).
+    embedded model, its top 15 layers as the main job trains them, and those examples: (folder, examples).
     Trained once for the whole run (built_once: the workers share it).
-    Slow: six LoRA steps of the embedded model (about 30 s alone on 2 cores, more beside another worker)."""
+    Slow: six LoRA steps of the embedded model (about 40 s on one core)."""
     from agents.preferences import HomoEconomicus
     from finetune.dataset import make_mixed_examples, write_jsonl
     from finetune.train import TrainOptions, train
@@ -124,7 +124,8 @@ def tiny_adapter(tmp_path_factory, model_folder):
     def build(root):
         write_jsonl(examples, root / "data.jsonl")
         train(TrainOptions(str(root / "data.jsonl"), str(root / "adapters" / "economicus"),
-                           max_steps=6, batch_size=4, learning_rate=1e-3, save_steps=3), show_progress=False)
+                           max_steps=6, batch_size=4, learning_rate=1e-3, save_steps=3, top_layers=15),
+              show_progress=False)
 
     return built_once(tmp_path_factory, "tiny", build) / "adapters" / "economicus", examples
 

@@ -246,14 +246,15 @@ def test_a_per_firm_value_needs_one_value_per_firm():
 
 
 @pytest.mark.slow
-def test_ray_study_with_llm_cells_loads_the_model_once_per_worker(tmp_path, model_folder):
-    """Ray workers load the model once each and run their LLM cells on it.
-    Slow: a local Ray session whose two workers each load the embedded model (about 40 s)."""
+def test_ray_study_with_llm_cells_loads_the_model_once_per_worker(tmp_path, tiny_model):
+    """Ray workers load the model once each and run their LLM cells on it (the tiny random model,
+    conftest.tiny_model: what is checked is where the model loads, not what it answers).
+    Slow: a local Ray session of two workers (about 30 s on one core)."""
     pytest.importorskip("ray", reason="the batch extra is installed by `make test`")
     from scenarios.study import _run_on_ray, cell_folder, cell_job
 
     path = tmp_path / "llm.toml"
-    path.write_text(LLM_STUDY.format(executor="ray"))
+    path.write_text(LLM_STUDY.format(executor="ray").replace("[grid]", f'"llm.model" = "{tiny_model}"\n[grid]'))
     s = load_study(path)
     jobs = [cell_job(s, cell_folder(tmp_path, i, c), c) for i, c in enumerate(s.cells())]
 

@@ -7,9 +7,10 @@ as a reader would run them there with the project's .venv on the PATH:
   background until the page ends, then it is stopped (SIGTERM to its process group);
 - a block after `<!-- file: NAME -->` is written to NAME (a scenario or study file the page shows);
 - `<!-- test: wait URL [SECONDS] -->` waits until URL answers (a server the page started);
-- `<!-- test: replace OLD => NEW -->` runs the next block with OLD replaced by NEW: the size a
-  page declares for its test (fewer steps or examples) where the page shows a reader's size; the
-  block must contain OLD, so the page cannot drift from its test;
+- `<!-- test: replace OLD => NEW -->` runs (or writes, after a file directive) the next block
+  with OLD replaced by NEW: the size a page declares for its test (fewer steps or examples)
+  where the page shows a reader's size; the block must contain OLD, so the page cannot drift
+  from its test;
 - ```text blocks are shown, not run (output, or a command that takes an hour).
 Ports (`--port N`) are swapped for free ones so that the pages never meet another server.
 Pages that start "after `make demo`" get its adapters' folder (random LoRA weights under the main
@@ -74,14 +75,15 @@ def steps(page: Path) -> list[Step]:
             while not lines[i].startswith("```"):
                 i += 1
             body = "\n".join(lines[start:i]) + "\n"
-            if pending_file:
-                out.append(Step("file", body, pending_file, start))
-                pending_file = None
-            elif language in RUNNABLE:
+            if pending_file or language in RUNNABLE:
                 for old, new, where in replacements:
                     assert old in body, f"{page.name}:{where}: the next block has no {old!r} to replace"
                     body = body.replace(old, new)
                 replacements = []
+            if pending_file:
+                out.append(Step("file", body, pending_file, start))
+                pending_file = None
+            elif language in RUNNABLE:
                 out.append(Step(language, body, "", start))
         i += 1
     assert pending_file is None, f"{page.name}: <!-- file: {pending_file} --> is not followed by a block"
@@ -222,3 +224,6 @@ def test_a_page_declares_its_test_size_for_the_next_block_only(tmp_path):
     page.write_text("```bash\nrun\n```\n<!-- test: replace a => b -->\n")
     with pytest.raises(AssertionError, match="no block after it"):
         steps(page)
+    page.write_text("<!-- file: s.toml -->\n<!-- test: replace steps = 3 => steps = 1 -->\n```toml\nsteps = 3\n```\n"
+                    "```bash\nrun s.toml\n```\n")
+    assert [(s.kind, s.text) for s in steps(page)] == [("file", "steps = 1\n"), ("bash", "run s.toml\n")]
