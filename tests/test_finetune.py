@@ -302,6 +302,19 @@ def test_evaluation_reports_every_domain(tiny_model, tmp_path, browser):
     assert seen["titles"] == ["Before and after fine-tuning", "Learning curves", "AV choice curve after fine-tuning",
                               "The run"]
     assert seen["images"] == 3 and seen["broken"] == 0 and seen["errors"] == [] and seen["requests"] == []
+    # --limit: at most N items of each domain, spread over the games, recorded with the scores
+    from agents.errors import InputError
+
+    limited = tmp_path / "limited"
+    evaluate_adapters(registry, {"economicus": HomoEconomicus()}, limited, base=tiny_model, small=True,
+                      log=lambda *a: None, limit=5)
+    items = pd.read_parquet(limited / "items.parquet")
+    assert items.groupby("policy").size().tolist() == [5, 5] and items.game.nunique() >= 3
+    scores = pd.read_csv(limited / "scores.csv")
+    assert scores[scores.domain != "games"]["items"].le(5).all()
+    assert read_adapter_manifest(registry / "economicus")["evaluation"]["battery"]["limit"] == 5
+    with pytest.raises(InputError, match="--limit must be a whole number"):
+        evaluate_adapters(registry, {"economicus": HomoEconomicus()}, limited, small=True, limit=0)
 
 
 @pytest.mark.slow
