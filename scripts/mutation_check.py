@@ -70,6 +70,13 @@ MUTATIONS = [
     Mutation("tests/test_finetune.py::test_training_interrupted_within_an_epoch_resumes_to_the_uninterrupted_adapter",
              "finetune/checkpoints.py", 'torch.set_rng_state(self.pending["rng"])', "pass",
              "a resumed epoch's batch order (the epoch's start RNG is not restored)"),
+    Mutation("tests/test_objectives.py::test_each_objective_lowers_its_own_loss[dpo]", "finetune/option_losses.py",
+             "loss = -torch.nn.functional.logsigmoid(beta * ((s[0] - r[0]) - (s[1] - r[1])))",
+             "loss = 0.0 * -torch.nn.functional.logsigmoid(beta * ((s[0] - r[0]) - (s[1] - r[1])))",
+             "the DPO loss reaching the optimiser (nothing learnt)"),
+    Mutation("tests/test_faults.py::test_an_av_run_killed_midway_resumes_to_the_uninterrupted_result",
+             "scenarios/av.py", "replaying(backend, recorded)", "backend",
+             "a resumed AV run answering its logged decisions from the log (asked again instead)"),
 ]
 
 
