@@ -75,8 +75,8 @@ MUTATIONS = [
              "loss = 0.0 * -torch.nn.functional.logsigmoid(beta * ((s[0] - r[0]) - (s[1] - r[1])))",
              "the DPO loss reaching the optimiser (nothing learnt)"),
     Mutation("tests/test_faults.py::test_an_av_run_killed_midway_resumes_to_the_uninterrupted_result",
-             "scenarios/av.py", "replaying(backend, recorded)", "backend",
-             "a resumed AV run answering its logged decisions from the log (asked again instead)"),
+             "scenarios/runs.py", "return set_aside_for_replay(log, finished)", "return []",
+             "a resumed run setting its logged decisions aside before it logs them again (logged twice)"),
 ]
 
 
