@@ -47,7 +47,7 @@ def evaluate_adapters(registry: Path, adapters: dict, out: Path, base=None, smal
     as lm-evaluation-harness's --limit: scores over so few items are noisy), recorded in the stamp."""
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be a whole number of items from 1 up, got {limit}")
-    application_items = min(application_items or APPLICATION_ITEMS[small], limit or APPLICATION_ITEMS[False])
+    application_items = min(application_items or APPLICATION_ITEMS[small], limit or float("inf"))
     manifests = {name: read_adapter_manifest(registry / name) for name in adapters}
     styles = {m.get("style", "reasoning") for m in manifests.values()}
     if len(styles) != 1:

@@ -49,20 +49,18 @@ def plot_bertrand(curve, path: Path) -> None:
     save_figure(fig, path)
 
 
-def evaluate_base_model(out: Path, model: str | Path | None = None):
+def evaluate_base_model(out: Path, model: str | None = None):
     """The base model (default: the embedded one) on the small battery (one framing per setting is
     not enough to see framing effects; the small battery keeps all three), next to homo economicus."""
     with DecisionLog(out / "decisions.jsonl") as log:
-        policies = build_policies("transformers", model=None if model is None else str(model), log=log,
-                                  theory=["economicus"])
+        policies = build_policies("transformers", model=model, log=log, theory=["economicus"])
         return evaluate_games(policies, out, small=True)
 
 
-def finetune_adapters(out: Path, adapters: str | Path = "adapters", model: str | Path | None = None):
+def finetune_adapters(out: Path, adapters: str | Path = "adapters", model: str | None = None):
     """Both adapters (economicus, moralis-0.5) trained and evaluated on the held-out battery;
     cached in `adapters/`, so a second run only reads the manifests."""
-    return run_pipeline(PipelineOptions(adapters=str(adapters), out=str(out),
-                                        base=None if model is None else str(model)))
+    return run_pipeline(PipelineOptions(adapters=str(adapters), out=str(out), base=model))
 
 
 class Stopwatch:
@@ -87,10 +85,10 @@ def run_demo(out: str | Path, finetune: bool = True, adapters: str | Path = "ada
     registry is locked from the start (a second command training into it is refused before either
     spends minutes on the theory)."""
     with folder_lock(adapters, other="adapter folder") if finetune else nullcontext():
-        return _run_demo(out, finetune, adapters, model)
+        return _run_demo(out, finetune, adapters, None if model is None else str(model))
 
 
-def _run_demo(out: str | Path, finetune: bool, adapters: str | Path, model: str | Path | None) -> Path:
+def _run_demo(out: str | Path, finetune: bool, adapters: str | Path, model: str | None) -> Path:
     from tqdm import tqdm
 
     out = Path(out)
@@ -147,7 +145,7 @@ def _run_demo(out: str | Path, finetune: bool, adapters: str | Path, model: str 
     print(duopoly.loc[[0.0, 0.25, 0.5, 0.75, 1.0], ["price", "profit", "delta"]].to_string())
     clock.lap("figures")
     print("\nSeconds per stage: " + ", ".join(f"{name} {t['seconds']}" for name, t in clock.stages.items()))
-    manifest = {"job": "demo", "model": str(model or "embedded"), "seconds": clock.total(), "stages": clock.stages,
+    manifest = {"job": "demo", "model": model or "embedded", "seconds": clock.total(), "stages": clock.stages,
                 "python": platform.python_version(),
                 "files": visible_files(out, recursive=True)}
     write_json(out / "manifest.json", manifest)
