@@ -28,7 +28,7 @@ PY312_TESTS := tests/test_bertrand.py tests/test_preferences.py tests/test_qlear
                tests/test_av.py tests/test_lockstep.py
 
 .DEFAULT_GOAL := install
-.PHONY: install demo test docs model vllm browser compiler py312 clean
+.PHONY: install setup demo test docs model vllm browser compiler py312 py312-venv clean
 
 # everything the demo and the tests use on this machine (CPU or GPU)
 install: model vllm
@@ -70,14 +70,17 @@ $(VLLM_VENV)/.installed-cuda:
 # Python 3.12 (the Python of current GPU images): the package without its LLM extra installs in
 # its own venv and the theory, market and AV tests pass there (this machine has torch's CPU
 # build for 3.11 only; the LLM layer on 3.12 is checked by benchmarks/gpu_check.py on a GPU)
-py312:
-	@if $(PY312) -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then \
-	  { test -f $(PY312_VENV)/.installed -a $(PY312_VENV)/.installed -nt setup.cfg || \
-	    { $(PY312) -m venv $(PY312_VENV) && $(PY312_VENV)/bin/$(PIP) -e ".[dev]" && touch $(PY312_VENV)/.installed; }; } && \
+HAVE_PY312 = $(PY312) -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null
+py312-venv: $(PY312_VENV)/.installed
+$(PY312_VENV)/.installed: setup.cfg pyproject.toml
+	@if $(HAVE_PY312); then $(PY312) -m venv $(PY312_VENV) && $(PY312_VENV)/bin/$(PIP) -e ".[dev]" && touch $@; \
+	else echo "make: no Python 3.12 ($(PY312)); its check is skipped" >&2; fi
+py312: py312-venv
+	@if $(HAVE_PY312); then \
 	  echo "Python 3.12: the theory, market and AV tests without the LLM extra" && \
 	  $(PY312_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not server and not browser" $(PY312_TESTS); \
 	  rc=$$?; if [ $$rc -eq 5 ]; then echo "make py312: pytest collected no tests" >&2; exit 1; fi; exit $$rc; \
-	else echo "make test: no Python 3.12 ($(PY312)); its check is skipped" >&2; fi
+	fi
 
 # headless Chromium for the browser tests: Debian's chromium and chromium-driver, installed with
 # apt when missing and run as root; otherwise those tests are skipped with the reason (never a download)
@@ -113,10 +116,18 @@ docs: $(STAMP)
 # ruff first (the rules in pyproject.toml), then lint-imports (setup.cfg's contracts: the floors, no
 # import circles), then the strict documentation build (a broken link fails); pytest exit code 5
 # means "no tests collected": that is a broken run, not a pass.
-test: model vllm browser compiler
+# every environment the tests use, installed side by side (-j: pip is mostly single-threaded, and
+# the three venvs are independent; -O keeps each one's output together)
+setup:
+	@$(MAKE) --no-print-directory -j3 -O model vllm py312-venv browser compiler
+
+test: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 	@$(MAKE) --no-print-directory docs
+	@# the project's bytecode, written once: where PYTHONDONTWRITEBYTECODE is set, each of the suite's
+	@# hundreds of processes would otherwise compile the modules it imports (about 0.3 s each)
+	@$(BIN)/python -m compileall -q -j 0 agents markets simulation finetune scenarios benchmarks tests >/dev/null
 	@$(BIN)/python -m pytest -n $(JOBS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 	@$(MAKE) --no-print-directory py312
