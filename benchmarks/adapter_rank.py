@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     from finetune.train import MAX_RANK
 
     if max(args.ranks) > MAX_RANK:
-        parser.error(f"--ranks: at most {MAX_RANK} (vLLM's default limit), got {max(args.ranks)}")
+        parser.error(f"--ranks: at most {MAX_RANK} (finetune.train.MAX_RANK), got {max(args.ranks)}")
     import pandas as pd
 
     from agents.llm.transformers_backend import TransformersBackend

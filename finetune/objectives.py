@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agents.llm.chat_format import ChatFormat, turn_end_ids
 from agents.llm.devices import resolve_placement
 from agents.llm.transformers_backend import TransformersBackend
 from finetune.fast_sft import FrozenLayerCache, answer_only_trainer, first_trained_layer
@@ -76,6 +77,23 @@ def option_config(options, checkpoints: Path, show_progress: bool, placement):
                              length_column_name="length", **{**defaults, **options.extra})
 
 
+def chat_format(model, tokenizer) -> ChatFormat:
+    """The chat rules the model's backends render with (agents.llm.chat_format): training data
+    renders as inference does."""
+    return ChatFormat(tokenizer, turn_end_ids(tokenizer, model.generation_config))
+
+
+def sft_rows(examples: list[dict], chat: ChatFormat) -> list[dict]:
+    """Each example as the tokens the model sees: its prompt as inference renders it, then the
+    answer turn's tokens as choose scores them (through the end of turn and what the template
+    writes after it), the loss on the answer only (`completion_mask`)."""
+    rows = []
+    for example, prompt in zip(examples, chat.prompt_ids([e["messages"][:-1] for e in examples])):
+        answer = chat.answer_ids(example["messages"][-1]["content"], whole_turn=True)
+        rows.append({"input_ids": prompt + answer, "completion_mask": [0] * len(prompt) + [1] * len(answer)})
+    return rows
+
+
 def make_trainer(options, model, tokenizer, examples: list[dict], optimizer, checkpoints: Path,
                  show_progress: bool, placement):
     """The trainer of `options.objective` for the LoRA `model` on `examples`."""
@@ -84,8 +102,7 @@ def make_trainer(options, model, tokenizer, examples: list[dict], optimizer, che
     if options.objective == "sft":
         from trl import SFTTrainer
 
-        dataset = Dataset.from_list([{"prompt": e["messages"][:-1], "completion": e["messages"][-1:]}
-                                     for e in examples])
+        dataset = Dataset.from_list(sft_rows(examples, chat_format(model, tokenizer)))
         trainer_class = answer_only_trainer(SFTTrainer) if options.answer_only_head else SFTTrainer
         trainer = trainer_class(model=model, args=sft_config(options, checkpoints, show_progress, placement),
                                 train_dataset=dataset, processing_class=tokenizer, optimizers=(optimizer, None))

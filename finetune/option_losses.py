@@ -53,7 +53,7 @@ def choice_items(examples: list[dict], backend, pairs: bool = False) -> list[Cho
     (with `pairs`: chosen and rejected, the chosen first)."""
     requests = choice_requests(examples, pairs)
     prompts = backend.prompts_ids(requests)
-    return [ChoiceItem(tuple(prompt), backend.option_trie(request, prompt),
+    return [ChoiceItem(tuple(prompt), backend.option_trie(request),
                        request.options.index(f"{ANSWER_MARKER} {answer_label(example)}"))
             for example, request, prompt in zip(examples, requests, prompts)]
 

@@ -22,7 +22,7 @@ from finetune.heldout import evaluate_adapters
 from finetune.objectives import OBJECTIVES
 from finetune.recipes import PROBE_PHASE, has_second_phase, recipe, situation_counts
 from finetune.registry import adapter_sha256, read_adapter_manifest, registered_adapters, write_adapter_manifest
-from finetune.train import BEFORE_OBJECTIVES, TrainOptions, examples_by_situation, train
+from finetune.train import BEFORE_OBJECTIVES, LLAMA_LINEAR, TrainOptions, examples_by_situation, train
 
 
 @dataclass
@@ -73,6 +73,8 @@ def _up_to_date(folder: Path, data: Path, options: TrainOptions, base_hash: str)
     wanted = {k: v for k, v in asdict(options).items() if k not in skip}
     hyperparameters = manifest.get("hyperparameters", {})
     recorded = {k: v for k, v in {**BEFORE_OBJECTIVES, **hyperparameters}.items() if k not in skip}
+    if recorded.get("target_modules") == LLAMA_LINEAR and not options.target_modules:
+        recorded["target_modules"] = []         # trained before the default was "every linear layer": the same
     dtype = manifest.get("dtype") or ("bfloat16" if hyperparameters.get("bf16") else "float32")
     start = options.init_adapter and adapter_sha256(options.init_adapter)
     return (manifest.get("data", {}).get("sha256") == file_sha256(data)

@@ -1,8 +1,10 @@
 """LoRA fine-tuning of the base model on theory-derived data (TRL + PEFT), by one of the
 objectives of finetune.objectives: `sft` (the answer turn's next-token cross-entropy), `dpo`
 (preference pairs of the same situation) or `choice` (the cross-entropy of the options as `choose`
-scores them). The adapter is kept
-servable by vLLM: rank at most 16 and no `modules_to_save`. Training is seeded, shows progress,
+scores them). LoRA adapts every linear layer of the decoder, whatever the architecture names them
+(Llama's q_proj ... down_proj, Phi 3's qkv_proj and gate_up_proj), found from the model and
+recorded; the adapter is kept servable by vLLM: rank at most 64 (the server's --max-lora-rank is
+set from the adapters it serves) and no `modules_to_save`. Training is seeded, shows progress,
 saves checkpoints and resumes from the last one when rerun with the same output folder
 (finetune.checkpoints). The output folder holds the adapter
 (adapter_model.safetensors, adapter_config.json) and manifest.json (finetune.registry): base model
@@ -25,13 +27,14 @@ from agents.llm.models import model_hash, resolve
 from agents.records import file_sha256, folder_lock
 from finetune.checkpoints import check_checkpoints, epoch_order_callback, resumable
 from finetune.dataset import SITUATIONS, read_jsonl
-from finetune.objectives import OBJECTIVES, make_trainer
+from finetune.objectives import OBJECTIVES, chat_format, make_trainer
 from finetune.registry import adapter_sha256, read_adapter_manifest, write_adapter_manifest
 
-MAX_RANK = 16  # vLLM's default --max-lora-rank
+MAX_RANK = 64  # research adapters use 16-64; vLLM serves them with --max-lora-rank set from the adapters
 # what an adapter trained before the objectives had (its manifest names none of these)
 BEFORE_OBJECTIVES = {"objective": "sft", "dpo_beta": 0.1, "dpo_sft": 0.0, "choice_sft": 0.0}
-ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# target_modules before every architecture's linear layers were found: Llama's, the same layers there
+LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @dataclass
@@ -43,7 +46,8 @@ class TrainOptions:
     base: str | None = None
     rank: int = 8
     alpha: int = 16
-    target_modules: tuple[str, ...] = ALL_LINEAR
+    target_modules: tuple[str, ...] = ()  # () = every linear layer of the decoder (linear_layer_names);
+                                          # the manifest's lora_targets names them
     top_layers: int = 0               # > 0: adapt only the top N decoder layers (backward stops there)
     epochs: float = 2.0
     batch_size: int = 8
@@ -71,7 +75,7 @@ class TrainOptions:
 
     def check(self) -> None:
         if not 1 <= self.rank <= MAX_RANK:
-            raise InputError(f"rank must be 1..{MAX_RANK} (vLLM serves up to {MAX_RANK} by default), got {self.rank}")
+            raise InputError(f"rank must be 1..{MAX_RANK}, got {self.rank}")
         if not Path(self.data).exists():
             raise InputError(f"data file {self.data} does not exist")
         if self.top_layers < 0:
@@ -86,6 +90,17 @@ class TrainOptions:
                              f"{self.dpo_sft} and {self.choice_sft}")
         if self.init_adapter and not (Path(self.init_adapter) / "adapter_config.json").exists():
             raise InputError(f"init_adapter {self.init_adapter} holds no adapter_config.json")
+
+
+def linear_layer_names(model) -> list[str]:
+    """The names of the model's linear layers but its output head (PEFT's "all-linear"), as LoRA
+    targets them: q_proj ... down_proj on Llama, qkv_proj, o_proj, gate_up_proj and down_proj on
+    Phi 3."""
+    import torch
+
+    head = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and module is not head})
 
 
 def examples_by_situation(examples) -> dict[str, int]:
@@ -142,7 +157,8 @@ def _train(options: TrainOptions, show_progress: bool) -> Path:
         raise InputError(f"top_layers must be at most the model's {layers} layers, got {options.top_layers}")
     top = {"layers_to_transform": list(range(layers - options.top_layers, layers)), "layers_pattern": "layers"} \
         if options.top_layers else {}
-    lora = LoraConfig(r=options.rank, lora_alpha=options.alpha, target_modules=list(options.target_modules),
+    targets = list(options.target_modules) or linear_layer_names(model)
+    lora = LoraConfig(r=options.rank, lora_alpha=options.alpha, target_modules=targets,
                       lora_dropout=0.0, bias="none", task_type="CAUSAL_LM", **top)
     if options.init_adapter:
         from peft import PeftModel
@@ -175,6 +191,8 @@ def _train(options: TrainOptions, show_progress: bool) -> Path:
         "data": {"path": str(options.data), "sha256": file_sha256(options.data), "examples": len(examples)},
         "hyperparameters": {k: v for k, v in asdict(options).items()
                             if k not in ("data", "out", "base", "device", "dtype")},
+        "lora_targets": sorted(trainer.model.peft_config[trainer.model.active_adapter].target_modules),
+        "chat_format": chat_format(model, tokenizer).name,
         **placement.as_dict(),
         "versions": library_versions(), "loss_curve": losses,
         "train_seconds": round(seconds, 1), "resumed": resume,

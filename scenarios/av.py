@@ -130,6 +130,8 @@ def run_av_scenario(path: str | Path, out: str | Path, progress: bool = True, ba
     recorded = resume_log(log_path, stamp, config, stamp.exists() and stamp.read_text() == config)
     if s.uses_llm and backend is None:
         backend, _, adapters = build_backend(s.llm, preferences, s.seed, None)
+    if s.uses_llm:
+        getattr(backend, "check_choose", lambda: None)()      # the AVs choose their manoeuvre: exit 2 now
     with DecisionLog(log_path) as log:
         if s.uses_llm:
             policies = make_policies(s.llm, preferences, s.seed, replaying(backend, recorded), log)

@@ -287,6 +287,8 @@ def run_scenarios(jobs: list[tuple[MarketScenario, Path]], backend=None, progres
     llm = [s for s, _ in jobs if s.uses_llm]
     if llm and backend is None:
         backend = build_backend(llm[0].llm, [p for s in llm for p in llm_preferences(s)], llm[0].seed, None)[0]
+    if any(f.type == "llm" and f.prices == "grid" for s, _ in jobs for f in s.firms):
+        getattr(backend, "check_choose", lambda: None)()     # an endpoint that cannot score grid prices: exit 2 now
     check_context(jobs, backend, [make_policies(s.llm, llm_preferences(s), s.seed, backend, None) if s.uses_llm
                                   else {} for s, _ in jobs])
     for s, out in jobs:

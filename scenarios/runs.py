@@ -27,9 +27,11 @@ def build_backend(llm: LLMSection, preferences, seed: int, log):
     paths = {name: str(adapter_path(name, llm.adapters)) for name in names}
     try:
         if llm.backend == "transformers":
-            backend = TransformersBackend(llm.model or None, adapters=paths, device=llm.device, dtype=llm.dtype)
+            backend = TransformersBackend(llm.model or None, adapters=paths, device=llm.device, dtype=llm.dtype,
+                                          thinking=llm.thinking)
         elif llm.backend == "openai":
-            backend = OpenAIBackend(llm.url, model=llm.model or "base", timeout=llm.timeout, retries=llm.retries)
+            backend = OpenAIBackend(llm.url, model=llm.model or "base", timeout=llm.timeout, retries=llm.retries,
+                                    thinking=llm.thinking)
         else:
             backend = ReplayBackend(llm.log)
     except (BackendError, OSError) as err:        # a backend that cannot start on the settings given

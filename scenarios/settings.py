@@ -90,6 +90,9 @@ class LLMSection(Section):
                             "there is one, else the CPU")
     dtype: Literal[DTYPES] = Field("auto", description="transformers: the model's precision; auto = bfloat16 on a "
                                                        "GPU, float32 on the CPU")
+    thinking: bool | None = Field(None, description="the chat template's thinking switch (enable_thinking, as Qwen 3 "
+                                                    "names it; unset: the template's default); thinking text is "
+                                                    "never the answer")
     url: str = Field("http://127.0.0.1:8000", description="openai: the server's base URL")
     adapters: str = Field("adapters", description="the folder of LoRA adapters, one per preference type")
     temperature: float = Field(0.0, ge=0, le=10, description="sampling temperature of generated answers "

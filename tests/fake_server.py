@@ -1,6 +1,8 @@
 """A fake OpenAI-compatible server for fault tests: vLLM's /tokenize, /v1/completions with
 `logprob_token_ids` and /v1/chat/completions on 127.0.0.1, whose replies break as `mode` says
-(good, nan, huge, positive, missing, badjson, megabyte, unknown_model). The `fake_server` fixture runs one."""
+(good, nan, huge, positive, missing, badjson, megabyte, unknown_model; plain: the plain OpenAI chat API
+without vLLM's routes; nosystem: a template that refuses a system role, as Gemma 2's). The
+`fake_server` fixture runs one."""
 import json
 import math
 import threading
@@ -41,6 +43,11 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
+        if self.path == "/openapi.json":      # vLLM's route listing (FastAPI's); a plain endpoint has none
+            if self.server.mode == "plain":
+                return self._reply(404, json.dumps({"detail": "Not Found"}))
+            return self._reply(200, json.dumps({"paths": {p: {} for p in ("/tokenize", "/v1/completions",
+                                                                             "/v1/chat/completions", "/v1/models")}}))
         self._reply(200, json.dumps({"data": [{"id": "base"}, {"id": "economicus"}]}))
 
     def _reply(self, status: int, text: str) -> None:
@@ -58,6 +65,10 @@ class Handler(BaseHTTPRequestHandler):
         mode = server.mode
         if mode == "unknown_model" and body.get("model") not in ("base", "economicus"):
             return self._reply(404, json.dumps({"message": f"The model `{body.get('model')}` does not exist."}))
+        if mode == "plain" and self.path != "/v1/chat/completions":
+            return self._reply(404, json.dumps({"detail": "Not Found"}))
+        if mode == "nosystem" and (body.get("messages") or [{}])[0].get("role") == "system":
+            return self._reply(400, json.dumps({"message": "System role not supported"}))
         if self.path == "/tokenize":
             reply = {"tokens": tokens(body["messages"], body["add_generation_prompt"], body["continue_final_message"])}
         elif self.path == "/v1/completions":
@@ -71,7 +82,8 @@ class Handler(BaseHTTPRequestHandler):
                 choices.append({"index": i, "logprobs": {"top_logprobs": [scores]}})
             reply = {"choices": choices}
         else:
-            content = {"good": "ANSWER: 1.8", "megabyte": "x" * 1_000_000}.get(mode)
+            content = {"good": "ANSWER: 1.8", "plain": "<think>a 1.5 price?</think>\n\nANSWER: 1.8",
+                       "nosystem": "ANSWER: 1.8", "megabyte": "x" * 1_000_000}.get(mode)
             reply = {"choices": [{"message": {"content": content}}]} if content else {"choices": []}
         self._reply(200, "{not json" if mode == "badjson" else json.dumps(reply))
 

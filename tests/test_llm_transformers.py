@@ -60,7 +60,7 @@ def test_choice_scores_are_full_answer_log_likelihoods(backend):
     for request, got in zip(CHOICES, scores):
         prefix = backend.prompt_ids(request)
         for option, value in zip(request.options, got):
-            sequence = prefix + backend.option_ids(request, option, prefix)
+            sequence = prefix + backend.option_ids(request, option)
             assert sequence[-1] in backend.end_ids
             with torch.no_grad():
                 logp = torch.log_softmax(backend.model(torch.tensor([sequence])).logits[0].float(), -1)
@@ -87,7 +87,7 @@ def test_options_scored_after_an_assistant_prefix(backend):
     prefix = backend.prompt_ids(request)
     got = backend.option_logprobs([request, CHOICES[1]])[0]
     for option, value in zip(request.options, got):
-        sequence = prefix + backend.option_ids(request, option, prefix)
+        sequence = prefix + backend.option_ids(request, option)
         with torch.no_grad():
             logp = torch.log_softmax(backend.model(torch.tensor([sequence])).logits[0].float(), -1)
         assert value == pytest.approx(sum(logp[i - 1, sequence[i]].item()
@@ -188,8 +188,11 @@ def test_cached_option_ids_equal_the_whole_chat_rendered_for_every_bundled_promp
                                                       continue_final_message=bool(request.prefix))["input_ids"]
         assert prompt == list(alone)
         for option in request.options:
-            assert list(backend.cached_option_ids(request, option, prompt)) == backend.option_ids(request, option,
-                                                                                                 prompt)
+            cached = list(backend.cached_option_ids(request, option))
+            assert cached == backend.option_ids(request, option)
+            whole = list(backend.tokenizer.apply_chat_template(request.with_answer(option), tokenize=True,
+                                                               return_dict=True)["input_ids"])
+            assert whole[:len(prompt) + len(cached)] == prompt + cached     # ChatML: the chat with its answer
     assert len(backend._option_cache) < sum(len(r.options) for r in requests) / 5   # reused, not recomputed
 
 

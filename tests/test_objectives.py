@@ -164,7 +164,7 @@ def test_choice_loss_is_minus_log_of_chooses_probability(double_backend, adapter
             again = choice_loss(model, [item], cache, [k]).item()   # from the cache
             assert abs(again - loss) < 1e-9
             singles.append(loss)
-            tokens = len(double_backend.cached_option_ids(requests[k], requests[k].options[item.answer], []))
+            tokens = len(double_backend.cached_option_ids(requests[k], requests[k].options[item.answer]))
             answer = double_backend.option_logprobs([requests[k]])[0][item.answer]
             with_sft = choice_loss(model, [item], cache, [k], sft=0.5).item()
             assert abs(with_sft - (loss - 0.5 * answer / tokens)) < 1e-5
@@ -195,7 +195,7 @@ def test_dpo_loss_is_rafailovs_on_the_option_scores(double_backend):
             assert np.allclose(reference[k].numpy(), r, atol=1e-5)
             want = -np.log(1 / (1 + np.exp(-beta * ((s[0] - r[0]) - (s[1] - r[1])))))
             assert abs(dpo_loss(model, [item], reference, beta, keys=[k]).item() - want) < 1e-5
-            tokens = len(double_backend.cached_option_ids(pairs[k], pairs[k].options[0], []))
+            tokens = len(double_backend.cached_option_ids(pairs[k], pairs[k].options[0]))
             with_sft = dpo_loss(model, [item], reference, beta, sft=0.5, keys=[k]).item()
             assert abs(with_sft - (want - 0.5 * s[0] / tokens)) < 1e-5
 

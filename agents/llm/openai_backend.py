@@ -6,6 +6,14 @@ exchange has a timeout and is retried with exponential backoff on connection err
 429 and 5xx; after the last attempt the call fails with a BackendError that names the server. The API key
 goes over https, or plain http to the loopback only (check_key_transport).
 
+At its first call the backend probes what the endpoint offers (`offers()`, `describe()`): vLLM's
+extensions (/tokenize with `messages`, /v1/completions with `logprob_token_ids`), or the plain
+OpenAI chat API (hosted models, llama.cpp, Ollama), which serves `generate` only; `choose` there is
+refused in one line (`check_choose`, called by the runs before their first step) naming what to use
+instead. A template that refuses a system role gets it in the first user turn
+(agents.llm.chat_format.fold_system); `thinking` is the template's switch
+(`chat_template_kwargs.enable_thinking`); thinking text is never the answer.
+
 `choose` needs vLLM's extensions: the chat template is applied by the server (`/tokenize` with
 `messages`), and each option token is scored as the next token after the prompt and the
 option's earlier tokens (`/v1/completions` with token-id prompts, `logprob_token_ids` and
@@ -26,6 +34,7 @@ import numpy as np
 
 from agents.errors import InputError
 from agents.llm.backend import BackendError, CallCounter, Request, check_choice_requests, softmax
+from agents.llm.chat_format import PROBE, answer_text, fold_system
 from agents.llm.server import is_loopback
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
@@ -36,7 +45,7 @@ class OpenAIBackend:
 
     def __init__(self, base_url: str = "http://127.0.0.1:8000", model: str = "base",
                  api_key: str | None = None, timeout: float = 120.0, retries: int = 3,
-                 backoff: float = 0.5, concurrency: int = 64):
+                 backoff: float = 0.5, concurrency: int = 64, thinking: bool | None = None):
         self.base_url = base_url.rstrip("/")
         if self.base_url.endswith("/v1"):
             self.base_url = self.base_url[:-3]
@@ -50,6 +59,10 @@ class OpenAIBackend:
         self.concurrency = concurrency
         self.counter = CallCounter()
         self._end_token: int | None = None
+        self.template_kwargs = {} if thinking is None else {"chat_template_kwargs": {"enable_thinking": bool(thinking)}}
+        self._offers: dict | None = None
+        self._folds_system = False            # set when the server's template refuses a system role
+        self._option_cache: dict[tuple[str, str], list[int]] = {}
 
     @property
     def calls(self) -> int:
@@ -90,6 +103,10 @@ class OpenAIBackend:
             if response.status_code in RETRY_STATUS:
                 last = f"HTTP {response.status_code}: {response.text[:200]}"
                 continue
+            if response.status_code == 400 and not self._folds_system and _refuses_system(response, payload):
+                self._folds_system = True     # its template refuses a system role: in the first user turn from now on
+                payload = {**payload, "messages": fold_system(payload["messages"])}
+                response = await client.post(self.base_url + path, json=payload)
             if response.status_code >= 400:
                 served = await self._served_models(client) if response.status_code == 404 else ""
                 raise BackendError(f"{self.base_url}{path} refused the request (HTTP "
@@ -115,7 +132,11 @@ class OpenAIBackend:
         """The served model's context in tokens: the `max_model_len` vLLM gives in /v1/models
         (asked once); None where the server does not say or does not answer."""
         if "_context" not in self.__dict__:
-            self._context = self._run(self._max_model_len())
+            try:                                 # no /tokenize: no prompt can be measured against it
+                measurable = self.offers()["tokenize"]
+            except BackendError:                 # no answer: the run itself reports a server that fails
+                measurable = False
+            self._context = self._run(self._max_model_len()) if measurable else None
         return self._context
 
     async def _max_model_len(self) -> int | None:
@@ -130,6 +151,8 @@ class OpenAIBackend:
 
     def prompt_lengths(self, requests: Sequence[Request]) -> list[int]:
         """Tokens of each request's prompt: the server's /tokenize (vLLM) with the chat template."""
+        if not self.offers()["tokenize"]:
+            raise BackendError(f"{self.base_url} has no /tokenize to count a prompt's tokens with")
         async def count(client, request: Request) -> int:
             return len(await self._tokens(client, request, request.message_dicts(), True))
         return self._run(self._gather(count, requests))
@@ -153,28 +176,81 @@ class OpenAIBackend:
     def _model_for(self, request: Request) -> str:
         return request.adapter or self.model
 
+    def _messages(self, request: Request, messages: list[dict] | None = None) -> list[dict]:
+        messages = request.message_dicts() if messages is None else messages
+        return fold_system(messages) if self._folds_system else messages
+
+    # ------------------------------------------------------------------ what the endpoint offers
+    def offers(self) -> dict:
+        """What the endpoint serves, probed once: {"tokenize": vLLM's /tokenize with messages,
+        "scores": /v1/completions with vLLM's logprob_token_ids}."""
+        if self._offers is None:
+            self._offers = self._run(self._probe())
+        return self._offers
+
+    def describe(self) -> str:
+        """One line saying what the endpoint offers and what the backend does with it."""
+        offers = self.offers()
+        kind = "vLLM's /tokenize and token log-probabilities: generate and choose" if offers["scores"] else \
+            "the plain OpenAI chat API (no /tokenize or token log-probabilities): generate only"
+        return f"{self.base_url} serves {kind}"
+
+    def check_choose(self) -> None:
+        """InputError (exit 2), before a run's first step, where the endpoint cannot score options."""
+        if not self.offers()["scores"]:
+            raise InputError(f"{self.base_url} serves the plain OpenAI chat API, without vLLM's /tokenize and "
+                             "logprob_token_ids that choose() scores options with: serve the model with `econalign "
+                             "serve` or vLLM, or let LLM firms write their price (prices = \"free\")")
+
+    async def _probe(self) -> dict:
+        """vLLM's routes from its OpenAPI listing (a GET: nothing is asked of the model); where the
+        endpoint has no listing (hosted APIs, llama.cpp, Ollama, or vLLM without its docs routes),
+        whether /tokenize answers a chat."""
+        import httpx
+
+        async with self._client() as client:
+            try:
+                response = await client.get(self.base_url + "/openapi.json")
+                paths = response.json().get("paths") if response.status_code == 200 else None
+            except (httpx.HTTPError, ValueError, AttributeError):
+                paths = None
+            if isinstance(paths, dict):
+                tokenize = "/tokenize" in paths
+                return {"tokenize": tokenize, "scores": tokenize and "/v1/completions" in paths}
+            try:
+                response = await client.post(self.base_url + "/tokenize", json={
+                    "model": self.model, "messages": PROBE, "add_generation_prompt": True,
+                    "continue_final_message": False, **self.template_kwargs})
+            except httpx.HTTPError as err:
+                raise BackendError(f"LLM server at {self.base_url} did not answer ({type(err).__name__})") from None
+            served = response.status_code not in (404, 405)
+            return {"tokenize": served, "scores": served}
+
     # ------------------------------------------------------------------ generate
     def generate(self, requests: Sequence[Request]) -> list[str]:
+        self.offers()
         self.counter.record("generate", len(requests))
         return self._run(self._gather(self._chat, requests))
 
     async def _chat(self, client, request: Request) -> str:
-        payload = {"model": self._model_for(request), "messages": request.message_dicts(),
+        payload = {"model": self._model_for(request), "messages": self._messages(request),
                    "max_tokens": request.max_tokens, "temperature": request.temperature,
-                   "top_p": request.top_p, "seed": request.seed}
+                   "top_p": request.top_p, "seed": request.seed, **self.template_kwargs}
         data = await self._post(client, "/v1/chat/completions", payload)
         try:
-            return data["choices"][0]["message"]["content"] or ""
+            return answer_text(data["choices"][0]["message"]["content"] or "")
         except (KeyError, IndexError, TypeError):
             return ""           # a reply without a message: parsed as no answer, asked again, then invalid
 
     # ------------------------------------------------------------------ choose
     def choose(self, requests: Sequence[Request]) -> list[np.ndarray]:
         check_choice_requests(requests)
+        self.check_choose()
         self.counter.record("choose", len(requests))
         return [softmax(s) for s in self._run(self._score_all(requests))]
 
     def option_logprobs(self, requests: Sequence[Request]) -> list[np.ndarray]:
+        self.check_choose()
         return self._run(self._score_all(requests))
 
     async def _score_all(self, requests):
@@ -182,9 +258,9 @@ class OpenAIBackend:
 
     async def _tokens(self, client, request: Request, messages: list[dict], generation: bool,
                       open_turn: bool = False) -> list[int]:
-        payload = {"model": self._model_for(request), "messages": messages,
+        payload = {"model": self._model_for(request), "messages": self._messages(request, messages),
                    "add_generation_prompt": generation and not open_turn,
-                   "continue_final_message": open_turn}
+                   "continue_final_message": open_turn, **self.template_kwargs}
         return (await self._post(client, "/tokenize", payload))["tokens"]
 
     async def _end_of_turn(self, client, request: Request) -> int:
@@ -205,15 +281,19 @@ class OpenAIBackend:
                                         False, open_turn=True)
         else:
             prefix = await self._tokens(client, request, messages, True)
-        fulls = await asyncio.gather(*(self._tokens(client, request, request.with_answer(o), False)
-                                       for o in request.options))
-        options = []
-        for full in fulls:
+        # an option's tokens depend on the prompt's end (its assistant prefix) and the option only:
+        # asked of the server once per backend, as the in-process backend caches them
+        missing = [o for o in request.options if (request.prefix, o) not in self._option_cache]
+        fulls = await asyncio.gather(*(self._tokens(client, request, request.with_answer(o), False) for o in missing))
+        if len(self._option_cache) > 65536:        # bounded: reasoning prefixes differ per request
+            self._option_cache.clear()
+        for option, full in zip(missing, fulls):
             if full[:len(prefix)] != prefix:
                 raise BackendError("the chat template does not extend the generation prompt with "
                                    "the assistant turn; choose() cannot score options for this model")
             tail = full[len(prefix):]
-            options.append(tail[:tail.index(end) + 1] if end in tail else tail)
+            self._option_cache[(request.prefix, option)] = tail[:tail.index(end) + 1] if end in tail else tail
+        options = [self._option_cache[(request.prefix, o)] for o in request.options]
         # Every option token is scored as the next token after the prompt and the option's earlier
         # tokens: one prompt per distinct prefix (a trie), all in one completions request.
         nodes = sorted({tuple(o[:j]) for o in options for j in range(len(o))})
@@ -254,6 +334,13 @@ def check_key_transport(url: str) -> None:
     raise InputError(f"the API key ($ECONALIGN_API_KEY) would cross the network in plain text to {url}: use an "
                      "https:// URL (a TLS reverse proxy), a loopback URL (an SSH tunnel), or set "
                      "ECONALIGN_ALLOW_PLAIN_HTTP=1 on a network you trust")
+
+
+def _refuses_system(response, payload: dict) -> bool:
+    """A 400 for a chat with a system message whose detail says the template refuses it (Gemma 2's
+    "System role not supported")."""
+    messages = payload.get("messages") or []
+    return bool(messages) and messages[0].get("role") == "system" and "system" in _detail(response).lower()
 
 
 def _detail(response) -> str:

@@ -11,9 +11,12 @@ simulation step costs one prefill per adapter group:
   and every option's score is gathered on the device and moved to the host once per call.
 
 The model is placed by `device` and `dtype` (agents.llm.devices: "auto" is the GPU in bfloat16
-where there is one, else the CPU in float32). Host work per request is one chat-template render
-(all prompts of a call tokenized in one batch); an option's tokens depend only on the prompt's
-end (its assistant `prefix`) and the option, so they are computed once per backend and reused.
+where there is one, else the CPU in float32). Prompts and answers are rendered by the model's own
+chat template under agents.llm.chat_format's rules (any family: a system role folded where the
+template refuses it, an answer's tokens as the model would produce them after the prompt, the
+thinking switch). Host work per request is one chat-template render (all prompts of a call
+tokenized in one batch); an option's tokens depend only on the prompt's end (its assistant
+`prefix`) and the option, so they are computed once per backend and reused.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import numpy as np
 
 from agents.llm.adapters import AdapterError, adapters_in, inspect_adapter
 from agents.llm.backend import BackendError, CallCounter, Request, check_choice_requests, softmax
+from agents.llm.chat_format import ChatFormat, answer_text, turn_end_ids
 from agents.llm.devices import Placement, resolve_placement
 from agents.llm.models import model_hash, resolve
 from agents.llm.option_trie import OptionTrie, TrieBatch
@@ -37,18 +41,26 @@ def _peft_name(name: str) -> str:
     return name.replace("_", "_u").replace(".", "_d")
 
 
+def _widened(logits):
+    """Logits in float32 at least: a half-precision model's are widened, a float64 model's kept."""
+    import torch
+
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 class TransformersBackend:
     name = "transformers"
 
     def __init__(self, model: str | Path | None = None,
                  adapters: str | Path | Mapping[str, str | Path] | None = None,
                  max_batch: int | None = None, threads: int | None = None, device: str = "auto",
-                 dtype: str = "auto"):
+                 dtype: str = "auto", thinking: bool | None = None):
         """`model`: a model folder, a prepared .gguf or None (the embedded default); `adapters`:
         {name: folder}, or the folder that holds them as scenario files name it ([llm] adapters =
         "outputs/demo/adapters"): every adapter in it, under its folder's name ("moralis-0.5");
         `max_batch`: requests per forward pass (default 64 on the CPU, 256 on a GPU); `device`,
-        `dtype`: see agents.llm.devices."""
+        `dtype`: see agents.llm.devices; `thinking`: the chat template's thinking switch (Qwen 3's
+        enable_thinking; None: the template's default; agents.llm.chat_format)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -65,22 +77,23 @@ class TransformersBackend:
                 raise BackendError(str(err)) from None
         placed = {"device_map": {"": placement.device}} if placement.on_gpu else {}
         loaded = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=placement.torch_dtype(), **placed)
-        self._setup(loaded, AutoTokenizer.from_pretrained(self.model_path), placement, max_batch)
+        self._setup(loaded, AutoTokenizer.from_pretrained(self.model_path), placement, max_batch, thinking)
         for name, path in (adapters or {}).items():
             self.load_adapter(name, path)
 
     @classmethod
-    def from_model(cls, model, tokenizer, max_batch: int | None = None) -> TransformersBackend:
+    def from_model(cls, model, tokenizer, max_batch: int | None = None,
+                   thinking: bool | None = None) -> TransformersBackend:
         """A backend around a model already built and placed (benchmarks time random-weight models
         of any shape this way); adapters cannot be loaded into it (no base-model folder to check)."""
         backend = cls.__new__(cls)
         backend.model_path = None
         parameter = next(model.parameters())
         placement = Placement(str(parameter.device), str(parameter.dtype).removeprefix("torch."))
-        backend._setup(model, tokenizer, placement, max_batch)
+        backend._setup(model, tokenizer, placement, max_batch, thinking)
         return backend
 
-    def _setup(self, model, tokenizer, placement, max_batch: int | None) -> None:
+    def _setup(self, model, tokenizer, placement, max_batch: int | None, thinking: bool | None = None) -> None:
         import torch
 
         self.model, self.tokenizer, self.placement = model.eval(), tokenizer, placement
@@ -91,10 +104,8 @@ class TransformersBackend:
         self.counter = CallCounter()
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
-        ends = {self.tokenizer.eos_token_id}
-        configured = getattr(self.model.generation_config, "eos_token_id", None)
-        ends.update(configured if isinstance(configured, list) else [configured])
-        self.end_ids = {e for e in ends if e is not None}
+        self.end_ids = turn_end_ids(self.tokenizer, self.model.generation_config)
+        self.chat = ChatFormat(self.tokenizer, self.end_ids, thinking)
         self._option_cache: dict[tuple[str, str], tuple[int, ...]] = {}
         self._trie_cache: dict[tuple[str, tuple[str, ...]], OptionTrie] = {}
         # transformers >= 5.20 names the KV cache `cache`, earlier releases `past_key_values`
@@ -164,19 +175,7 @@ class TransformersBackend:
     def prompts_ids(self, requests: Sequence[Request]) -> list[list[int]]:
         """prompt_ids of every request, the chats rendered by the template and tokenized in one
         batch (one batch for the requests with an assistant prefix, one for those without)."""
-        out: list[list[int] | None] = [None] * len(requests)
-        for continued in (False, True):
-            rows = [i for i, r in enumerate(requests) if bool(r.prefix) == continued]
-            if not rows:
-                continue
-            chats = [requests[i].message_dicts() + ([{"role": "assistant", "content": requests[i].prefix}]
-                                                    if continued else []) for i in rows]
-            texts = self.tokenizer.apply_chat_template(chats, tokenize=False, add_generation_prompt=not continued,
-                                                       continue_final_message=continued)
-            encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-            for i, ids in zip(rows, encoded):
-                out[i] = list(ids)
-        return out  # type: ignore[return-value]
+        return self.chat.prompt_ids([r.message_dicts() for r in requests], [r.prefix for r in requests])
 
     def prompt_lengths(self, requests: Sequence[Request]) -> list[int]:
         """Tokens of each request's prompt (one batched tokenization)."""
@@ -192,21 +191,12 @@ class TransformersBackend:
         known = [int(k) for k in known if isinstance(k, int) and 0 < k < 10**9]
         return min(known) if known else None
 
-    def option_ids(self, request: Request, option: str, prefix: list[int]) -> list[int]:
-        """Tokens of the assistant turn `option` up to and including its end-of-turn token, from
-        the whole chat rendered with that answer (the reference that the cache below must equal)."""
-        full = list(self.tokenizer.apply_chat_template(request.with_answer(option), tokenize=True,
-                                                       return_dict=True)["input_ids"])
-        if full[:len(prefix)] != prefix:
-            raise BackendError("the chat template does not extend the generation prompt with the "
-                               "assistant turn; choose() cannot score options for this model")
-        tail = full[len(prefix):]
-        for j, token in enumerate(tail):
-            if token in self.end_ids:
-                return tail[:j + 1]
-        return tail
+    def option_ids(self, request: Request, option: str) -> list[int]:
+        """Tokens of the assistant turn `option` after the prompt, up to and including its
+        end-of-turn token (agents.llm.chat_format, rule 3)."""
+        return self.chat.answer_ids(option, request.prefix)
 
-    def cached_option_ids(self, request: Request, option: str, prefix: list[int]) -> tuple[int, ...]:
+    def cached_option_ids(self, request: Request, option: str) -> tuple[int, ...]:
         """option_ids, computed once per (assistant prefix, option): the chat template renders an
         answer after the prompt's end whatever came before it."""
         key = (request.prefix, option)
@@ -214,10 +204,10 @@ class TransformersBackend:
         if found is None:
             if len(self._option_cache) > 65536:       # bounded: reasoning prefixes differ per request
                 self._option_cache.clear()
-            found = self._option_cache[key] = tuple(self.option_ids(request, option, prefix))
+            found = self._option_cache[key] = tuple(self.option_ids(request, option))
         return found
 
-    def option_trie(self, request: Request, prompt: list[int]) -> OptionTrie:
+    def option_trie(self, request: Request) -> OptionTrie:
         """The request's options as a token trie, once per (assistant prefix, options): one
         look-up per request, nothing per option."""
         key = (request.prefix, request.options)
@@ -226,7 +216,7 @@ class TransformersBackend:
             if len(self._trie_cache) > 4096:          # bounded: free-form option sets are many
                 self._trie_cache.clear()
             found = self._trie_cache[key] = OptionTrie.of(
-                [self.cached_option_ids(request, option, prompt) for option in request.options])
+                [self.cached_option_ids(request, option) for option in request.options])
         return found
 
     def _forward(self, cache=None, **inputs):
@@ -246,7 +236,7 @@ class TransformersBackend:
         as float64 on the device."""
         import torch
 
-        logp = torch.log_softmax(logits.float(), dim=-1)
+        logp = torch.log_softmax(_widened(logits), dim=-1)
         row = torch.arange(len(logp), device=logp.device).view(-1, *([1] * (positions.dim() - 1)))
         return logp[row, positions, tokens].double()
 
@@ -284,7 +274,7 @@ class TransformersBackend:
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             out, cache = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions,
                                        use_cache=True, logits_to_keep=1)
-            return out.logits[:, -1, :].float(), cache, mask, positions
+            return _widened(out.logits[:, -1, :]), cache, mask, positions
         head = torch.tensor([sequences[0][:shared]], device=self.device)
         tail_ids, tail_mask = self._left_pad([s[shared:] for s in sequences])
         mask = torch.cat([torch.ones((len(sequences), shared), dtype=tail_mask.dtype, device=self.device),
@@ -295,7 +285,7 @@ class TransformersBackend:
         cache.batch_repeat_interleave(len(sequences))
         out, cache = self._forward(cache, input_ids=tail_ids, attention_mask=mask,
                                    position_ids=positions[:, shared:], use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :].float(), cache, mask, positions
+        return _widened(out.logits[:, -1, :]), cache, mask, positions
 
     # ------------------------------------------------------------------ generate
     def generate(self, requests: Sequence[Request]) -> list[str]:
@@ -357,9 +347,9 @@ class TransformersBackend:
                 mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=self.device)], dim=1)
                 out, past = self._forward(past, input_ids=tokens[:, None], attention_mask=mask,
                                           position_ids=next_position, use_cache=True)
-                logits = out.logits[:, -1, :].float()
+                logits = _widened(out.logits[:, -1, :])
                 next_position = next_position + 1
-        return self.tokenizer.batch_decode(produced, skip_special_tokens=True)
+        return [answer_text(text) for text in self.tokenizer.batch_decode(produced, skip_special_tokens=True)]
 
     # ------------------------------------------------------------------ choose
     def choose(self, requests: Sequence[Request]) -> list[np.ndarray]:
@@ -389,7 +379,7 @@ class TransformersBackend:
 
         with torch.inference_mode():
             prefixes = self.prompts_ids(requests)
-            batch = TrieBatch.of([self.option_trie(r, p) for r, p in zip(requests, prefixes)])
+            batch = TrieBatch.of([self.option_trie(r) for r in requests])
             last, past, mask, positions = self._prefill(prefixes)
             t = {name: torch.from_numpy(value).to(self.device) for name, value in batch.arrays().items()}
             scores = self._vocab_logprobs(last[:, None, :], torch.zeros_like(t["first"]), t["first"])   # token 0
