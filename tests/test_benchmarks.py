@@ -38,7 +38,7 @@ def test_benchmark_help_runs(path):
     (("frozen_cache.py", "--preference", "altruist"), "preference must be economicus or moralis-K"),
     (("data_seeds.py", "--seeds", "0,-1"), "--seeds: must be integers >= 0"),
     (("adapter_rank.py", "--ranks", "0,8"), "--ranks: must be integers >= 1"),
-    (("adapter_rank.py", "--ranks", "8,32"), "--ranks: at most 16"),
+    (("adapter_rank.py", "--ranks", "8,128"), "--ranks: at most 64"),
     (("adapter_rank.py", "--probe-lr", "1e-4,fast"), "--probe-lr: must be positive numbers"),
     (("adapter_rank.py", "--probe-lr", "0"), "--probe-lr: must be positive numbers"),
     (("domain_split.py", "--sequential", "1e-4:step"), "the schedule must be constant, cosine or linear"),

@@ -137,7 +137,7 @@ def test_finetune_train_flags_come_from_train_options(tmp_path, capsys):
     assert args.frozen_cache is False
     data = tmp_path / "d.jsonl"
     data.write_text("")
-    for extra, needle in ((["--rank", "0"], "rank must be 1..16"), ([], "holds no examples")):
+    for extra, needle in ((["--rank", "0"], "rank must be 1..64"), ([], "holds no examples")):
         assert main(["finetune", "train", "--data", str(data), "--out", str(tmp_path / "a"), *extra]) == 2
         err = capsys.readouterr().err
         assert needle in err and err.count("\n") == 1

@@ -143,7 +143,9 @@ def test_tiny_training_lowers_the_loss_and_writes_a_manifest(tiny_adapter, model
     assert manifest["situations"] == {"games": 8, "pricing": 4, "av": 4}
     assert manifest["precision"] == "float32" and (manifest["device"], manifest["dtype"]) == ("cpu", "float32")
     assert "device" not in manifest["hyperparameters"] and "dtype" not in manifest["hyperparameters"]
-    assert manifest["hyperparameters"]["rank"] <= 16
+    assert manifest["hyperparameters"]["rank"] <= 16 and manifest["chat_format"] == "system role"
+    assert manifest["lora_targets"] == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                               "down_proj"])          # every linear layer of a Llama
     assert {"torch", "transformers", "peft", "trl"} <= set(manifest["versions"])
     assert len(manifest["loss_curve"]) >= 2
     config = json.loads((folder / "adapter_config.json").read_text())
