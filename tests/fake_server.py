@@ -1,7 +1,8 @@
 """A fake OpenAI-compatible server for fault tests: vLLM's /tokenize, /v1/completions with
 `logprob_token_ids` and /v1/chat/completions on 127.0.0.1, whose replies break as `mode` says
 (good, nan, huge, positive, missing, badjson, megabyte, unknown_model; plain: the plain OpenAI chat API
-without vLLM's routes; nosystem: a template that refuses a system role, as Gemma 2's). The
+without vLLM's routes; nosystem: a template that refuses a system role, as Gemma 2's; mistral: one
+that leaves the system turn out once an answer follows, as Mistral v0.3's). The
 `fake_server` fixture runs one."""
 import json
 import math
@@ -28,8 +29,11 @@ class FakeServer(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-def tokens(messages: list[dict], generation: bool, open_turn: bool) -> list[int]:
-    """A toy chat template: 1 role 2 content 0 per turn (0 ends a turn), characters as token ids."""
+def tokens(messages: list[dict], generation: bool, open_turn: bool, moves_system: bool = False) -> list[int]:
+    """A toy chat template: 1 role 2 content 0 per turn (0 ends a turn), characters as token ids;
+    `moves_system`: the system turn is left out once an answer follows, as Mistral v0.3's is."""
+    if moves_system and messages and messages[-1]["role"] == "assistant" and messages[0]["role"] == "system":
+        messages = messages[1:]
     out = []
     for i, m in enumerate(messages):
         out += [1, *map(ord, m["role"]), 2, *map(ord, m["content"])]
@@ -69,21 +73,27 @@ class Handler(BaseHTTPRequestHandler):
             return self._reply(404, json.dumps({"detail": "Not Found"}))
         if mode == "nosystem" and (body.get("messages") or [{}])[0].get("role") == "system":
             return self._reply(400, json.dumps({"message": "System role not supported"}))
-        if self.path == "/tokenize":
-            reply = {"tokens": tokens(body["messages"], body["add_generation_prompt"], body["continue_final_message"])}
+        if self.path == "/tokenize" and "prompt" in body:         # text: its characters
+            reply = {"tokens": [ord(c) for c in body["prompt"]]}
+        elif self.path == "/detokenize":
+            reply = {"prompt": "".join(map(chr, body["tokens"]))}
+        elif self.path == "/tokenize":
+            reply = {"tokens": tokens(body["messages"], body["add_generation_prompt"], body["continue_final_message"],
+                                      moves_system=mode == "mistral")}
         elif self.path == "/v1/completions":
             wanted = body["logprob_token_ids"]
             value = {"nan": math.nan, "huge": 1e308, "positive": 0.5}.get(mode, -0.7)
             choices = []
             for i, _ in enumerate(body["prompt"]):
-                scores = {f"token_id:{t}": (value if mode != "good" else -0.1 * (1 + t % 7)) for t in wanted}
+                scores = {f"token_id:{t}": (-0.1 * (1 + t % 7) if mode in ("good", "nosystem", "mistral") else value)
+                          for t in wanted}
                 if mode == "missing":
                     scores.pop(f"token_id:{wanted[0]}")
                 choices.append({"index": i, "logprobs": {"top_logprobs": [scores]}})
             reply = {"choices": choices}
         else:
             content = {"good": "ANSWER: 1.8", "plain": "<think>a 1.5 price?</think>\n\nANSWER: 1.8",
-                       "nosystem": "ANSWER: 1.8", "megabyte": "x" * 1_000_000}.get(mode)
+                       "nosystem": "ANSWER: 1.8", "mistral": "ANSWER: 1.8", "megabyte": "x" * 1_000_000}.get(mode)
             reply = {"choices": [{"message": {"content": content}}]} if content else {"choices": []}
         self._reply(200, "{not json" if mode == "badjson" else json.dumps(reply))
 

@@ -79,3 +79,17 @@ def test_a_template_that_refuses_a_system_role_gets_it_in_the_first_user_turn(fa
     refused = fake_server.hits["/v1/chat/completions"]
     assert backend.generate([ASK]) == ["ANSWER: 1.8"]
     assert fake_server.hits["/v1/chat/completions"] == refused + 1          # folded at once now
+
+
+def test_a_template_that_moves_the_system_text_is_scored_on_the_prompt_the_model_reads(fake_server):
+    """Mistral v0.3's template leaves the system text out once an answer follows, so the chat with
+    its answer does not extend the prompt's tokens: the answer's tokens are then the template's
+    lead, the answer and its end of turn on their own (from the server's /detokenize and
+    /tokenize), the same as where the template extends the prompt; the prompt keeps the system."""
+    good = OpenAIBackend(fake_server.url, retries=0).option_logprobs([ASK])[0]
+    fake_server.mode = "mistral"
+    backend = OpenAIBackend(fake_server.url, retries=0)
+    moved = backend.option_logprobs([ASK])[0]
+    assert moved == pytest.approx(good, abs=1e-12)
+    assert backend._option_cache[("", "ANSWER: 1.5")] == [*map(ord, "ANSWER: 1.5"), 0]
+    assert fake_server.hits["/detokenize"] == 2              # the template's parts, asked once

