@@ -75,6 +75,21 @@ def build_family_model(name: str, embedded: Path, out: Path, seed: int = 0) -> P
     return out
 
 
+def run_bundled_scenarios(folder: Path, backend_class) -> None:
+    """The bundled LLM market and AV scenarios' first periods, each on a new `backend_class()`
+    (a stand-in model that records what it is asked), their outputs in `folder`."""
+    from scenarios.av import run_av_scenario
+    from scenarios.market import run_scenario
+    from scenarios.settings_files import BUNDLED_AVS, BUNDLED_MARKETS
+
+    for path in sorted(BUNDLED_MARKETS.glob("llm_*.toml")):
+        run_scenario(path, folder / path.stem, progress=False, backend=backend_class(),
+                     overrides={"run": {"steps": 3, "sessions": 1, "deviation": False}})
+    for path in sorted(BUNDLED_AVS.glob("llm_*.toml")):
+        run_av_scenario(path, folder / f"av-{path.stem}", progress=False, backend=backend_class(),
+                        overrides={"run": {"steps": 3}})
+
+
 def bundled_requests(folder: Path, games: int = 12) -> list:
     """Two of each kind of the distinct choose requests that the bundled LLM market and AV scenarios ask in their first
     periods and that `games` items of the small games battery ask, recorded through a stand-in
@@ -83,9 +98,6 @@ def bundled_requests(folder: Path, games: int = 12) -> list:
     from agents.policies import LLMPolicy, decide
     from conftest import HashBackend
     from finetune.battery import build_battery
-    from scenarios.av import run_av_scenario
-    from scenarios.market import run_scenario
-    from scenarios.settings_files import BUNDLED_AVS, BUNDLED_MARKETS
 
     asked: dict = {}
 
@@ -99,12 +111,7 @@ def bundled_requests(folder: Path, games: int = 12) -> list:
                           for r in requests})
             return ["ANSWER: 1"] * len(requests)
 
-    for path in sorted(BUNDLED_MARKETS.glob("llm_*.toml")):
-        run_scenario(path, folder / path.stem, progress=False, backend=Recording(),
-                     overrides={"run": {"steps": 3, "sessions": 1, "deviation": False}})
-    for path in sorted(BUNDLED_AVS.glob("llm_*.toml")):
-        run_av_scenario(path, folder / f"av-{path.stem}", progress=False, backend=Recording(),
-                        overrides={"run": {"steps": 3}})
+    run_bundled_scenarios(folder, Recording)
     battery, recorder = build_battery(small=True), Recording()
     decide([(LLMPolicy(recorder), item.situation()) for item in battery[::max(1, len(battery) // games)][:games]])
     kinds: dict = {}                     # at most two prompts per system message and option set (one scenario's kind)

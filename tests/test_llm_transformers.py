@@ -152,10 +152,9 @@ def test_unknown_and_broken_adapters_are_refused(adapter_backend, tmp_path):
 def _bundled_requests(tmp_path) -> list:
     """Every choose request the bundled LLM market and AV scenarios ask in their first periods
     (recorded through a stand-in model), and a reasoning prefix of the games."""
+    from families import run_bundled_scenarios
+
     from conftest import HashBackend
-    from scenarios.av import run_av_scenario
-    from scenarios.market import run_scenario
-    from scenarios.settings_files import BUNDLED_AVS, BUNDLED_MARKETS
 
     asked = []
 
@@ -164,12 +163,7 @@ def _bundled_requests(tmp_path) -> list:
             asked.extend(requests)
             return super().choose(requests)
 
-    for path in sorted(BUNDLED_MARKETS.glob("llm_*.toml")):
-        run_scenario(path, tmp_path / path.stem, progress=False, backend=Recording(),
-                     overrides={"run": {"steps": 3, "sessions": 1, "deviation": False}})
-    for path in sorted(BUNDLED_AVS.glob("llm_*.toml")):
-        run_av_scenario(path, tmp_path / f"av-{path.stem}", progress=False, backend=Recording(),
-                        overrides={"run": {"steps": 3}})
+    run_bundled_scenarios(tmp_path, Recording)
     return asked + [CHOICES[0].__class__(CHOICES[0].messages, options=(" cooperate", " defect"),
                                          prefix="Defecting pays more whatever the other does. ANSWER:")]
 
